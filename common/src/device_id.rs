@@ -1,0 +1,183 @@
+//! The device ID: a 64-bit secret shared by one device and the receiver.
+
+use std::fmt;
+use std::str::FromStr;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// Number of hex characters in a device ID.
+pub const DEVICE_ID_HEX_LEN: usize = 16;
+
+/// How many trailing characters of an ID may appear in logs and pages.
+const VISIBLE_CHARS: usize = 4;
+
+/// Domain-separation label for key ids, so a key id can never be confused
+/// with a request signature made with the same secret.
+const KEY_ID_LABEL: &[u8] = b"logferry key id v1";
+
+/// A validated device ID, kept in canonical (uppercase) form.
+///
+/// It is a secret: `Debug` masks it, there is no `Display`, and the full value
+/// is only reachable through [`DeviceId::reveal`], which callers use to sign
+/// requests, name the device's store folder, or print it once for the admin.
+#[derive(Clone)]
+pub struct DeviceId {
+    canonical: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceIdError {
+    #[error("a device ID is 16 hexadecimal characters, but this one has {0}")]
+    WrongLength(usize),
+    #[error("a device ID may only contain 0-9 and A-F, but this one contains {0:?}")]
+    NotHex(char),
+}
+
+impl DeviceId {
+    /// Builds an ID from 8 random bytes (the receiver's `add-device`).
+    pub fn from_bytes(bytes: [u8; 8]) -> Self {
+        Self {
+            canonical: hex::encode_upper(bytes),
+        }
+    }
+
+    /// The full ID. Only for signing, the store folder name, and printing a
+    /// freshly made ID once.
+    pub fn reveal(&self) -> &str {
+        &self.canonical
+    }
+
+    /// The ID with all but its last four characters hidden, for logs.
+    pub fn masked(&self) -> String {
+        let hidden = DEVICE_ID_HEX_LEN - VISIBLE_CHARS;
+        format!("{}{}", "*".repeat(hidden), &self.canonical[hidden..])
+    }
+
+    /// The public, one-way name of this ID that travels in requests instead
+    /// of the ID itself.
+    pub fn key_id(&self) -> KeyId {
+        let mut mac = self.mac();
+        mac.update(KEY_ID_LABEL);
+        let full = mac.finalize().into_bytes();
+        KeyId(hex::encode(&full[..16]))
+    }
+
+    /// An HMAC-SHA256 keyed by this ID.
+    pub(crate) fn mac(&self) -> Hmac<Sha256> {
+        // HMAC takes keys of any length, so this cannot fail.
+        <Hmac<Sha256> as KeyInit>::new_from_slice(self.canonical.as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"))
+    }
+}
+
+impl FromStr for DeviceId {
+    type Err = DeviceIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let len = s.chars().count();
+        if len != DEVICE_ID_HEX_LEN {
+            return Err(DeviceIdError::WrongLength(len));
+        }
+        if let Some(bad) = s.chars().find(|c| !c.is_ascii_hexdigit()) {
+            return Err(DeviceIdError::NotHex(bad));
+        }
+        Ok(Self {
+            canonical: s.to_ascii_uppercase(),
+        })
+    }
+}
+
+/// Compared in constant time, so that timing reveals nothing about an ID.
+impl PartialEq for DeviceId {
+    fn eq(&self, other: &Self) -> bool {
+        self.canonical
+            .as_bytes()
+            .ct_eq(other.canonical.as_bytes())
+            .into()
+    }
+}
+
+impl Eq for DeviceId {}
+
+impl fmt::Debug for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DeviceId").field(&self.masked()).finish()
+    }
+}
+
+/// The key id: 32 lowercase hex characters derived one-way from a device ID.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyId(String);
+
+impl KeyId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Parses a key id received on the wire.
+    pub fn parse(s: &str) -> Option<Self> {
+        let well_formed = s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        well_formed.then(|| Self(s.to_owned()))
+    }
+
+    /// The first eight characters, enough to tell devices apart in a log line.
+    pub fn short(&self) -> &str {
+        &self.0[..8]
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: Result<&str, DeviceIdError>) {
+        let got = input.parse::<DeviceId>().map(|id| id.reveal().to_owned());
+        assert_eq!(got.as_deref().map_err(Clone::clone), expected, "input {input:?}");
+    }
+
+    #[test]
+    fn parsing() {
+        check("0123456789abcdef", Ok("0123456789ABCDEF"));
+        check("0123456789ABCDEF", Ok("0123456789ABCDEF"));
+        check("0123456789ABCDE", Err(DeviceIdError::WrongLength(15)));
+        check("0123456789ABCDEF0", Err(DeviceIdError::WrongLength(17)));
+        check("0123456789ABCDEG", Err(DeviceIdError::NotHex('G')));
+        check("0123456789ABCDé0", Err(DeviceIdError::NotHex('é')));
+        check("", Err(DeviceIdError::WrongLength(0)));
+    }
+
+    #[test]
+    fn masking_and_debug_hide_all_but_four() {
+        let id: DeviceId = "0123456789ABCDEF".parse().expect("valid");
+        assert_eq!(id.masked(), "************CDEF");
+        assert!(!format!("{id:?}").contains("0123"));
+    }
+
+    #[test]
+    fn key_id_is_stable_case_insensitive_and_not_the_id() {
+        let upper: DeviceId = "0123456789ABCDEF".parse().expect("valid");
+        let lower: DeviceId = "0123456789abcdef".parse().expect("valid");
+        let other: DeviceId = "0123456789ABCDEE".parse().expect("valid");
+        assert_eq!(upper.key_id(), lower.key_id());
+        assert_ne!(upper.key_id(), other.key_id());
+        assert!(KeyId::parse(upper.key_id().as_str()).is_some());
+        assert!(!upper.key_id().as_str().to_uppercase().contains("0123456789ABCDEF"));
+    }
+
+    #[test]
+    fn equality() {
+        let a: DeviceId = "0123456789ABCDEF".parse().expect("valid");
+        let b: DeviceId = "0123456789abcdef".parse().expect("valid");
+        let c: DeviceId = "FEDCBA9876543210".parse().expect("valid");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}

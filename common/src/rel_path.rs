@@ -1,0 +1,249 @@
+//! The rules for the relative path a device gives each file.
+//!
+//! The receiver joins this path onto the device's folder, so these rules are
+//! what keeps every byte inside the store. They are deliberately strict and
+//! identical on both sides: the sender checks a name before uploading, so a
+//! file the receiver would refuse is reported on the device, not retried.
+
+use std::fmt;
+use std::path::{Component, Path};
+
+use crate::Sha256Digest;
+
+/// Longest accepted path, in bytes of UTF-8.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// Most folders-plus-file in one path.
+pub const MAX_DEPTH: usize = 32;
+/// Longest accepted component, in bytes. File systems allow 255; the margin
+/// leaves room for the `.sha256` and `.conflict-…` suffixes the store adds.
+pub const MAX_COMPONENT_BYTES: usize = 200;
+
+/// Suffix of the checksum file stored beside each file.
+pub const CHECKSUM_SUFFIX: &str = ".sha256";
+
+/// A relative path that is safe to join onto a folder: `/`-separated, with no
+/// empty, `.` or `..` components, no leading `/`, no drive letter, no
+/// backslash, no control characters, and bounded in length and depth.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelPath(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path is empty")]
+    Empty,
+    #[error("the path is {0} bytes long; at most {MAX_PATH_BYTES} are allowed")]
+    TooLong(usize),
+    #[error("the path has {0} components; at most {MAX_DEPTH} are allowed")]
+    TooDeep(usize),
+    #[error("a path component is {0} bytes long; at most {MAX_COMPONENT_BYTES} are allowed")]
+    ComponentTooLong(usize),
+    #[error("the path is absolute; it must be relative to the log folder")]
+    Absolute,
+    #[error("the path starts with a drive letter")]
+    DriveLetter,
+    #[error("the path has an empty component (a doubled or trailing '/')")]
+    EmptyComponent,
+    #[error("the path has a '.' or '..' component")]
+    DotComponent,
+    #[error("the path contains a backslash")]
+    Backslash,
+    #[error("the path contains a control character (U+{0:04X})")]
+    ControlChar(u32),
+    #[error("the file name is not valid UTF-8")]
+    NotUtf8,
+}
+
+impl RelPath {
+    /// Validates a path as received on the wire.
+    pub fn parse(text: &str) -> Result<Self, PathError> {
+        if text.is_empty() {
+            return Err(PathError::Empty);
+        }
+        if text.len() > MAX_PATH_BYTES {
+            return Err(PathError::TooLong(text.len()));
+        }
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            return Err(PathError::ControlChar(c as u32));
+        }
+        if text.contains('\\') {
+            return Err(PathError::Backslash);
+        }
+        if text.starts_with('/') {
+            return Err(PathError::Absolute);
+        }
+        if has_drive_prefix(text) {
+            return Err(PathError::DriveLetter);
+        }
+        let depth = text.split('/').count();
+        if depth > MAX_DEPTH {
+            return Err(PathError::TooDeep(depth));
+        }
+        for component in text.split('/') {
+            match component {
+                "" => return Err(PathError::EmptyComponent),
+                "." | ".." => return Err(PathError::DotComponent),
+                long if long.len() > MAX_COMPONENT_BYTES => {
+                    return Err(PathError::ComponentTooLong(long.len()));
+                }
+                _ => {}
+            }
+        }
+        Ok(Self(text.to_owned()))
+    }
+
+    /// Builds the wire path of a file found under a local folder, from its
+    /// path relative to that folder.
+    pub fn from_local(relative: &Path) -> Result<Self, PathError> {
+        let mut parts = Vec::new();
+        for component in relative.components() {
+            match component {
+                Component::Normal(name) => parts.push(name.to_str().ok_or(PathError::NotUtf8)?),
+                Component::CurDir | Component::ParentDir => return Err(PathError::DotComponent),
+                Component::RootDir | Component::Prefix(_) => return Err(PathError::Absolute),
+            }
+        }
+        Self::parse(&parts.join("/"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The components, outermost first.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+
+    /// The folders that lead to the file: every component but the last.
+    pub fn folders(&self) -> impl Iterator<Item = &str> {
+        let depth = self.components().count();
+        self.components().take(depth - 1)
+    }
+
+    /// The last component.
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
+    /// Where the checksum file of this path is kept: the same path plus
+    /// `.sha256`.
+    pub fn checksum_path(&self) -> Self {
+        Self(format!("{}{CHECKSUM_SUFFIX}", self.0))
+    }
+
+    /// The name used when this path is already taken by other content: the
+    /// first 16 hex characters of the new content's SHA-256 go before the
+    /// extension, so `logs/day.csv` becomes `logs/day.conflict-0123456789abcdef.csv`.
+    /// Being derived from the content, it is the same on every retry.
+    pub fn conflict_path(&self, content: &Sha256Digest) -> Self {
+        let name = self.file_name();
+        let dir = &self.0[..self.0.len() - name.len()];
+        let (stem, extension) = match name.rfind('.') {
+            Some(dot) if dot > 0 && dot + 1 < name.len() => name.split_at(dot),
+            _ => (name, ""),
+        };
+        let tag = &content.to_hex()[..16];
+        Self(format!("{dir}{stem}.conflict-{tag}{extension}"))
+    }
+
+    /// The line `sha256sum -c` expects, run inside the file's folder.
+    pub fn checksum_line(&self, digest: &Sha256Digest) -> String {
+        format!("{digest}  {}\n", self.file_name())
+    }
+}
+
+/// `C:`, `c:foo` and the like: meaningless on the receiver's own file system,
+/// but a trap for anyone who later copies the store to Windows.
+fn has_drive_prefix(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':'
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RelPath({:?})", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: Result<(), PathError>) {
+        let got = RelPath::parse(input).map(|p| assert_eq!(p.as_str(), input));
+        assert_eq!(got, expected, "input {input:?}");
+    }
+
+    #[test]
+    fn rules() {
+        let long_component = "a".repeat(MAX_COMPONENT_BYTES + 1);
+        let deep = vec!["d"; MAX_DEPTH + 1].join("/");
+        let long_path = vec!["a".repeat(100); 11].join("/");
+        let cases: &[(&str, Result<(), PathError>)] = &[
+            ("a.log", Ok(())),
+            ("nested/dir/a.log", Ok(())),
+            ("name with spaces.txt", Ok(())),
+            ("données/été.csv", Ok(())),
+            (".hidden", Ok(())),
+            ("a..b", Ok(())),
+            ("12:00.log", Ok(())),
+            ("", Err(PathError::Empty)),
+            ("/etc/passwd", Err(PathError::Absolute)),
+            ("../a", Err(PathError::DotComponent)),
+            ("a/../b", Err(PathError::DotComponent)),
+            ("a/..", Err(PathError::DotComponent)),
+            ("./a", Err(PathError::DotComponent)),
+            ("a//b", Err(PathError::EmptyComponent)),
+            ("a/", Err(PathError::EmptyComponent)),
+            ("a\\b", Err(PathError::Backslash)),
+            ("..\\a", Err(PathError::Backslash)),
+            ("C:/a", Err(PathError::DriveLetter)),
+            ("c:a", Err(PathError::DriveLetter)),
+            ("a\0b", Err(PathError::ControlChar(0))),
+            ("a\nb", Err(PathError::ControlChar(10))),
+            ("a\u{7f}b", Err(PathError::ControlChar(0x7f))),
+            ("a\u{85}b", Err(PathError::ControlChar(0x85))),
+            (&long_component, Err(PathError::ComponentTooLong(MAX_COMPONENT_BYTES + 1))),
+            (&deep, Err(PathError::TooDeep(MAX_DEPTH + 1))),
+            (&long_path, Err(PathError::TooLong(long_path.len()))),
+        ];
+        for (input, expected) in cases {
+            check(input, expected.clone());
+        }
+    }
+
+    #[test]
+    fn from_local_joins_with_slashes() {
+        let p = RelPath::from_local(Path::new("a/b/c.txt")).expect("valid");
+        assert_eq!(p.as_str(), "a/b/c.txt");
+        assert_eq!(RelPath::from_local(Path::new("/abs")), Err(PathError::Absolute));
+    }
+
+    #[test]
+    fn derived_names() {
+        let digest: Sha256Digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            .parse()
+            .expect("valid");
+        let cases = [
+            ("day.csv", "day.conflict-ba7816bf8f01cfea.csv"),
+            ("logs/x.y.txt", "logs/x.y.conflict-ba7816bf8f01cfea.txt"),
+            ("messages", "messages.conflict-ba7816bf8f01cfea"),
+            ("d/.bashrc", "d/.bashrc.conflict-ba7816bf8f01cfea"),
+            ("trailing.", "trailing..conflict-ba7816bf8f01cfea"),
+        ];
+        for (input, expected) in cases {
+            let path = RelPath::parse(input).expect("valid");
+            assert_eq!(path.conflict_path(&digest).as_str(), expected);
+            assert!(RelPath::parse(path.conflict_path(&digest).checksum_path().as_str()).is_ok());
+        }
+        let path = RelPath::parse("a/x.y.txt").expect("valid");
+        assert_eq!(path.checksum_path().as_str(), "a/x.y.txt.sha256");
+        assert_eq!(path.checksum_line(&digest), format!("{digest}  x.y.txt\n"));
+    }
+}

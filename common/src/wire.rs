@@ -1,0 +1,119 @@
+//! Endpoints, field names and JSON bodies of the protocol.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Sha256Digest;
+
+/// The receiver's port unless told otherwise, as in the tool logferry replaces.
+pub const DEFAULT_PORT: u16 = 3500;
+
+/// Endpoint paths. These are also what requests sign.
+pub mod endpoint {
+    /// `GET`, unauthenticated: is the receiver up?
+    pub const HEALTH: &str = "/v1/health";
+    /// `GET`, signed, no body: does the receiver accept this device?
+    pub const AUTH_CHECK: &str = "/v1/auth-check";
+    /// `POST`, signed, `multipart/form-data`: one file.
+    pub const UPLOAD: &str = "/v1/upload";
+}
+
+/// Multipart field names of an upload, in the order they must appear.
+pub mod field {
+    pub const PATH: &str = "path";
+    pub const SHA256: &str = "sha256";
+    pub const SIZE: &str = "size";
+    /// Last, so the receiver knows what to expect before the first byte.
+    pub const FILE: &str = "file";
+    pub const ORDER: [&str; 4] = [PATH, SHA256, SIZE, FILE];
+}
+
+/// Whether an upload made a new copy or found the same bytes already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadOutcome {
+    /// Stored now (HTTP 201).
+    Stored,
+    /// The same content was already stored under this path (HTTP 200).
+    AlreadyStored,
+}
+
+/// Body of a 2xx answer to an upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadReceipt {
+    pub outcome: UploadOutcome,
+    /// Where the file is, relative to the device's folder. Differs from the
+    /// uploaded path when that path already held other content.
+    pub stored_as: String,
+    /// The SHA-256 the receiver computed over the bytes it stored.
+    pub sha256: Sha256Digest,
+    pub size: u64,
+}
+
+/// Body of a 2xx answer to an auth check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthCheckReply {
+    /// The label given to this device in the receiver's ids file, if any.
+    pub label: Option<String>,
+}
+
+/// Body of a health answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+/// Body of every answer that is not 2xx.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A sentence for the person reading the log.
+    pub error: String,
+    pub code: ErrorCode,
+}
+
+/// Machine-readable reason of a failure; see PROTOCOL.md for each status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    MissingAuth,
+    MalformedAuth,
+    UnknownDevice,
+    BadSignature,
+    ClockSkew,
+    InvalidPath,
+    MalformedUpload,
+    SizeMismatch,
+    ChecksumMismatch,
+    PathConflict,
+    NotFound,
+    MethodNotAllowed,
+    StorageError,
+    /// A code from a newer receiver that this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// Whether this code means the device was not accepted, so nothing else
+    /// it sends in this run can succeed either.
+    pub fn is_auth_failure(self) -> bool {
+        matches!(
+            self,
+            Self::MissingAuth | Self::MalformedAuth | Self::UnknownDevice | Self::BadSignature | Self::ClockSkew
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_snake_case_and_unknown_ones_do_not_break_old_clients() {
+        let body: ErrorBody = serde_json::from_str(r#"{"error":"x","code":"checksum_mismatch"}"#).expect("valid");
+        assert_eq!(body.code, ErrorCode::ChecksumMismatch);
+        let future: ErrorBody = serde_json::from_str(r#"{"error":"x","code":"quota_exceeded"}"#).expect("valid");
+        assert_eq!(future.code, ErrorCode::Unknown);
+        assert_eq!(serde_json::to_string(&ErrorCode::ClockSkew).expect("serializes"), r#""clock_skew""#);
+    }
+}

@@ -1,0 +1,96 @@
+//! Building the HTTP application and running it on a bound listener.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::thread::JoinHandle;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+use logferry_common::wire::endpoint;
+
+use crate::handlers;
+use crate::ids::IdsFile;
+use crate::store::Store;
+
+/// What every request needs: the accepted devices and the store.
+#[derive(Debug)]
+pub struct AppState<S> {
+    pub ids: IdsFile,
+    pub store: S,
+}
+
+/// Registers every route; the binary and the tests share it.
+pub fn configure<S: Store>(cfg: &mut web::ServiceConfig, state: web::Data<AppState<S>>) {
+    let wrong_method = || web::to(handlers::method_not_allowed);
+    cfg.app_data(state)
+        .service(web::resource(endpoint::HEALTH).route(web::get().to(handlers::health)).default_service(wrong_method()))
+        .service(
+            web::resource(endpoint::AUTH_CHECK)
+                .route(web::get().to(handlers::auth_check::<S>))
+                .default_service(wrong_method()),
+        )
+        .service(
+            web::resource(endpoint::UPLOAD).route(web::post().to(handlers::upload::<S>)).default_service(wrong_method()),
+        )
+        .default_service(web::to(handlers::not_found));
+}
+
+/// Serves on an already-bound listener, so callers (and tests binding port 0)
+/// know the address before the first request.
+pub fn run<S: Store>(listener: TcpListener, state: AppState<S>) -> io::Result<Server> {
+    let state = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        let state = state.clone();
+        App::new().configure(move |cfg| configure(cfg, state))
+    })
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// A receiver serving on its own thread, for tests and embedding.
+#[derive(Debug)]
+pub struct BackgroundReceiver {
+    pub addr: SocketAddr,
+    handle: ServerHandle,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl BackgroundReceiver {
+    pub fn start<S: Store>(listener: TcpListener, state: AppState<S>) -> io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = run(listener, state)?;
+                let _ = handle_tx.send(server.handle());
+                server.await
+            })
+        });
+        match handle_rx.recv() {
+            Ok(handle) => Ok(Self { addr, handle, thread: Some(thread) }),
+            // The thread ended before serving: its result says why.
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(io::Error::other("the receiver thread stopped before serving")),
+            },
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and waits.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.shut_down()
+    }
+
+    fn shut_down(&mut self) -> io::Result<()> {
+        let Some(thread) = self.thread.take() else { return Ok(()) };
+        tokio::runtime::Builder::new_current_thread().build()?.block_on(self.handle.stop(true));
+        thread.join().map_err(|_| io::Error::other("receiver thread panicked"))?
+    }
+}
+
+impl Drop for BackgroundReceiver {
+    fn drop(&mut self) {
+        let _ = self.shut_down();
+    }
+}

@@ -1,0 +1,93 @@
+//! Every way a request can fail, and the HTTP status each one maps to.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use logferry_common::signing::{AuthHeaderError, MAX_CLOCK_SKEW_SECS};
+use logferry_common::wire::{ErrorBody, ErrorCode};
+use logferry_common::{PathError, Sha256Digest};
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request is not signed: it needs an Authorization header")]
+    MissingAuth,
+    #[error("{0}")]
+    MalformedAuth(#[from] AuthHeaderError),
+    #[error("no device with this key is listed in the receiver's ids file; add it there, or check the device's ID file")]
+    UnknownDevice,
+    #[error("the request signature does not match; the request was altered, or was signed for another request")]
+    BadSignature,
+    #[error(
+        "the request's timestamp is {seconds} s {direction} the receiver's clock (at most {MAX_CLOCK_SKEW_SECS} s is allowed); \
+         set the device's clock (NTP)"
+    )]
+    ClockSkew { seconds: u64, direction: &'static str },
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: PathError },
+    #[error("malformed upload: {0}")]
+    MalformedUpload(String),
+    #[error("the upload declared {declared} bytes but carried {received_at_least}{more}", more = if *.received_at_least > *.declared { " or more" } else { "" })]
+    SizeMismatch { declared: u64, received_at_least: u64 },
+    #[error("checksum mismatch: the upload declared SHA-256 {declared} but the received bytes hash to {received}")]
+    ChecksumMismatch { declared: Sha256Digest, received: Sha256Digest },
+    #[error("{0}")]
+    PathConflict(String),
+    #[error("no such endpoint; see PROTOCOL.md")]
+    NotFound,
+    #[error("this endpoint does not accept that method; see PROTOCOL.md")]
+    MethodNotAllowed,
+    #[error("the receiver could not store the file: {0}")]
+    Storage(std::io::Error),
+}
+
+impl ApiError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::MissingAuth => ErrorCode::MissingAuth,
+            Self::MalformedAuth(_) => ErrorCode::MalformedAuth,
+            Self::UnknownDevice => ErrorCode::UnknownDevice,
+            Self::BadSignature => ErrorCode::BadSignature,
+            Self::ClockSkew { .. } => ErrorCode::ClockSkew,
+            Self::InvalidPath { .. } => ErrorCode::InvalidPath,
+            Self::MalformedUpload(_) => ErrorCode::MalformedUpload,
+            Self::SizeMismatch { .. } => ErrorCode::SizeMismatch,
+            Self::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
+            Self::PathConflict(_) => ErrorCode::PathConflict,
+            Self::NotFound => ErrorCode::NotFound,
+            Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Self::Storage(_) => ErrorCode::StorageError,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(message) => Self::PathConflict(message),
+            StoreError::Io(io) => Self::Storage(io),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self.code() {
+            ErrorCode::MissingAuth
+            | ErrorCode::MalformedAuth
+            | ErrorCode::UnknownDevice
+            | ErrorCode::BadSignature
+            | ErrorCode::ClockSkew => StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidPath | ErrorCode::MalformedUpload => StatusCode::BAD_REQUEST,
+            ErrorCode::SizeMismatch | ErrorCode::ChecksumMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::PathConflict => StatusCode::CONFLICT,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::StorageError | ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(ErrorBody { error: self.to_string(), code: self.code() })
+    }
+}

@@ -1,0 +1,278 @@
+//! The ids file: which devices the receiver accepts.
+//!
+//! Format: one device per line, `<16 hex ID> [label]`; `#` starts a comment;
+//! blank lines are ignored. The file is re-read whenever it changes on disk,
+//! so adding or removing a device needs no restart.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use logferry_common::{DeviceId, KeyId};
+use rand::TryRng;
+use rand::rngs::SysRng;
+
+/// Longest label accepted, in characters.
+const MAX_LABEL_CHARS: usize = 64;
+
+/// One accepted device.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: DeviceId,
+    pub label: Option<String>,
+}
+
+/// A problem on one line of the ids file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    pub line: usize,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdsError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{}", format_line_errors(path, errors))]
+    Malformed { path: PathBuf, errors: Vec<LineError> },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("invalid label: {0}")]
+    Label(String),
+    #[error("the operating system's random generator failed: {0}")]
+    Random(String),
+}
+
+fn format_line_errors(path: &Path, errors: &[LineError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}:{}: {}", path.display(), e.line, e.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Parses the whole file. Valid lines are returned even when others are
+/// malformed, so a running receiver can keep serving every correct entry.
+pub fn parse(text: &str) -> (Vec<Device>, Vec<LineError>) {
+    let mut devices: Vec<Device> = Vec::new();
+    let mut first_seen: HashMap<String, usize> = HashMap::new();
+    let mut errors = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let content = raw.split('#').next().unwrap_or("").trim();
+        if content.is_empty() {
+            continue;
+        }
+        let (id_text, label) = match content.split_once(char::is_whitespace) {
+            Some((id, rest)) => (id, Some(rest.trim())),
+            None => (content, None),
+        };
+        let id = match id_text.parse::<DeviceId>() {
+            Ok(id) => id,
+            Err(e) => {
+                errors.push(LineError { line, message: format!("{e} (expected '<16 hex ID> [label]')") });
+                continue;
+            }
+        };
+        if let Err(message) = label.map_or(Ok(()), check_label) {
+            errors.push(LineError { line, message });
+            continue;
+        }
+        if let Some(first) = first_seen.insert(id.reveal().to_owned(), line) {
+            errors.push(LineError { line, message: format!("this device ID is already listed on line {first}") });
+            continue;
+        }
+        devices.push(Device { id, label: label.map(str::to_owned) });
+    }
+    (devices, errors)
+}
+
+fn check_label(label: &str) -> Result<(), String> {
+    if label.chars().count() > MAX_LABEL_CHARS {
+        return Err(format!("the label is longer than {MAX_LABEL_CHARS} characters"));
+    }
+    if label.chars().any(char::is_control) {
+        return Err("the label contains a control character".to_owned());
+    }
+    Ok(())
+}
+
+/// What identifies one version of the file on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+    len: u64,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        Self { modified: meta.modified().ok(), changed: (meta.ctime(), meta.ctime_nsec()), len: meta.len(), inode: meta.ino() }
+    }
+}
+
+#[derive(Debug)]
+struct Loaded {
+    stamp: Option<Stamp>,
+    by_key: Arc<HashMap<KeyId, Device>>,
+}
+
+/// The ids file, re-read whenever it changes.
+pub struct IdsFile {
+    path: PathBuf,
+    loaded: Mutex<Loaded>,
+}
+
+impl fmt::Debug for IdsFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdsFile").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl IdsFile {
+    /// Loads the file, refusing any malformed line: at start-up the admin is
+    /// watching, so a typo should stop the receiver rather than lock out a device.
+    pub fn load_strict(path: &Path) -> Result<Self, IdsError> {
+        let (stamp, text) = read(path)?;
+        let (devices, errors) = parse(&text);
+        if !errors.is_empty() {
+            return Err(IdsError::Malformed { path: path.to_owned(), errors });
+        }
+        Ok(Self { path: path.to_owned(), loaded: Mutex::new(Loaded { stamp: Some(stamp), by_key: Arc::new(index(devices)) }) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The devices as of now, re-reading the file if it changed.
+    pub fn current(&self) -> Arc<HashMap<KeyId, Device>> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = fs::metadata(&self.path).map(|m| Stamp::of(&m)).ok();
+        if now != loaded.stamp {
+            self.reload(&mut loaded);
+        }
+        Arc::clone(&loaded.by_key)
+    }
+
+    /// Applies an edited file. A malformed line is logged and skipped, so the
+    /// rest of the fleet keeps working; a file that cannot be read at all
+    /// leaves the previous list in force (an editor may be mid-save).
+    fn reload(&self, loaded: &mut Loaded) {
+        match read(&self.path) {
+            Ok((stamp, text)) => {
+                let (devices, errors) = parse(&text);
+                if !errors.is_empty() {
+                    let err = IdsError::Malformed { path: self.path.clone(), errors };
+                    tracing::error!("ignoring malformed lines of the edited ids file:\n{err}");
+                }
+                tracing::info!(devices = devices.len(), file = %self.path.display(), "ids file changed; reloaded");
+                loaded.stamp = Some(stamp);
+                loaded.by_key = Arc::new(index(devices));
+            }
+            Err(err) => {
+                tracing::error!("{err}; keeping the {} devices loaded before", loaded.by_key.len());
+                loaded.stamp = None;
+            }
+        }
+    }
+}
+
+fn index(devices: Vec<Device>) -> HashMap<KeyId, Device> {
+    devices.into_iter().map(|d| (d.id.key_id(), d)).collect()
+}
+
+fn read(path: &Path) -> Result<(Stamp, String), IdsError> {
+    let fail = |source| IdsError::Read { path: path.to_owned(), source };
+    let mut file = fs::File::open(path).map_err(fail)?;
+    let stamp = Stamp::of(&file.metadata().map_err(fail)?);
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(fail)?;
+    Ok((stamp, text))
+}
+
+/// Makes a new device ID from the operating system's random generator and
+/// appends it (with its label) to the ids file, creating the file readable
+/// by its owner only if it does not exist yet.
+pub fn add_device(path: &Path, label: Option<&str>) -> Result<DeviceId, IdsError> {
+    if let Some(label) = label {
+        check_label(label).map_err(IdsError::Label)?;
+        if label.contains('#') {
+            return Err(IdsError::Label("a label cannot contain '#', which starts a comment".to_owned()));
+        }
+    }
+    let existing = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(IdsError::Read { path: path.to_owned(), source }),
+    };
+    let (devices, _) = parse(&existing);
+    let id = loop {
+        let mut bytes = [0u8; 8];
+        SysRng.try_fill_bytes(&mut bytes).map_err(|e| IdsError::Random(e.to_string()))?;
+        let candidate = DeviceId::from_bytes(bytes);
+        if !devices.iter().any(|d| d.id == candidate) {
+            break candidate;
+        }
+    };
+    let separator = if existing.is_empty() || existing.ends_with('\n') { "" } else { "\n" };
+    let line = match label {
+        Some(label) => format!("{separator}{}  {label}\n", id.reveal()),
+        None => format!("{separator}{}\n", id.reveal()),
+    };
+    let fail = |source| IdsError::Write { path: path.to_owned(), source };
+    let mut file = OpenOptions::new().append(true).create(true).mode(0o600).open(path).map_err(fail)?;
+    file.write_all(line.as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expected_ids: &[(&str, Option<&str>)], expected_error_lines: &[usize]) {
+        let (devices, errors) = parse(text);
+        let got: Vec<_> = devices.iter().map(|d| (d.id.reveal(), d.label.as_deref())).collect();
+        assert_eq!(got, expected_ids, "devices of {text:?}");
+        let lines: Vec<_> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, expected_error_lines, "errors of {text:?}: {errors:?}");
+    }
+
+    #[test]
+    fn format() {
+        check("", &[], &[]);
+        check("# only a comment\n\n   \n", &[], &[]);
+        check("0123456789abcdef\n", &[("0123456789ABCDEF", None)], &[]);
+        check("0123456789ABCDEF  greenhouse 3  # north wall\n", &[("0123456789ABCDEF", Some("greenhouse 3"))], &[]);
+        check("\t0123456789ABCDEF\tpi-1", &[("0123456789ABCDEF", Some("pi-1"))], &[]);
+        check("0123456789ABCDE\n", &[], &[1]);
+        check("0123456789ABCDEF\n0123456789abcdef dup\n", &[("0123456789ABCDEF", None)], &[2]);
+        check("xyz\nFEDCBA9876543210\n0123\n", &[("FEDCBA9876543210", None)], &[1, 3]);
+        check(&format!("0123456789ABCDEF {}\n", "x".repeat(MAX_LABEL_CHARS + 1)), &[], &[1]);
+    }
+
+    #[test]
+    fn add_device_appends_a_fresh_id_with_owner_only_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ids.txt");
+        fs::write(&path, "# fleet\n0123456789ABCDEF no-newline").expect("write");
+        let made = add_device(&path, Some("pi 7")).expect("added");
+        let (devices, errors) = parse(&fs::read_to_string(&path).expect("read"));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(devices.len(), 2);
+        assert_eq!(devices[1].id, made);
+        assert_eq!(devices[1].label.as_deref(), Some("pi 7"));
+
+        let fresh = dir.path().join("new-ids.txt");
+        add_device(&fresh, None).expect("created");
+        assert_eq!(fs::metadata(&fresh).expect("stat").mode() & 0o777, 0o600);
+        assert!(add_device(&fresh, Some("a#b")).is_err());
+    }
+}

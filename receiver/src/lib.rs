@@ -1,0 +1,53 @@
+//! The logferry receiver: accepts signed uploads from devices listed in the
+//! ids file, verifies each file's size and SHA-256 while streaming it to a
+//! staging file, and only then commits it durably under the device's folder.
+//!
+//! `main.rs` turns the command line into a [`Config`]; everything here works
+//! from that and never sees the argument parser.
+
+pub mod app;
+pub mod auth;
+pub mod error;
+pub mod handlers;
+pub mod ids;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use app::{AppState, BackgroundReceiver, configure, run};
+use ids::{IdsError, IdsFile};
+use store::disk::DiskStore;
+
+/// A validated receiver configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub ids_file: PathBuf,
+    pub store_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Ids(#[from] IdsError),
+    #[error("cannot use the store folder {}: {source}", path.display())]
+    Store { path: PathBuf, source: std::io::Error },
+}
+
+/// Loads the ids file (strictly: a malformed line stops start-up), opens the
+/// store and clears staging files an earlier crash left behind.
+pub fn open(config: &Config) -> Result<AppState<DiskStore>, StartupError> {
+    let ids = IdsFile::load_strict(&config.ids_file)?;
+    let (store, stale) =
+        DiskStore::open(&config.store_dir).map_err(|source| StartupError::Store { path: config.store_dir.clone(), source })?;
+    if stale > 0 {
+        tracing::warn!(removed = stale, "removed unfinished uploads left in staging by an earlier stop");
+    }
+    let devices = ids.current().len();
+    if devices == 0 {
+        tracing::warn!(file = %config.ids_file.display(), "no devices are listed yet; add one with `receiver add-device`");
+    }
+    tracing::info!(devices, ids = %config.ids_file.display(), store = %config.store_dir.display(), "receiver ready");
+    Ok(AppState { ids, store })
+}

@@ -1,0 +1,56 @@
+//! Where verified uploads are kept.
+//!
+//! Handlers see only the [`Store`] trait: stage the bytes, then commit them
+//! under a device and path once size and checksum are verified. The disk
+//! backend lives in [`disk`]; another backend (an object store) implements
+//! the same two steps.
+
+pub mod disk;
+
+use std::future::Future;
+use std::io;
+
+use bytes::Bytes;
+use logferry_common::signing::UploadClaim;
+use logferry_common::wire::UploadOutcome;
+use logferry_common::{DeviceId, RelPath};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The path cannot be used, for example because a folder on it is a file.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Where a committed upload ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub outcome: UploadOutcome,
+    /// Relative to the device's folder.
+    pub stored_as: RelPath,
+}
+
+/// Bytes of one upload on their way into the store. Dropping it without
+/// committing discards them: nothing becomes visible.
+pub trait Staged {
+    fn write(&mut self, chunk: Bytes) -> impl Future<Output = Result<(), StoreError>>;
+}
+
+pub trait Store: Send + Sync + 'static {
+    type Staged: Staged;
+
+    /// Starts receiving one upload.
+    fn stage(&self) -> impl Future<Output = Result<Self::Staged, StoreError>>;
+
+    /// Makes a staged upload visible under `device`/`claim.path`, durably,
+    /// never replacing other content. The caller has verified that the staged
+    /// bytes have exactly `claim.size` bytes and hash to `claim.sha256`.
+    fn commit(
+        &self,
+        staged: Self::Staged,
+        device: &DeviceId,
+        claim: &UploadClaim,
+    ) -> impl Future<Output = Result<Committed, StoreError>>;
+}

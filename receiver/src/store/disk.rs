@@ -1,0 +1,246 @@
+//! The local-disk store: `<root>/<DEVICE-ID>/<relative path>` plus
+//! `<relative path>.sha256`, staged in `<root>/.staging/`.
+//!
+//! Durability: the staged file is fsynced before it is linked into place,
+//! every folder that gains an entry is fsynced, and only then does commit
+//! return. No-overwrite: files are placed with `link(2)`, which fails rather
+//! than replace an existing name, so even two racing uploads cannot clobber
+//! each other. Containment: every folder on the way is checked to be a real
+//! folder, not a symlink, so a link planted in the store cannot lead out.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use logferry_common::signing::UploadClaim;
+use logferry_common::wire::UploadOutcome;
+use logferry_common::durable::{create_dirs, exists_no_follow, holds_exactly, sync_dir};
+use logferry_common::{DeviceId, RelPath, Sha256Digest};
+use rand::TryRng;
+use rand::rngs::SysRng;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{Committed, Staged, Store, StoreError};
+
+/// Folder of in-progress uploads. Device folders are 16 hex characters, so
+/// this name can never clash with one.
+const STAGING_DIR: &str = ".staging";
+/// Chunks queued between the network and the disk writer per upload: enough
+/// to keep both busy, little enough to keep memory flat.
+const QUEUED_CHUNKS: usize = 16;
+const WRITE_BUFFER: usize = 256 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct DiskStore {
+    root: PathBuf,
+    staging: PathBuf,
+}
+
+impl DiskStore {
+    /// Opens (creating if needed) the store at `root` and removes what an
+    /// earlier crash left in staging. Returns the store and how many stale
+    /// staging files were removed.
+    pub fn open(root: &Path) -> io::Result<(Self, usize)> {
+        fs::create_dir_all(root)?;
+        let staging = root.join(STAGING_DIR);
+        match fs::create_dir(&staging) {
+            Ok(()) => sync_dir(root)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let mut removed = 0;
+        for entry in fs::read_dir(&staging)? {
+            fs::remove_file(entry?.path())?;
+            removed += 1;
+        }
+        Ok((Self { root: root.to_owned(), staging }, removed))
+    }
+
+    fn new_staging_file(&self, purpose: &str) -> io::Result<(PathBuf, File)> {
+        let mut nonce = [0u8; 12];
+        SysRng.try_fill_bytes(&mut nonce).map_err(io::Error::other)?;
+        let path = self.staging.join(format!("{purpose}-{}", hex::encode(nonce)));
+        let file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path)?;
+        Ok((path, file))
+    }
+}
+
+/// An upload being written to a staging file by a blocking writer task, so
+/// that disk latency never stalls the async workers.
+#[derive(Debug)]
+pub struct DiskStaged {
+    path: PathBuf,
+    chunks: Option<mpsc::Sender<Bytes>>,
+    writer: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl DiskStaged {
+    /// Waits for the writer to flush and fsync everything sent so far.
+    async fn finish(&mut self) -> io::Result<()> {
+        self.chunks = None;
+        match self.writer.take() {
+            Some(writer) => writer.await.map_err(io::Error::other)?,
+            None => Err(io::Error::other("staged upload already finished")),
+        }
+    }
+}
+
+impl Staged for DiskStaged {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        let sent = match &self.chunks {
+            Some(chunks) => chunks.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        // The writer stopped early: its result says why.
+        self.finish().await?;
+        Err(io::Error::other("the staging writer stopped unexpectedly").into())
+    }
+}
+
+impl Drop for DiskStaged {
+    fn drop(&mut self) {
+        // Committed uploads are linked elsewhere; this removes only the
+        // staging name (or the whole file when the upload was abandoned).
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn write_all_chunks(file: File, mut chunks: mpsc::Receiver<Bytes>) -> io::Result<()> {
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+    while let Some(chunk) = chunks.blocking_recv() {
+        out.write_all(&chunk)?;
+    }
+    let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+    file.sync_all()
+}
+
+impl Store for DiskStore {
+    type Staged = DiskStaged;
+
+    async fn stage(&self) -> Result<DiskStaged, StoreError> {
+        let store = self.clone();
+        let (path, file) = blocking(move || Ok(store.new_staging_file("upload")?)).await?;
+        let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
+        let writer = tokio::task::spawn_blocking(move || write_all_chunks(file, rx));
+        Ok(DiskStaged { path, chunks: Some(tx), writer: Some(writer) })
+    }
+
+    async fn commit(&self, mut staged: DiskStaged, device: &DeviceId, claim: &UploadClaim) -> Result<Committed, StoreError> {
+        staged.finish().await?;
+        let store = self.clone();
+        let device_dir = self.root.join(device.reveal());
+        let claim = claim.clone();
+        let staged_path = staged.path.clone();
+        let committed = blocking(move || store.place(&staged_path, &device_dir, &claim)).await;
+        drop(staged);
+        committed
+    }
+}
+
+/// What one candidate name turned out to be.
+enum Placement {
+    Placed,
+    SameContentThere,
+    Taken,
+}
+
+impl DiskStore {
+    /// Puts the staged file under the claimed path, or, when that holds other
+    /// content, under its conflict name (see `RelPath::conflict_path`).
+    fn place(&self, staged: &Path, device_dir: &Path, claim: &UploadClaim) -> Result<Committed, StoreError> {
+        let device_folder = device_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        // Named apart from the rest: the device folder's name is the ID,
+        // which must not appear in a message sent back.
+        create_dirs(&self.root, [device_folder]).map_err(|e| match e.kind() {
+            io::ErrorKind::NotADirectory => {
+                StoreError::Conflict("the device's folder on the receiver is not a real folder; ask the admin".to_owned())
+            }
+            _ => StoreError::Io(e),
+        })?;
+        let conflict = claim.path.conflict_path(&claim.sha256);
+        for candidate in [&claim.path, &conflict] {
+            let folder = create_dirs(device_dir, candidate.folders()).map_err(|e| {
+                match e.kind() {
+                    io::ErrorKind::NotADirectory => StoreError::Conflict(format!("cannot store {candidate}: {e} on the receiver")),
+                    _ => StoreError::Io(e),
+                }
+            })?;
+            let target = folder.join(candidate.file_name());
+            let outcome = match self.place_at(staged, &target, candidate, claim)? {
+                Placement::Placed => UploadOutcome::Stored,
+                Placement::SameContentThere => UploadOutcome::AlreadyStored,
+                Placement::Taken => continue,
+            };
+            return Ok(Committed { outcome, stored_as: candidate.clone() });
+        }
+        Err(StoreError::Conflict(format!(
+            "both {} and {} are taken by other content on the receiver",
+            claim.path, conflict
+        )))
+    }
+
+    fn place_at(&self, staged: &Path, target: &Path, name: &RelPath, claim: &UploadClaim) -> Result<Placement, StoreError> {
+        let sidecar = target.with_file_name(name.checksum_path().file_name());
+        let folder = target.parent().ok_or_else(|| io::Error::other("target has no folder"))?;
+        if !exists_no_follow(target)? {
+            if exists_no_follow(&sidecar)? {
+                // A file of the device's own occupies the checksum name.
+                return Ok(Placement::Taken);
+            }
+            match fs::hard_link(staged, target) {
+                Ok(()) => {
+                    sync_dir(folder)?;
+                    self.write_checksum_file(&sidecar, name, &claim.sha256)?;
+                    return Ok(Placement::Placed);
+                }
+                // Another upload got there first; judge what it put there.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !holds_exactly(target, &claim.sha256, claim.size)? {
+            return Ok(Placement::Taken);
+        }
+        // Same bytes already there: an earlier answer was lost, or a crash
+        // came between placing the file and its checksum file.
+        if !exists_no_follow(&sidecar)? {
+            self.write_checksum_file(&sidecar, name, &claim.sha256)?;
+        }
+        Ok(Placement::SameContentThere)
+    }
+
+    /// Writes `<name>.sha256` by the same stage, fsync and link steps as data.
+    fn write_checksum_file(&self, sidecar: &Path, name: &RelPath, digest: &Sha256Digest) -> io::Result<()> {
+        let line = name.checksum_line(digest);
+        let (temp, mut file) = self.new_staging_file("checksum")?;
+        let result = (|| {
+            file.write_all(line.as_bytes())?;
+            file.sync_all()?;
+            match fs::hard_link(&temp, sidecar) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    // Written meanwhile by a racing upload of the same bytes,
+                    // or a device file of that name: either way it stays.
+                    let there = fs::read(sidecar).unwrap_or_default();
+                    if there != line.as_bytes() {
+                        tracing::warn!(file = %sidecar.display(), "checksum file name already used by other content; left as it is");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            sync_dir(sidecar.parent().unwrap_or(Path::new(".")))
+        })();
+        let _ = fs::remove_file(&temp);
+        result
+    }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work).await.map_err(io::Error::other)?
+}

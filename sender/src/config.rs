@@ -1,0 +1,158 @@
+//! The validated configuration of one run.
+
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use logferry_common::wire::DEFAULT_PORT;
+use reqwest::Url;
+
+use crate::exit;
+
+/// Default folder name for delivered files, beside the log folder, as in the
+/// tool logferry replaces.
+pub const DEFAULT_SENT_DIR_NAME: &str = "sent_files";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Base URL of the receiver, ending in `/`.
+    pub receiver: Url,
+    /// The log folder, canonical.
+    pub folder: PathBuf,
+    pub id_file: PathBuf,
+    /// Where delivered files are moved, canonical once it exists.
+    pub sent_dir: PathBuf,
+    /// Print a line per file (interactive use); otherwise only failures and
+    /// the summary, as cron mails whatever is printed.
+    pub verbose: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Host(String),
+    #[error("the log folder {} {reason}", path.display())]
+    Folder { path: PathBuf, reason: String },
+    #[error("cannot use the sent folder {}: {source}", path.display())]
+    SentDir { path: PathBuf, source: io::Error },
+}
+
+impl ConfigError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Host(_) => exit::USAGE,
+            Self::Folder { .. } | Self::SentDir { .. } => exit::FOLDER,
+        }
+    }
+}
+
+impl Config {
+    /// Checks what can be checked before contacting anyone. Creates the sent
+    /// folder, so that a folder that cannot be made stops the run before any
+    /// upload rather than after each one.
+    pub fn new(
+        host: &str,
+        port: Option<u16>,
+        folder: &Path,
+        id_file: PathBuf,
+        sent_dir: Option<PathBuf>,
+        verbose: bool,
+    ) -> Result<Self, ConfigError> {
+        let receiver = receiver_url(host, port)?;
+        let folder_error = |reason: String| ConfigError::Folder { path: folder.to_owned(), reason };
+        match std::fs::metadata(folder) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(folder_error("is not a folder".to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(folder_error("does not exist".to_owned())),
+            Err(e) => return Err(folder_error(format!("cannot be read: {e}"))),
+        }
+        let folder = folder.canonicalize().map_err(|e| folder_error(format!("cannot be read: {e}")))?;
+        let sent_dir = match sent_dir {
+            Some(dir) => dir,
+            None => folder
+                .parent()
+                .ok_or_else(|| folder_error("has no parent folder to put sent_files in; give --sent-dir".to_owned()))?
+                .join(DEFAULT_SENT_DIR_NAME),
+        };
+        let sent_error = |source| ConfigError::SentDir { path: sent_dir.clone(), source };
+        std::fs::create_dir_all(&sent_dir).map_err(sent_error)?;
+        let sent_dir = sent_dir.canonicalize().map_err(sent_error)?;
+        if sent_dir == folder {
+            return Err(sent_error(io::Error::other("it is the log folder itself")));
+        }
+        Ok(Self { receiver, folder, id_file, sent_dir, verbose })
+    }
+}
+
+/// Turns `ip`, `ip:port`, `name`, `name:port`, `[v6]:port` or a full
+/// `http(s)://` URL into the receiver's base URL. A bare host gets port 3500
+/// unless `--port` says otherwise; a URL keeps its own (or its scheme's) port.
+fn receiver_url(host: &str, port: Option<u16>) -> Result<Url, ConfigError> {
+    let bad = |why: &str| ConfigError::Host(format!("cannot use {host:?} as the receiver: {why}"));
+    let (url_text, has_port) = if host.contains("://") {
+        (host.to_owned(), None)
+    } else if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+        return Err(bad("give an IP address or host name, optionally with :port, or a full http:// URL"));
+    } else if let Ok(IpAddr::V6(v6)) = host.parse::<IpAddr>() {
+        (format!("http://[{v6}]"), Some(false))
+    } else {
+        let has_port = !host.ends_with(']') && host.contains(':');
+        (format!("http://{host}"), Some(has_port))
+    };
+    let mut url = Url::parse(&url_text).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("only http:// and https:// are supported"));
+    }
+    if url.host().is_none() {
+        return Err(bad("it names no host"));
+    }
+    let has_port = has_port.unwrap_or(url.port().is_some());
+    let chosen = match (has_port, port) {
+        (true, Some(_)) => return Err(bad("the port is given both in the host and with --port; give it once")),
+        (false, Some(port)) => Some(port),
+        (false, None) if !host.contains("://") => Some(DEFAULT_PORT),
+        _ => None,
+    };
+    if let Some(port) = chosen {
+        url.set_port(Some(port)).map_err(|()| bad("it cannot take a port"))?;
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(host: &str, port: Option<u16>, expected: Result<&str, ()>) {
+        let got = receiver_url(host, port).map(|u| u.to_string()).map_err(|_| ());
+        assert_eq!(got.as_deref().map_err(|_| ()), expected, "host {host:?} port {port:?}");
+    }
+
+    #[test]
+    fn host_forms() {
+        check("192.168.1.10", None, Ok("http://192.168.1.10:3500/"));
+        check("192.168.1.10:8080", None, Ok("http://192.168.1.10:8080/"));
+        check("192.168.1.10", Some(9000), Ok("http://192.168.1.10:9000/"));
+        check("192.168.1.10:8080", Some(9000), Err(()));
+        check("logs.lab", None, Ok("http://logs.lab:3500/"));
+        check("logs.lab:4000", None, Ok("http://logs.lab:4000/"));
+        check("::1", None, Ok("http://[::1]:3500/"));
+        check("[::1]:4000", None, Ok("http://[::1]:4000/"));
+        check("[::1]", None, Ok("http://[::1]:3500/"));
+        check("http://logs.lab", None, Ok("http://logs.lab/"));
+        check("http://logs.lab:3500", None, Ok("http://logs.lab:3500/"));
+        check("https://logs.lab/logferry", None, Ok("https://logs.lab/logferry/"));
+        check("https://logs.lab", Some(8443), Ok("https://logs.lab:8443/"));
+        check("ftp://logs.lab", None, Err(()));
+        check("", None, Err(()));
+        check("logs.lab/x", None, Err(()));
+        check("user@logs.lab", None, Err(()));
+        check("logs.lab:99999", None, Err(()));
+    }
+}

@@ -1,0 +1,189 @@
+//! One run: check the credentials, walk the folder, deliver each file.
+
+use std::io;
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+use logferry_common::Sha256Digest;
+use logferry_common::signing::UploadClaim;
+use logferry_common::wire::UploadOutcome;
+
+use crate::client::{Client, RequestError};
+use crate::config::Config;
+use crate::id_file::{self, IdFileError};
+use crate::report::{Summary, human_bytes};
+use crate::{exit, sent, walk};
+
+/// What stops a run before or during the walk.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    #[error("{0}")]
+    IdFile(#[from] IdFileError),
+    #[error("receiver unreachable: {0}; files not yet sent stay for the next run")]
+    Unreachable(RequestError),
+    #[error("authentication failed: {0}")]
+    AuthFailed(RequestError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Fatal {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::IdFile(_) => exit::ID_FILE,
+            Self::Unreachable(_) => exit::UNREACHABLE,
+            Self::AuthFailed(_) => exit::AUTH_FAILED,
+            Self::Internal(_) => exit::INTERNAL,
+        }
+    }
+
+    fn from_request(err: RequestError) -> Self {
+        if err.is_auth_failure() { Self::AuthFailed(err) } else { Self::Unreachable(err) }
+    }
+}
+
+/// What became of one file that was not delivered.
+enum Undelivered {
+    /// It stays for the next run; the run goes on.
+    Kept(String),
+    /// Nothing further can succeed in this run.
+    Stop(Fatal),
+}
+
+/// How a run ended: the tally, and what stopped it early, if anything.
+#[derive(Debug)]
+pub struct Outcome {
+    pub summary: Summary,
+    pub fatal: Option<Fatal>,
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> u8 {
+        match &self.fatal {
+            Some(fatal) => fatal.exit_code(),
+            None if self.summary.failed.is_empty() => exit::SUCCESS,
+            None => exit::SOME_FILES_FAILED,
+        }
+    }
+}
+
+/// Runs once over the folder. Failures of single files are collected (and
+/// printed as they happen); a failure that affects every file ends the run.
+pub async fn run(config: &Config) -> Outcome {
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let fatal = deliver_all(config, &mut summary).await.err();
+    summary.elapsed = started.elapsed();
+    Outcome { summary, fatal }
+}
+
+async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal> {
+    let id = id_file::read(&config.id_file)?;
+    let client = Client::new(config.receiver.clone(), id).map_err(|e| Fatal::Internal(format!("cannot set up HTTP: {e}")))?;
+    let reply = client.auth_check().await.map_err(Fatal::from_request)?;
+    if config.verbose {
+        let label = reply.label.map(|l| format!(" as {l:?}")).unwrap_or_default();
+        eprintln!("receiver {} accepts this device{label}", config.receiver);
+    }
+
+    let found = walk::walk(&config.folder, &config.sent_dir);
+    summary.skipped = found.skipped.len() as u64;
+    if config.verbose {
+        for skipped in &found.skipped {
+            eprintln!("skipped {skipped}: not a regular file (links are never followed)");
+        }
+    }
+    for (name, reason) in found.unusable {
+        fail(summary, name, reason);
+    }
+    for candidate in &found.files {
+        match deliver_one(&client, config, &candidate.path, candidate).await {
+            Ok((outcome, size, stored_as)) => {
+                let renamed = if stored_as == candidate.rel.as_str() {
+                    String::new()
+                } else {
+                    format!(", stored as {stored_as} because the name held other content")
+                };
+                match outcome {
+                    UploadOutcome::Stored => {
+                        summary.sent += 1;
+                        summary.sent_bytes += size;
+                        if config.verbose {
+                            eprintln!("sent {} ({}){renamed}", candidate.rel, human_bytes(size));
+                        }
+                    }
+                    UploadOutcome::AlreadyStored => {
+                        summary.already_stored += 1;
+                        if config.verbose {
+                            eprintln!("already stored {}{renamed}", candidate.rel);
+                        }
+                    }
+                }
+            }
+            Err(Undelivered::Kept(reason)) => fail(summary, candidate.rel.to_string(), reason),
+            Err(Undelivered::Stop(fatal)) => return Err(fatal),
+        }
+    }
+    Ok(())
+}
+
+fn fail(summary: &mut Summary, name: String, reason: String) {
+    eprintln!("not sent: {name}: {reason}");
+    summary.failed.push((name, reason));
+}
+
+/// The identity of a file's content as far as cheap metadata tells.
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+fn stamp(path: &Path) -> io::Result<Stamp> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_file() {
+        return Err(io::Error::other("it is no longer a regular file"));
+    }
+    Ok(Stamp { len: meta.len(), modified: meta.modified().ok() })
+}
+
+/// Hashes, uploads, checks the receipt, and moves the file aside only if the
+/// receiver confirmed exactly these bytes and the file did not change since
+/// it was hashed.
+async fn deliver_one(
+    client: &Client,
+    config: &Config,
+    path: &Path,
+    candidate: &walk::Candidate,
+) -> Result<(UploadOutcome, u64, String), Undelivered> {
+    let kept = |what: &str, e: io::Error| Undelivered::Kept(format!("{what}: {e}"));
+    let before = stamp(path).map_err(|e| kept("cannot read it", e))?;
+    let owned = path.to_owned();
+    let (sha256, size) = tokio::task::spawn_blocking(move || Sha256Digest::of_reader(std::fs::File::open(owned)?))
+        .await
+        .map_err(|e| Undelivered::Stop(Fatal::Internal(e.to_string())))?
+        .map_err(|e| kept("cannot read it", e))?;
+    if size != before.len {
+        return Err(Undelivered::Kept("it changed while being read; it will be sent on a later run".to_owned()));
+    }
+    let claim = UploadClaim { path: candidate.rel.clone(), sha256, size };
+    let (_, receipt) = client.upload(path, &claim).await.map_err(|e| match e {
+        RequestError::Unreachable { .. } => Undelivered::Stop(Fatal::Unreachable(e)),
+        e if e.is_auth_failure() => Undelivered::Stop(Fatal::AuthFailed(e)),
+        e => Undelivered::Kept(e.to_string()),
+    })?;
+    if receipt.sha256 != sha256 || receipt.size != size {
+        return Err(Undelivered::Kept(format!(
+            "the receiver confirmed other bytes ({} bytes, SHA-256 {}) than were sent ({size} bytes, SHA-256 {sha256})",
+            receipt.size, receipt.sha256
+        )));
+    }
+    if stamp(path).ok().as_ref() != Some(&before) {
+        return Err(Undelivered::Kept(
+            "it changed while being sent; the receiver has the earlier version, and this one will be sent on a later run".to_owned(),
+        ));
+    }
+    sent::move_aside(path, &config.sent_dir, &candidate.rel, &sha256, size)
+        .map_err(|e| kept("delivered, but it could not be moved to the sent folder", e))?;
+    Ok((receipt.outcome, size, receipt.stored_as))
+}

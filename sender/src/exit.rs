@@ -1,0 +1,19 @@
+//! The sender's exit codes, so cron and scripts can tell failures apart.
+//! README.md lists the same table.
+
+/// Every eligible file was delivered and moved aside, or there was nothing to send.
+pub const SUCCESS: u8 = 0;
+/// Some files could not be delivered (or moved aside); they stay for the next run.
+pub const SOME_FILES_FAILED: u8 = 1;
+/// The command line is wrong (missing or unknown arguments).
+pub const USAGE: u8 = 2;
+/// The device ID file is missing, unreadable, or holds no valid ID.
+pub const ID_FILE: u8 = 3;
+/// The log folder is not a folder, or the sent folder cannot be used.
+pub const FOLDER: u8 = 4;
+/// The receiver could not be reached, or did not answer as a logferry receiver.
+pub const UNREACHABLE: u8 = 5;
+/// The receiver refused this device's credentials.
+pub const AUTH_FAILED: u8 = 6;
+/// Anything else: a bug or an unexpected system failure.
+pub const INTERNAL: u8 = 9;

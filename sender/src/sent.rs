@@ -1,0 +1,109 @@
+//! Moving a delivered file into the sent folder, never replacing anything.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use logferry_common::durable::{create_dirs, holds_exactly, sync_dir};
+use logferry_common::{RelPath, Sha256Digest};
+
+/// Moves `source` to `<sent_dir>/<rel>`, or, when that name is taken, to the
+/// same conflict name the receiver uses. When even that is taken by a copy of
+/// exactly these bytes, the source is a duplicate and is simply removed.
+pub fn move_aside(source: &Path, sent_dir: &Path, rel: &RelPath, digest: &Sha256Digest, size: u64) -> io::Result<PathBuf> {
+    let conflict = rel.conflict_path(digest);
+    for name in [rel, &conflict] {
+        let folder = create_dirs(sent_dir, name.folders())?;
+        let target = folder.join(name.file_name());
+        if move_no_replace(source, &target)? {
+            return Ok(target);
+        }
+    }
+    let existing = sent_dir.join(conflict.as_str());
+    if holds_exactly(&existing, digest, size)? {
+        remove_durably(source)?;
+        return Ok(existing);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("both {rel} and {conflict} already exist in {} with other content", sent_dir.display()),
+    ))
+}
+
+/// Moves `source` to `target` unless `target` exists; returns whether it moved.
+/// A hard link is atomic and cannot replace; where links are impossible
+/// (another file system), the file is copied, fsynced, then put in place.
+fn move_no_replace(source: &Path, target: &Path) -> io::Result<bool> {
+    match fs::hard_link(source, target) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(_) => {
+            if !copy_no_replace(source, target)? {
+                return Ok(false);
+            }
+        }
+    }
+    sync_dir(target.parent().unwrap_or(Path::new(".")))?;
+    remove_durably(source)?;
+    Ok(true)
+}
+
+fn copy_no_replace(source: &Path, target: &Path) -> io::Result<bool> {
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = target.with_file_name(format!(".{name}.logferry-partial-{}", std::process::id()));
+    let result = (|| {
+        let mut from = File::open(source)?;
+        let mut to = OpenOptions::new().write(true).create_new(true).open(&temp)?;
+        io::copy(&mut from, &mut to)?;
+        to.sync_all()?;
+        match fs::hard_link(&temp, target) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            // No links at all on this file system (FAT): a rename is the
+            // next best, after checking the name is free.
+            Err(_) if !target.exists() => fs::rename(&temp, target).map(|()| true),
+            Err(_) => Ok(false),
+        }
+    })();
+    let _ = fs::remove_file(&temp);
+    result
+}
+
+fn remove_durably(path: &Path) -> io::Result<()> {
+    fs::remove_file(path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_replaces_and_removes_true_duplicates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sent = dir.path().join("sent");
+        fs::create_dir(&sent).expect("mkdir");
+        let rel = RelPath::parse("sub/a.log").expect("valid");
+        let put = |content: &[u8]| {
+            let source = dir.path().join("a.log");
+            fs::write(&source, content).expect("write");
+            let (digest, size) = Sha256Digest::of_reader(content).expect("hash");
+            (source.clone(), move_aside(&source, &sent, &rel, &digest, size))
+        };
+
+        let (source, first) = put(b"one");
+        assert_eq!(first.expect("moved"), sent.join("sub/a.log"));
+        assert!(!source.exists());
+
+        let (_, second) = put(b"two");
+        let second = second.expect("moved under the conflict name");
+        assert_ne!(second, sent.join("sub/a.log"));
+        assert_eq!(fs::read(&second).expect("read"), b"two");
+        assert_eq!(fs::read(sent.join("sub/a.log")).expect("read"), b"one");
+
+        let (source, third) = put(b"two");
+        assert_eq!(third.expect("duplicate removed"), second);
+        assert!(!source.exists());
+        assert_eq!(fs::read_dir(sent.join("sub")).expect("list").count(), 2);
+    }
+}
