@@ -62,6 +62,9 @@ fn run() -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // Reporting a failed log write goes to stderr too, and panics when that
+        // is closed: a receiver must outlive its log pipe.
+        .log_internal_errors(false)
         .init();
     match cli.command {
         Some(Command::AddDevice { label }) => add_device(&cli.ids, label.as_deref()),
@@ -85,7 +88,8 @@ fn add_device(ids_file: &std::path::Path, label: Option<&str>) -> anyhow::Result
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let state = logferry_receiver::open(&config)?;
     let listener = TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(address = %config.listen, "listening");
+    let address = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    tracing::info!(%address, "listening");
     actix_web::rt::System::new().block_on(async move { logferry_receiver::run(listener, state)?.await })?;
     Ok(ExitCode::SUCCESS)
 }

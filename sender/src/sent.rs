@@ -8,8 +8,8 @@ use logferry_common::durable::{create_dirs, holds_exactly, sync_dir};
 use logferry_common::{RelPath, Sha256Digest};
 
 /// Moves `source` to `<sent_dir>/<rel>`, or, when that name is taken, to the
-/// same conflict name the receiver uses. When even that is taken by a copy of
-/// exactly these bytes, the source is a duplicate and is simply removed.
+/// same conflict name the receiver uses. When a name already holds exactly
+/// these bytes, the source is a duplicate of what was set aside and is removed.
 pub fn move_aside(source: &Path, sent_dir: &Path, rel: &RelPath, digest: &Sha256Digest, size: u64) -> io::Result<PathBuf> {
     let conflict = rel.conflict_path(digest);
     for name in [rel, &conflict] {
@@ -18,11 +18,10 @@ pub fn move_aside(source: &Path, sent_dir: &Path, rel: &RelPath, digest: &Sha256
         if move_no_replace(source, &target)? {
             return Ok(target);
         }
-    }
-    let existing = sent_dir.join(conflict.as_str());
-    if holds_exactly(&existing, digest, size)? {
-        remove_durably(source)?;
-        return Ok(existing);
+        if holds_exactly(&target, digest, size)? {
+            remove_durably(source)?;
+            return Ok(target);
+        }
     }
     Err(io::Error::new(
         io::ErrorKind::AlreadyExists,
@@ -101,9 +100,11 @@ mod tests {
         assert_eq!(fs::read(&second).expect("read"), b"two");
         assert_eq!(fs::read(sent.join("sub/a.log")).expect("read"), b"one");
 
-        let (source, third) = put(b"two");
-        assert_eq!(third.expect("duplicate removed"), second);
-        assert!(!source.exists());
+        for (content, kept_as) in [(&b"one"[..], sent.join("sub/a.log")), (b"two", second)] {
+            let (source, again) = put(content);
+            assert_eq!(again.expect("duplicate removed"), kept_as);
+            assert!(!source.exists());
+        }
         assert_eq!(fs::read_dir(sent.join("sub")).expect("list").count(), 2);
     }
 }

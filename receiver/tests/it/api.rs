@@ -1,0 +1,370 @@
+//! The HTTP API: what is stored, and every way a request is refused.
+
+use logferry_common::RelPath;
+use logferry_common::signing::UploadClaim;
+use logferry_common::wire::endpoint;
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// How a test request is signed.
+enum Auth {
+    /// Correctly, by the registered device, over the request's own fields.
+    Valid,
+    None,
+    Raw(String),
+    /// By the registered device at another time.
+    At(u64),
+    /// By the registered device, but over other upload fields.
+    Over(&'static str, &'static [u8]),
+    /// By a device that is not in the ids file.
+    Stranger,
+}
+
+struct Case {
+    name: &'static str,
+    auth: Auth,
+    upload: Upload,
+    status: u16,
+    code: &'static str,
+}
+
+/// A form, and the claim a valid signature covers: the declared fields when
+/// they are well-formed, else a nominal claim (those requests are refused
+/// for their fields before any signature check).
+struct Upload {
+    form: Form,
+    signs: UploadClaim,
+}
+
+fn declared(path: &str, sha256: &str, size: &str, content: &[u8]) -> Upload {
+    let parsed = (RelPath::parse(path).ok(), sha256.parse().ok(), size.parse().ok());
+    let signs = match parsed {
+        (Some(path), Some(sha256), Some(size)) => UploadClaim { path, sha256, size },
+        _ => claim("a.log", CONTENT),
+    };
+    Upload { form: upload_form(path, sha256, size, content), signs }
+}
+
+const CONTENT: &[u8] = b"sensor,value\n1,2\n";
+
+fn good_form(path: &str) -> Upload {
+    declared(path, &digest(CONTENT).to_hex(), &CONTENT.len().to_string(), CONTENT)
+}
+
+fn fields(parts: &[(&str, &[u8])]) -> Upload {
+    let form = parts.iter().fold(Form::new(), |form, (name, value)| form.part(name.to_string(), Part::bytes(value.to_vec())));
+    Upload { form, signs: claim("a.log", CONTENT) }
+}
+
+fn rejection_cases() -> Vec<Case> {
+    let sha = claim("x.log", CONTENT).sha256.to_hex();
+    let size = CONTENT.len().to_string();
+    let case = |name, auth, upload, status, code| Case { name, auth, upload, status, code };
+    vec![
+        case("no Authorization header", Auth::None, good_form("a.log"), 401, "missing_auth"),
+        case("wrong scheme", Auth::Raw("Bearer abc".into()), good_form("a.log"), 401, "malformed_auth"),
+        case("garbled header", Auth::Raw("LOGFERRY-HMAC-SHA256 nonsense".into()), good_form("a.log"), 401, "malformed_auth"),
+        case("unknown device", Auth::Stranger, good_form("a.log"), 401, "unknown_device"),
+        case("timestamp too old", Auth::At(now() - 3600), good_form("a.log"), 401, "clock_skew"),
+        case("timestamp in the future", Auth::At(now() + 3600), good_form("a.log"), 401, "clock_skew"),
+        case("signed for another path", Auth::Over("b.log", CONTENT), good_form("a.log"), 401, "bad_signature"),
+        case("signed for other content", Auth::Over("a.log", b"other"), good_form("a.log"), 401, "bad_signature"),
+        case("parent traversal", Auth::Valid, good_form("../escape.log"), 400, "invalid_path"),
+        case("traversal inside", Auth::Valid, good_form("a/../../escape.log"), 400, "invalid_path"),
+        case("absolute path", Auth::Valid, good_form("/etc/cron.d/x"), 400, "invalid_path"),
+        case("backslash", Auth::Valid, good_form("..\\escape.log"), 400, "invalid_path"),
+        case("drive letter", Auth::Valid, good_form("C:/x.log"), 400, "invalid_path"),
+        case("empty component", Auth::Valid, good_form("a//b.log"), 400, "invalid_path"),
+        case("dot component", Auth::Valid, good_form("./a.log"), 400, "invalid_path"),
+        case("NUL byte", Auth::Valid, good_form("a\0.log"), 400, "invalid_path"),
+        case("newline", Auth::Valid, good_form("a\n.log"), 400, "invalid_path"),
+        case("empty path", Auth::Valid, good_form(""), 400, "invalid_path"),
+        case("checksum not hex", Auth::Valid, declared("a.log", &"z".repeat(64), &size, CONTENT), 400, "malformed_upload"),
+        case("checksum too short", Auth::Valid, declared("a.log", &sha[..63], &size, CONTENT), 400, "malformed_upload"),
+        case("size not a number", Auth::Valid, declared("a.log", &sha, "ten", CONTENT), 400, "malformed_upload"),
+        case("negative size", Auth::Valid, declared("a.log", &sha, "-1", CONTENT), 400, "malformed_upload"),
+        case(
+            "fields out of order",
+            Auth::Valid,
+            fields(&[("sha256", sha.as_bytes()), ("path", b"a.log"), ("size", size.as_bytes()), ("file", CONTENT)]),
+            400,
+            "malformed_upload",
+        ),
+        case(
+            "path given twice",
+            Auth::Valid,
+            fields(&[("path", b"a.log"), ("path", b"b.log"), ("sha256", sha.as_bytes()), ("file", CONTENT)]),
+            400,
+            "malformed_upload",
+        ),
+        case(
+            "file field missing",
+            Auth::Valid,
+            fields(&[("path", b"a.log"), ("sha256", sha.as_bytes()), ("size", size.as_bytes())]),
+            400,
+            "malformed_upload",
+        ),
+        case(
+            "field after the file",
+            Auth::Valid,
+            Upload { form: good_form("a.log").form.text("extra", "1"), signs: claim("a.log", CONTENT) },
+            400,
+            "malformed_upload",
+        ),
+        case(
+            "oversized text field",
+            Auth::Valid,
+            fields(&[("path", "a".repeat(5000).as_bytes()), ("sha256", sha.as_bytes()), ("size", size.as_bytes()), ("file", CONTENT)]),
+            400,
+            "malformed_upload",
+        ),
+        case("fewer bytes than declared", Auth::Valid, declared("a.log", &sha, "100", CONTENT), 422, "size_mismatch"),
+        case("more bytes than declared", Auth::Valid, declared("a.log", &sha, "3", CONTENT), 422, "size_mismatch"),
+        case(
+            "bytes do not match the checksum",
+            Auth::Valid,
+            declared("a.log", &sha, &size, b"sensor,value\n1,3\n"),
+            422,
+            "checksum_mismatch",
+        ),
+    ]
+}
+
+/// Sends `case` and checks its status and code, and that nothing was stored.
+async fn check(h: &Harness, case: Case) {
+    let (status, body) = send_case(h, case.auth, case.upload).await;
+    assert_eq!((status, body["code"].as_str()), (case.status, Some(case.code)), "{}: {body}", case.name);
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{}: no error text: {body}", case.name);
+    assert!(!body.to_string().contains(DEVICE), "{}: answer reveals the ID", case.name);
+    assert_eq!(h.stored_files(), Vec::<String>::new(), "{}: something was stored", case.name);
+}
+
+async fn send_case(h: &Harness, auth: Auth, upload: Upload) -> (u16, Value) {
+    let own = upload.signs;
+    let header = match auth {
+        Auth::Valid => Some(authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&own))),
+        Auth::None => None,
+        Auth::Raw(text) => Some(text),
+        Auth::At(timestamp) => Some(authorization(&device(), "POST", endpoint::UPLOAD, timestamp, Some(&own))),
+        Auth::Over(path, content) => {
+            Some(authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim(path, content))))
+        }
+        Auth::Stranger => Some(authorization(&stranger(), "POST", endpoint::UPLOAD, now(), Some(&own))),
+    };
+    h.send_form(header, upload.form).await
+}
+
+#[tokio::test]
+async fn every_bad_upload_is_refused_with_its_status_and_code_and_nothing_is_stored() {
+    let h = Harness::start();
+    for case in rejection_cases() {
+        check(&h, case).await;
+    }
+}
+
+#[tokio::test]
+async fn a_body_cut_off_before_its_closing_boundary_is_not_stored_even_if_the_bytes_verify() {
+    let h = Harness::start();
+    let claim = claim("cut.log", b"abc");
+    let mut body = String::new();
+    for (name, value) in [("path", "cut.log".to_owned()), ("sha256", claim.sha256.to_hex()), ("size", "3".to_owned())] {
+        body.push_str(&format!("--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"));
+    }
+    body.push_str("--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut.log\"\r\n\r\nabc");
+    let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim));
+    let response = h
+        .http
+        .post(h.url(endpoint::UPLOAD))
+        .header("Authorization", auth)
+        .header("Content-Type", "multipart/form-data; boundary=XyZ")
+        .body(body)
+        .send()
+        .await
+        .expect("answer");
+    let (status, body) = answer(response).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("malformed_upload")), "{body}");
+    assert_eq!(h.stored_files(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_multipart_is_refused() {
+    let h = Harness::start();
+    let claim = claim("a.log", CONTENT);
+    let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim));
+    let response = h.http.post(h.url(endpoint::UPLOAD)).header("Authorization", auth).body(CONTENT).send().await.expect("answer");
+    let (status, body) = answer(response).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("malformed_upload")), "{body}");
+}
+
+#[tokio::test]
+async fn wrong_methods_and_unknown_paths_get_json_errors() {
+    let h = Harness::start();
+    for (method, path, status, code) in [
+        ("GET", endpoint::UPLOAD, 405, "method_not_allowed"),
+        ("PUT", endpoint::UPLOAD, 405, "method_not_allowed"),
+        ("POST", endpoint::HEALTH, 405, "method_not_allowed"),
+        ("POST", endpoint::AUTH_CHECK, 405, "method_not_allowed"),
+        ("GET", "/upload.php", 404, "not_found"),
+        ("GET", "/v1/upload/../../etc/passwd", 404, "not_found"),
+    ] {
+        let response = h.http.request(method.parse().expect("method"), h.url(path)).send().await.expect("answer");
+        let (got, body) = answer(response).await;
+        assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{method} {path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn health_and_auth_check() {
+    let h = Harness::start();
+    let (status, body) = answer(h.http.get(h.url(endpoint::HEALTH)).send().await.expect("answer")).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+
+    let signed = |id, method: &str, endpoint: &str| authorization(id, method, endpoint, now(), None);
+    let cases = [
+        (Some(signed(&device(), "GET", endpoint::AUTH_CHECK)), 200, None),
+        (None, 401, Some("missing_auth")),
+        (Some(signed(&stranger(), "GET", endpoint::AUTH_CHECK)), 401, Some("unknown_device")),
+        // A signature made for another endpoint does not open this one.
+        (Some(signed(&device(), "POST", endpoint::UPLOAD)), 401, Some("bad_signature")),
+    ];
+    for (auth, status, code) in cases {
+        let mut request = h.http.get(h.url(endpoint::AUTH_CHECK));
+        if let Some(auth) = &auth {
+            request = request.header("Authorization", auth);
+        }
+        let (got, body) = answer(request.send().await.expect("answer")).await;
+        assert_eq!((got, body["code"].as_str()), (status, code), "{body}");
+        if status == 200 {
+            assert_eq!(body["label"].as_str(), Some("bench-pi"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_verified_upload_is_stored_with_a_checksum_file_that_sha256sum_accepts() {
+    let h = Harness::start();
+    let (status, body) = h.upload("nested/dir/day 1 été.csv", CONTENT).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["outcome"], "stored");
+    assert_eq!(body["stored_as"], "nested/dir/day 1 été.csv");
+    assert_eq!(body["sha256"], digest(CONTENT).to_hex());
+    assert_eq!(body["size"], CONTENT.len());
+    let folder = h.device_dir().join("nested/dir");
+    assert_eq!(std::fs::read(folder.join("day 1 été.csv")).expect("stored"), CONTENT);
+    assert_eq!(
+        std::fs::read_to_string(folder.join("day 1 été.csv.sha256")).expect("checksum file"),
+        format!("{}  day 1 été.csv\n", digest(CONTENT))
+    );
+    let check = std::process::Command::new("sha256sum").arg("-c").arg("day 1 été.csv.sha256").current_dir(&folder).output().expect("sha256sum runs");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+
+    let (status, body) = h.upload("empty.log", b"").await;
+    assert_eq!((status, body["size"].as_u64()), (201, Some(0)), "{body}");
+}
+
+#[tokio::test]
+async fn resending_the_same_bytes_is_idempotent_and_repairs_a_missing_checksum_file() {
+    let h = Harness::start();
+    assert_eq!(h.upload("a.log", CONTENT).await.0, 201);
+    let before = h.stored_files();
+    let (status, body) = h.upload("a.log", CONTENT).await;
+    assert_eq!((status, body["outcome"].as_str(), body["stored_as"].as_str()), (200, Some("already_stored"), Some("a.log")));
+    assert_eq!(h.stored_files(), before);
+
+    // As if the receiver died between placing the file and its checksum file.
+    std::fs::remove_file(h.device_dir().join("a.log.sha256")).expect("remove");
+    assert_eq!(h.upload("a.log", CONTENT).await.0, 200);
+    assert_eq!(h.stored_files(), before);
+}
+
+#[tokio::test]
+async fn other_content_under_a_taken_name_is_kept_under_a_conflict_name_and_nothing_is_overwritten() {
+    let h = Harness::start();
+    let second = b"sensor,value\n9,9\n";
+    let conflict = format!("data/day.conflict-{}.csv", &digest(second).to_hex()[..16]);
+    assert_eq!(h.upload("data/day.csv", CONTENT).await.0, 201);
+
+    let (status, body) = h.upload("data/day.csv", second).await;
+    assert_eq!((status, body["stored_as"].as_str()), (201, Some(conflict.as_str())), "{body}");
+    assert_eq!(std::fs::read(h.device_dir().join("data/day.csv")).expect("first"), CONTENT);
+    assert_eq!(std::fs::read(h.device_dir().join(&conflict)).expect("second"), second);
+
+    // Retrying the second one finds it where it was put.
+    let (status, body) = h.upload("data/day.csv", second).await;
+    assert_eq!((status, body["stored_as"].as_str()), (200, Some(conflict.as_str())), "{body}");
+    assert_eq!(h.stored_files().len(), 4);
+
+    // A device file that happens to use a checksum file's name is kept too.
+    let (status, body) = h.upload("data/day.csv.sha256", b"not a checksum").await;
+    assert_eq!(status, 201, "{body}");
+    assert_ne!(body["stored_as"], "data/day.csv.sha256");
+    assert_eq!(h.stored_files().len(), 6);
+}
+
+#[tokio::test]
+async fn a_file_in_the_way_of_a_folder_is_a_conflict() {
+    let h = Harness::start();
+    assert_eq!(h.upload("a", CONTENT).await.0, 201);
+    let (status, body) = h.upload("a/b.log", CONTENT).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("path_conflict")), "{body}");
+    assert!(!body.to_string().contains(DEVICE));
+}
+
+#[tokio::test]
+async fn a_symbolic_link_planted_in_the_store_is_never_followed() {
+    let h = Harness::start();
+    let outside = tempfile::tempdir().expect("tempdir");
+    assert_eq!(h.upload("first.log", CONTENT).await.0, 201);
+    std::os::unix::fs::symlink(outside.path(), h.device_dir().join("logs")).expect("plant link");
+    std::os::unix::fs::symlink(outside.path().join("f.log"), h.device_dir().join("f.log")).expect("plant link");
+
+    let (status, body) = h.upload("logs/x.log", CONTENT).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("path_conflict")), "{body}");
+    let (status, body) = h.upload("f.log", CONTENT).await;
+    assert_eq!(status, 201, "a link at the name is 'taken', so the upload goes to the conflict name: {body}");
+    assert_ne!(body["stored_as"], "f.log");
+    assert_eq!(std::fs::read_dir(outside.path()).expect("list").count(), 0, "nothing written outside the store");
+}
+
+#[tokio::test]
+async fn racing_uploads_of_one_path_never_clobber_each_other() {
+    let h = Harness::start();
+    let (one, two) = (b"first version".as_slice(), b"second version".as_slice());
+    let ((s1, b1), (s2, b2), (s3, b3)) = tokio::join!(h.upload("r.log", one), h.upload("r.log", two), h.upload("r.log", one));
+    let mut statuses = [s1, s2, s3];
+    statuses.sort();
+    assert_eq!(statuses, [200, 201, 201], "one of the two identical uploads finds the other's copy: {b1} {b2} {b3}");
+    let stored: Vec<Vec<u8>> = [&b1, &b2, &b3].iter().map(|b| std::fs::read(h.device_dir().join(b["stored_as"].as_str().expect("name"))).expect("read")).collect();
+    assert_eq!(stored, vec![one.to_vec(), two.to_vec(), one.to_vec()]);
+    assert_eq!(h.stored_files().len(), 4, "two files, two checksum files");
+}
+
+#[tokio::test]
+async fn edits_to_the_ids_file_apply_without_a_restart() {
+    let h = Harness::start();
+    let auth_check = |id| {
+        let request = h.http.get(h.url(endpoint::AUTH_CHECK)).header("Authorization", authorization(&id, "GET", endpoint::AUTH_CHECK, now(), None));
+        async move { request.send().await.expect("answer").status().as_u16() }
+    };
+    assert_eq!(auth_check(stranger()).await, 401);
+
+    std::fs::write(h.ids_file(), format!("{DEVICE}\n{STRANGER} newcomer\n")).expect("add");
+    assert_eq!(auth_check(stranger()).await, 200, "added device accepted");
+    assert_eq!(auth_check(device()).await, 200);
+
+    std::fs::write(h.ids_file(), format!("{STRANGER} newcomer\nnot-an-id\n")).expect("remove");
+    assert_eq!(auth_check(device()).await, 401, "removed device refused");
+    assert_eq!(auth_check(stranger()).await, 200, "a malformed line does not lock out the rest");
+}
+
+#[tokio::test]
+async fn unfinished_uploads_left_by_a_crash_are_removed_at_start() {
+    let mut h = Harness::start();
+    let staging = h.store().join(".staging");
+    std::fs::write(staging.join("upload-left-by-a-crash"), b"partial").expect("plant");
+    h.restart();
+    assert_eq!(std::fs::read_dir(&staging).expect("list").count(), 0);
+    assert_eq!(h.upload("after.log", CONTENT).await.0, 201);
+}

@@ -1,0 +1,111 @@
+//! The `receiver` binary as a user runs it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::DEVICE;
+
+fn receiver(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_receiver"));
+    command.args(args).current_dir(dir).env_remove("LOGFERRY_IDS").env_remove("LOGFERRY_STORE").env_remove("LOGFERRY_PORT").env_remove("LOGFERRY_BIND");
+    command
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    receiver(dir, args).output().expect("receiver runs")
+}
+
+/// Starts the server on a free loopback port and returns it with its address,
+/// read from its "listening" log line. The log pipe is closed on return,
+/// as when a log collector goes away.
+fn serve(dir: &Path) -> (Child, String) {
+    let mut child = receiver(dir, &["--bind", "127.0.0.1", "--port", "0"]).stderr(Stdio::piped()).spawn().expect("spawn");
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for line in stderr.lines() {
+        let line = line.expect("log line");
+        assert!(!line.contains(DEVICE), "the ID was logged whole: {line}");
+        if let Some(address) = line.split("address=").nth(1) {
+            return (child, address.trim().to_owned());
+        }
+        assert!(Instant::now() < deadline, "receiver did not start");
+    }
+    panic!("receiver exited before listening");
+}
+
+/// One plain HTTP/1.1 GET, so this test needs no client library or tool.
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+}
+
+#[test]
+fn start_up_refuses_a_missing_or_malformed_ids_file_naming_file_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(dir.path(), &["--port", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read ids.txt"), "{stderr}");
+
+    std::fs::write(dir.path().join("ids.txt"), format!("# fleet\n{DEVICE}\n0123 too-short\n")).expect("write");
+    let out = run(dir.path(), &["--port", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ids.txt:3:") && stderr.contains("16 hexadecimal"), "{stderr}");
+    assert!(!dir.path().join("received_files").exists(), "nothing created before the ids file is valid");
+}
+
+#[test]
+fn add_device_prints_a_fresh_id_once_and_appends_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ids = dir.path().join("ids.txt");
+    let mut made = Vec::new();
+    for label in ["pi-1", "pi-2"] {
+        let out = run(dir.path(), &["add-device", "--label", label]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let id = String::from_utf8(out.stdout).expect("utf-8").trim().to_owned();
+        assert!(id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase()), "{id:?}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(&id), "the ID is printed once, on stdout");
+        made.push(id);
+    }
+    assert_ne!(made[0], made[1]);
+    let text = std::fs::read_to_string(&ids).expect("ids written");
+    assert_eq!(text, format!("{}  pi-1\n{}  pi-2\n", made[0], made[1]));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&ids).expect("stat").permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn help_documents_every_option_and_its_environment_variable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let help = String::from_utf8(run(dir.path(), &["--help"]).stdout).expect("utf-8");
+    for expected in ["--bind", "LOGFERRY_BIND", "--port", "3500", "--ids", "LOGFERRY_IDS", "--store", "LOGFERRY_STORE", "add-device"] {
+        assert!(help.contains(expected), "--help lacks {expected}:\n{help}");
+    }
+}
+
+#[test]
+fn the_binary_serves_creates_its_store_clears_stale_staging_and_outlives_its_log_pipe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ids.txt"), format!("{DEVICE}\n")).expect("ids");
+    let (mut child, address) = serve(dir.path());
+    let staging = dir.path().join("received_files/.staging");
+    assert!(staging.is_dir(), "store created");
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+
+    std::fs::write(staging.join("upload-0123"), b"half an upload").expect("plant");
+    let (mut child, address_again) = serve(dir.path());
+    assert_eq!(std::fs::read_dir(&staging).expect("list").count(), 0, "stale staging removed");
+    let health = http_get(&address_again, "/v1/health");
+    assert!(health.starts_with("HTTP/1.1 200") && health.contains(r#""status":"ok""#), "{health}");
+    assert_ne!(address, address_again, "port 0 gives a fresh free port each start");
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
+}

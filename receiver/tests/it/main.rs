@@ -1,0 +1,7 @@
+//! Integration tests of the receiver: the HTTP API against an in-process
+//! server on 127.0.0.1:0 with a temporary store, and the `receiver` binary
+//! as a black box.
+
+mod api;
+mod binary;
+mod harness;
