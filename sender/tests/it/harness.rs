@@ -1,0 +1,113 @@
+//! A device folder and a receiver, and a way to run the sender between them.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use logferry_receiver::{BackgroundReceiver, Config};
+use tempfile::TempDir;
+
+pub const DEVICE: &str = "0123456789ABCDEF";
+
+/// What one sender run printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub struct Harness {
+    pub dir: TempDir,
+    pub receiver: Option<BackgroundReceiver>,
+}
+
+impl Harness {
+    /// A receiver that accepts [`DEVICE`], an ID file holding it, and an
+    /// empty `logs` folder.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("ids.txt"), format!("{DEVICE} test-pi\n")).expect("ids");
+        std::fs::write(dir.path().join("device-id"), format!("# this device\n{}\n", DEVICE.to_lowercase())).expect("id file");
+        std::fs::create_dir(dir.path().join("logs")).expect("logs");
+        let config = Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            ids_file: dir.path().join("ids.txt"),
+            store_dir: dir.path().join("store"),
+        };
+        let state = logferry_receiver::open(&config).expect("receiver opens");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let receiver = BackgroundReceiver::start(listener, state).expect("receiver starts");
+        Self { dir, receiver: Some(receiver) }
+    }
+
+    pub fn host(&self) -> String {
+        self.receiver.as_ref().expect("running").addr.to_string()
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.path("logs")
+    }
+
+    pub fn sent(&self) -> PathBuf {
+        self.path("sent_files")
+    }
+
+    pub fn stored(&self) -> PathBuf {
+        self.path("store").join(DEVICE)
+    }
+
+    /// Writes `content` to `logs/<relative>`, creating folders.
+    pub fn log(&self, relative: &str, content: &[u8]) {
+        let path = self.logs().join(relative);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write log");
+    }
+
+    /// Runs `sender <receiver> logs --id-file device-id` plus `extra`.
+    pub fn send(&self, extra: &[&str]) -> Run {
+        let id_file = self.path("device-id");
+        let mut args = vec![self.host(), self.logs().display().to_string(), "--id-file".into(), id_file.display().to_string()];
+        args.extend(extra.iter().map(ToString::to_string));
+        sender(self.dir.path(), &args)
+    }
+}
+
+/// Runs the sender binary with `args` in `dir`, with no inherited settings
+/// and no terminal, as under cron.
+pub fn sender(dir: &Path, args: &[String]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_sender"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("LOGFERRY_PORT")
+        .env_remove("LOGFERRY_ID_FILE")
+        .env_remove("LOGFERRY_SENT_DIR")
+        .output()
+        .expect("sender runs");
+    let run = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let all = format!("{}{}", run.stdout, run.stderr).to_uppercase();
+    assert!(!all.contains(DEVICE), "the device ID appeared in the output: {run:?}");
+    run
+}
+
+/// Every file below `root`, relative to it, sorted.
+pub fn files(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    if root.exists() {
+        for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+            let entry = entry.expect("walk");
+            if !entry.file_type().is_dir() {
+                found.push(entry.path().strip_prefix(root).expect("inside").to_string_lossy().into_owned());
+            }
+        }
+    }
+    found
+}

@@ -1,0 +1,193 @@
+//! Whole sender runs: what is delivered, what stays, what is printed, and
+//! which exit code each failure gets.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+/// The exit codes README.md documents.
+mod code {
+    pub const SUCCESS: i32 = 0;
+    pub const SOME_FILES_FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const ID_FILE: i32 = 3;
+    pub const FOLDER: i32 = 4;
+    pub const UNREACHABLE: i32 = 5;
+    pub const AUTH_FAILED: i32 = 6;
+}
+
+fn assert_summary_only(run: &Run) {
+    assert_eq!(run.stderr, "", "nothing but the summary under cron: {run:?}");
+    assert_eq!(run.stdout.lines().count(), 1, "{run:?}");
+    assert!(run.stdout.starts_with("logferry: "), "{run:?}");
+}
+
+#[test]
+fn delivers_nested_empty_and_oddly_named_files_verified_and_moves_them_aside() {
+    let h = Harness::start();
+    let logs: &[(&str, &[u8])] = &[
+        ("top.log", b"temperature=21.5\n"),
+        ("2026/11/22/sensor.csv", b"t,v\n1,2\n"),
+        ("2026/11/22/empty.json", b""),
+        ("with spaces/day 1.txt", b"spaces\n"),
+        ("données/été °C.log", b"non-ascii\n"),
+        (".hidden", b"dot file\n"),
+    ];
+    for (name, content) in logs {
+        h.log(name, content);
+    }
+    let run = h.send(&[]);
+    assert_eq!(run.code, Some(code::SUCCESS), "{run:?}");
+    assert_summary_only(&run);
+    assert!(run.stdout.contains("6 sent") && run.stdout.contains("0 failed"), "{run:?}");
+
+    assert_eq!(files(&h.logs()), Vec::<String>::new(), "every file left the log folder");
+    for (name, content) in logs {
+        assert_eq!(std::fs::read(h.stored().join(name)).expect("stored"), *content, "{name}");
+        assert_eq!(std::fs::read(h.sent().join(name)).expect("moved aside"), *content, "{name}");
+        let folder = h.stored().join(name).parent().expect("folder").to_owned();
+        let file_name = std::path::Path::new(name).file_name().expect("name").to_string_lossy().into_owned();
+        let check = Command::new("sha256sum").arg("-c").arg(format!("{file_name}.sha256")).current_dir(&folder).output().expect("sha256sum");
+        assert!(check.status.success(), "sha256sum -c for {name}: {}", String::from_utf8_lossy(&check.stdout));
+    }
+
+    let again = h.send(&[]);
+    assert_eq!(again.code, Some(code::SUCCESS));
+    assert!(again.stdout.contains("0 sent"), "nothing left to send: {again:?}");
+}
+
+#[test]
+fn a_50_mib_file_arrives_intact() {
+    let h = Harness::start();
+    let content: Vec<u8> = (0..50u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    h.log("big/dump.bin", &content);
+    let run = h.send(&[]);
+    assert_eq!(run.code, Some(code::SUCCESS), "{run:?}");
+    assert!(run.stdout.contains("1 sent (50.0 MiB)"), "{run:?}");
+    assert!(std::fs::read(h.stored().join("big/dump.bin")).expect("stored") == content, "stored bytes differ");
+    assert!(std::fs::read(h.sent().join("big/dump.bin")).expect("moved") == content, "moved bytes differ");
+}
+
+#[test]
+fn a_file_sent_again_is_already_stored_and_a_new_version_is_kept_beside_the_old() {
+    let h = Harness::start();
+    h.log("a.log", b"version one\n");
+    assert_eq!(h.send(&[]).code, Some(code::SUCCESS));
+
+    // The same bytes again, as when the answer to an upload was lost.
+    h.log("a.log", b"version one\n");
+    let run = h.send(&[]);
+    assert_eq!(run.code, Some(code::SUCCESS), "{run:?}");
+    assert!(run.stdout.contains("0 sent") && run.stdout.contains("1 already stored"), "{run:?}");
+    assert_eq!(files(&h.sent()), ["a.log"], "the duplicate was not kept twice");
+
+    // A logger that reuses its file name: the receiver keeps both.
+    h.log("a.log", b"version two\n");
+    let run = h.send(&[]);
+    assert_eq!(run.code, Some(code::SUCCESS), "{run:?}");
+    let stored = files(&h.stored());
+    assert_eq!(stored.len(), 4, "{stored:?}");
+    assert_eq!(std::fs::read(h.stored().join("a.log")).expect("first"), b"version one\n");
+    let second = stored.iter().find(|n| n.starts_with("a.conflict-") && n.ends_with(".log")).expect("conflict name");
+    assert_eq!(std::fs::read(h.stored().join(second)).expect("second"), b"version two\n");
+    let mut expected = vec!["a.log".to_owned(), second.clone()];
+    expected.sort();
+    assert_eq!(files(&h.sent()), expected);
+}
+
+#[test]
+fn files_that_cannot_be_sent_stay_are_named_and_the_rest_still_go() {
+    let h = Harness::start();
+    // The receiver already has a file where a later one needs a folder.
+    h.log("x", b"a file called x\n");
+    assert_eq!(h.send(&[]).code, Some(code::SUCCESS));
+    h.log("x/inner.log", b"needs x to be a folder\n");
+    h.log("good.log", b"fine\n");
+    h.log("back\\slash.log", b"a name the receiver would refuse\n");
+
+    let run = h.send(&[]);
+    assert_eq!(run.code, Some(code::SOME_FILES_FAILED), "{run:?}");
+    assert!(run.stderr.contains("back\\slash.log") && run.stderr.contains("backslash"), "{run:?}");
+    assert!(run.stderr.contains("x/inner.log") && run.stderr.contains("409"), "{run:?}");
+    assert!(run.stdout.contains("2 failed"), "{run:?}");
+    assert_eq!(files(&h.logs()), ["back\\slash.log", "x/inner.log"], "failed files stay for the next run");
+    assert!(h.sent().join("good.log").is_file(), "the good file still went");
+}
+
+#[test]
+fn symbolic_links_are_never_followed_and_a_sent_folder_inside_is_skipped() {
+    let h = Harness::start();
+    let secret = h.path("outside-secret.txt");
+    std::fs::write(&secret, b"not a log").expect("write");
+    std::os::unix::fs::symlink(&secret, h.logs().join("link.log")).expect("link");
+    std::os::unix::fs::symlink(h.dir.path(), h.logs().join("loop")).expect("dir link");
+    h.log("real.log", b"real\n");
+    let done = h.logs().join("done");
+    let run = h.send(&["--sent-dir", &done.display().to_string()]);
+    assert_eq!(run.code, Some(code::SUCCESS), "{run:?}");
+    assert!(run.stdout.contains("1 sent") && run.stdout.contains("2 skipped"), "{run:?}");
+    assert_eq!(files(&h.stored()), ["real.log", "real.log.sha256"]);
+    assert!(h.logs().join("link.log").is_symlink(), "links stay where they are");
+    assert!(done.join("real.log").is_file());
+
+    let again = h.send(&["--sent-dir", &done.display().to_string()]);
+    assert!(again.stdout.contains("0 sent"), "the sent folder is not sent again: {again:?}");
+}
+
+/// A failure of the whole run: its exit code, and words that say what to do.
+struct Failure {
+    name: &'static str,
+    args: Vec<String>,
+    code: i32,
+    says: &'static str,
+}
+
+#[test]
+fn each_failure_has_its_own_exit_code_and_message() {
+    let h = Harness::start();
+    h.log("waiting.log", b"must stay until it is delivered\n");
+    std::fs::write(h.path("bad-id"), "0123456789ABCDEZ\n").expect("write");
+    std::fs::write(h.path("empty-id"), "# no id yet\n").expect("write");
+    std::fs::write(h.path("stranger-id"), "FEDCBA9876543210\n").expect("write");
+    std::fs::write(h.path("a-file"), "not a folder").expect("write");
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    };
+    let (host, logs) = (h.host(), h.logs().display().to_string());
+    let id = |file: &str| vec!["--id-file".to_owned(), h.path(file).display().to_string()];
+    let with = |host: &str, folder: &str, id_file: &str| [vec![host.to_owned(), folder.to_owned()], id(id_file)].concat();
+    let failures = [
+        Failure { name: "no arguments", args: vec![], code: code::USAGE, says: "Usage" },
+        Failure { name: "folder missing", args: vec![host.clone()], code: code::USAGE, says: "<FOLDER>" },
+        Failure { name: "ID file missing", args: with(&host, &logs, "absent-id"), code: code::ID_FILE, says: "device ID not found" },
+        Failure { name: "ID file invalid", args: with(&host, &logs, "bad-id"), code: code::ID_FILE, says: "does not hold a valid ID" },
+        Failure { name: "ID file empty", args: with(&host, &logs, "empty-id"), code: code::ID_FILE, says: "holds no ID" },
+        Failure { name: "folder is a file", args: with(&host, &h.path("a-file").display().to_string(), "device-id"), code: code::FOLDER, says: "is not a folder" },
+        Failure { name: "folder absent", args: with(&host, &h.path("nope").display().to_string(), "device-id"), code: code::FOLDER, says: "does not exist" },
+        Failure { name: "receiver unreachable", args: with(&closed_port, &logs, "device-id"), code: code::UNREACHABLE, says: "receiver unreachable: cannot connect to http://127.0.0.1" },
+        Failure { name: "unknown device", args: with(&host, &logs, "stranger-id"), code: code::AUTH_FAILED, says: "authentication failed" },
+        Failure { name: "port twice", args: [with(&host, &logs, "device-id"), vec!["--port".into(), "1".into()]].concat(), code: code::USAGE, says: "give it once" },
+    ];
+    for failure in failures {
+        let run = sender(h.dir.path(), &failure.args);
+        assert_eq!(run.code, Some(failure.code), "{}: {run:?}", failure.name);
+        assert!(run.stderr.contains(failure.says), "{}: expected {:?} in {run:?}", failure.name, failure.says);
+        assert_eq!(files(&h.logs()), ["waiting.log"], "{}: the log stays", failure.name);
+    }
+    assert!(!h.stored().exists(), "nothing reached the store");
+}
+
+#[test]
+fn a_receiver_that_stops_mid_run_leaves_unsent_files_in_place() {
+    let mut h = Harness::start();
+    h.log("first.log", b"one\n");
+    assert_eq!(h.send(&[]).code, Some(code::SUCCESS));
+    let host = h.host();
+    h.receiver.take().expect("running").stop().expect("stopped");
+    h.log("second.log", b"two\n");
+    let run = sender(h.dir.path(), &[host, h.logs().display().to_string(), "--id-file".into(), h.path("device-id").display().to_string()]);
+    assert_eq!(run.code, Some(code::UNREACHABLE), "{run:?}");
+    assert_eq!(files(&h.logs()), ["second.log"]);
+    assert_eq!(files(&h.sent()), ["first.log"]);
+}
