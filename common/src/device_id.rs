@@ -38,9 +38,7 @@ pub enum DeviceIdError {
 impl DeviceId {
     /// Builds an ID from 8 random bytes (the receiver's `add-device`).
     pub fn from_bytes(bytes: [u8; 8]) -> Self {
-        Self {
-            canonical: hex::encode_upper(bytes),
-        }
+        Self { canonical: hex::encode_upper(bytes) }
     }
 
     /// The full ID. Only for signing, the store folder name, and printing a
@@ -83,19 +81,14 @@ impl FromStr for DeviceId {
         if let Some(bad) = s.chars().find(|c| !c.is_ascii_hexdigit()) {
             return Err(DeviceIdError::NotHex(bad));
         }
-        Ok(Self {
-            canonical: s.to_ascii_uppercase(),
-        })
+        Ok(Self { canonical: s.to_ascii_uppercase() })
     }
 }
 
 /// Compared in constant time, so that timing reveals nothing about an ID.
 impl PartialEq for DeviceId {
     fn eq(&self, other: &Self) -> bool {
-        self.canonical
-            .as_bytes()
-            .ct_eq(other.canonical.as_bytes())
-            .into()
+        self.canonical.as_bytes().ct_eq(other.canonical.as_bytes()).into()
     }
 }
 

@@ -227,9 +227,8 @@ mod tests {
 
     #[test]
     fn derived_names() {
-        let digest: Sha256Digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-            .parse()
-            .expect("valid");
+        let digest: Sha256Digest =
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".parse().expect("valid");
         let cases = [
             ("day.csv", "day.conflict-ba7816bf8f01cfea.csv"),
             ("logs/x.y.txt", "logs/x.y.conflict-ba7816bf8f01cfea.txt"),

@@ -66,11 +66,7 @@ impl SignedRequest<'_> {
     pub fn authorization(&self, id: &DeviceId) -> AuthHeader {
         let mut mac = id.mac();
         mac.update(self.canonical_string().as_bytes());
-        AuthHeader {
-            key_id: id.key_id(),
-            timestamp: self.timestamp,
-            signature: mac.finalize().into_bytes().into(),
-        }
+        AuthHeader { key_id: id.key_id(), timestamp: self.timestamp, signature: mac.finalize().into_bytes().into() }
     }
 
     /// Checks `signature` in constant time.
@@ -134,7 +130,8 @@ impl FromStr for AuthHeader {
             .ok_or(AuthHeaderError::WrongScheme)?;
         let (mut key_id, mut timestamp, mut signature) = (None, None, None);
         for param in params.split(',') {
-            let (name, value) = param.trim().split_once('=').ok_or_else(|| AuthHeaderError::Unknown(param.trim().to_owned()))?;
+            let (name, value) =
+                param.trim().split_once('=').ok_or_else(|| AuthHeaderError::Unknown(param.trim().to_owned()))?;
             let (label, slot): (&'static str, &mut Option<&str>) = match name {
                 "KeyId" => ("KeyId", &mut key_id),
                 "Timestamp" => ("Timestamp", &mut timestamp),
@@ -256,11 +253,26 @@ mod tests {
             format!("{AUTH_SCHEME} KeyId={good}, KeyId={good}, Timestamp=1, Signature={sig}"),
             Err(AuthHeaderError::Duplicate("KeyId")),
         );
-        check(format!("{AUTH_SCHEME} KeyId=XYZ, Timestamp=1, Signature={sig}"), Err(AuthHeaderError::Malformed("KeyId")));
-        check(format!("{AUTH_SCHEME} KeyId={good}, Timestamp=-1, Signature={sig}"), Err(AuthHeaderError::Malformed("Timestamp")));
-        check(format!("{AUTH_SCHEME} KeyId={good}, Timestamp=+1, Signature={sig}"), Err(AuthHeaderError::Malformed("Timestamp")));
-        check(format!("{AUTH_SCHEME} KeyId={good}, Timestamp=1, Signature=abc"), Err(AuthHeaderError::Malformed("Signature")));
-        check(format!("{AUTH_SCHEME} KeyId={good}, Timestamp=1, Signature={sig}, Extra=1"), Err(AuthHeaderError::Unknown("Extra".into())));
+        check(
+            format!("{AUTH_SCHEME} KeyId=XYZ, Timestamp=1, Signature={sig}"),
+            Err(AuthHeaderError::Malformed("KeyId")),
+        );
+        check(
+            format!("{AUTH_SCHEME} KeyId={good}, Timestamp=-1, Signature={sig}"),
+            Err(AuthHeaderError::Malformed("Timestamp")),
+        );
+        check(
+            format!("{AUTH_SCHEME} KeyId={good}, Timestamp=+1, Signature={sig}"),
+            Err(AuthHeaderError::Malformed("Timestamp")),
+        );
+        check(
+            format!("{AUTH_SCHEME} KeyId={good}, Timestamp=1, Signature=abc"),
+            Err(AuthHeaderError::Malformed("Signature")),
+        );
+        check(
+            format!("{AUTH_SCHEME} KeyId={good}, Timestamp=1, Signature={sig}, Extra=1"),
+            Err(AuthHeaderError::Unknown("Extra".into())),
+        );
         check(format!("{AUTH_SCHEME} garbage"), Err(AuthHeaderError::Unknown("garbage".into())));
     }
 

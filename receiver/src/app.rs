@@ -30,7 +30,9 @@ pub fn configure<S: Store>(cfg: &mut web::ServiceConfig, state: web::Data<AppSta
                 .default_service(wrong_method()),
         )
         .service(
-            web::resource(endpoint::UPLOAD).route(web::post().to(handlers::upload::<S>)).default_service(wrong_method()),
+            web::resource(endpoint::UPLOAD)
+                .route(web::post().to(handlers::upload::<S>))
+                .default_service(wrong_method()),
         )
         .default_service(web::to(handlers::not_found));
 }

@@ -14,7 +14,9 @@ pub enum ApiError {
     MissingAuth,
     #[error("{0}")]
     MalformedAuth(#[from] AuthHeaderError),
-    #[error("no device with this key is listed in the receiver's ids file; add it there, or check the device's ID file")]
+    #[error(
+        "no device with this key is listed in the receiver's ids file; add it there, or check the device's ID file"
+    )]
     UnknownDevice,
     #[error("the request signature does not match; the request was altered, or was signed for another request")]
     BadSignature,

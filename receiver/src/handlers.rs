@@ -90,7 +90,8 @@ async fn receive<S: Store>(
 
     let path_text = read_text_field(&mut form, field::PATH).await?;
     log.path = Some(path_text.escape_debug().to_string());
-    let path = RelPath::parse(&path_text).map_err(|reason| ApiError::InvalidPath { path: path_text.clone(), reason })?;
+    let path =
+        RelPath::parse(&path_text).map_err(|reason| ApiError::InvalidPath { path: path_text.clone(), reason })?;
     let sha256 = read_text_field(&mut form, field::SHA256)
         .await?
         .parse()
@@ -131,7 +132,12 @@ async fn receive<S: Store>(
         return Err(ApiError::ChecksumMismatch { declared: claim.sha256, received });
     }
     let committed = state.store.commit(staged, &device.id, &claim).await?;
-    Ok(UploadReceipt { outcome: committed.outcome, stored_as: committed.stored_as.to_string(), sha256: received, size: received_len })
+    Ok(UploadReceipt {
+        outcome: committed.outcome,
+        stored_as: committed.stored_as.to_string(),
+        sha256: received,
+        size: received_len,
+    })
 }
 
 /// The next field, which must be `expected`: the order is fixed so that the
@@ -145,7 +151,9 @@ async fn next_field(form: &mut Multipart, expected: &str) -> Result<Field, ApiEr
             found.name().unwrap_or_default()
         ))),
         Some(Err(e)) => Err(malformed(e)),
-        None => Err(ApiError::MalformedUpload(format!("the upload ended before the field {expected:?}; fields must be {order}"))),
+        None => Err(ApiError::MalformedUpload(format!(
+            "the upload ended before the field {expected:?}; fields must be {order}"
+        ))),
     }
 }
 
@@ -155,19 +163,21 @@ async fn read_text_field(form: &mut Multipart, expected: &str) -> Result<String,
     while let Some(chunk) = field.next().await {
         let chunk = chunk.map_err(malformed)?;
         if bytes.len() + chunk.len() > MAX_TEXT_FIELD_BYTES {
-            return Err(ApiError::MalformedUpload(format!("the field {expected:?} is longer than {MAX_TEXT_FIELD_BYTES} bytes")));
+            return Err(ApiError::MalformedUpload(format!(
+                "the field {expected:?} is longer than {MAX_TEXT_FIELD_BYTES} bytes"
+            )));
         }
         bytes.extend_from_slice(&chunk);
     }
-    String::from_utf8(bytes).map_err(|_| ApiError::MalformedUpload(format!("the field {expected:?} is not valid UTF-8")))
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::MalformedUpload(format!("the field {expected:?} is not valid UTF-8")))
 }
 
 fn parse_size(text: &str) -> Result<u64, ApiError> {
     let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
-    digits_only
-        .then(|| text.parse().ok())
-        .flatten()
-        .ok_or_else(|| ApiError::MalformedUpload(format!("the size field must be a whole number of bytes, not {text:?}")))
+    digits_only.then(|| text.parse().ok()).flatten().ok_or_else(|| {
+        ApiError::MalformedUpload(format!("the size field must be a whole number of bytes, not {text:?}"))
+    })
 }
 
 fn malformed(err: MultipartError) -> ApiError {

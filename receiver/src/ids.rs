@@ -49,11 +49,7 @@ pub enum IdsError {
 }
 
 fn format_line_errors(path: &Path, errors: &[LineError]) -> String {
-    errors
-        .iter()
-        .map(|e| format!("{}:{}: {}", path.display(), e.line, e.message))
-        .collect::<Vec<_>>()
-        .join("\n")
+    errors.iter().map(|e| format!("{}:{}: {}", path.display(), e.line, e.message)).collect::<Vec<_>>().join("\n")
 }
 
 /// Parses the whole file. Valid lines are returned even when others are
@@ -113,7 +109,12 @@ struct Stamp {
 
 impl Stamp {
     fn of(meta: &fs::Metadata) -> Self {
-        Self { modified: meta.modified().ok(), changed: (meta.ctime(), meta.ctime_nsec()), len: meta.len(), inode: meta.ino() }
+        Self {
+            modified: meta.modified().ok(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+            len: meta.len(),
+            inode: meta.ino(),
+        }
     }
 }
 
@@ -144,7 +145,10 @@ impl IdsFile {
         if !errors.is_empty() {
             return Err(IdsError::Malformed { path: path.to_owned(), errors });
         }
-        Ok(Self { path: path.to_owned(), loaded: Mutex::new(Loaded { stamp: Some(stamp), by_key: Arc::new(index(devices)) }) })
+        Ok(Self {
+            path: path.to_owned(),
+            loaded: Mutex::new(Loaded { stamp: Some(stamp), by_key: Arc::new(index(devices)) }),
+        })
     }
 
     pub fn path(&self) -> &Path {

@@ -39,8 +39,8 @@ pub enum StartupError {
 /// store and clears staging files an earlier crash left behind.
 pub fn open(config: &Config) -> Result<AppState<DiskStore>, StartupError> {
     let ids = IdsFile::load_strict(&config.ids_file)?;
-    let (store, stale) =
-        DiskStore::open(&config.store_dir).map_err(|source| StartupError::Store { path: config.store_dir.clone(), source })?;
+    let (store, stale) = DiskStore::open(&config.store_dir)
+        .map_err(|source| StartupError::Store { path: config.store_dir.clone(), source })?;
     if stale > 0 {
         tracing::warn!(removed = stale, "removed unfinished uploads left in staging by an earlier stop");
     }

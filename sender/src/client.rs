@@ -59,7 +59,9 @@ impl RequestError {
 fn describe_refusal(status: StatusCode, body: Option<&ErrorBody>) -> String {
     match body {
         Some(body) => format!("the receiver refused it (HTTP {}): {}", status.as_u16(), body.error),
-        None => format!("the receiver answered HTTP {status}, which is not a logferry answer; is this a logferry receiver?"),
+        None => {
+            format!("the receiver answered HTTP {status}, which is not a logferry answer; is this a logferry receiver?")
+        }
     }
 }
 
@@ -103,11 +105,16 @@ impl Client {
 
     fn signed(&self, method: Method, endpoint: &str, upload: Option<&UploadClaim>) -> reqwest::RequestBuilder {
         let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let header = SignedRequest { method: method.as_str(), path: endpoint, timestamp, upload }.authorization(&self.id);
+        let header =
+            SignedRequest { method: method.as_str(), path: endpoint, timestamp, upload }.authorization(&self.id);
         self.http.request(method, self.url(endpoint)).header(AUTHORIZATION, header.to_string())
     }
 
-    async fn send<T: serde::de::DeserializeOwned>(&self, request: reqwest::RequestBuilder, endpoint: &str) -> Result<T, RequestError> {
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        endpoint: &str,
+    ) -> Result<T, RequestError> {
         Ok(self.send_with_status(request, endpoint).await?.1)
     }
 

@@ -79,7 +79,8 @@ pub async fn run(config: &Config) -> Outcome {
 
 async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal> {
     let id = id_file::read(&config.id_file)?;
-    let client = Client::new(config.receiver.clone(), id).map_err(|e| Fatal::Internal(format!("cannot set up HTTP: {e}")))?;
+    let client =
+        Client::new(config.receiver.clone(), id).map_err(|e| Fatal::Internal(format!("cannot set up HTTP: {e}")))?;
     let reply = client.auth_check().await.map_err(Fatal::from_request)?;
     if config.verbose {
         let label = reply.label.map(|l| format!(" as {l:?}")).unwrap_or_default();

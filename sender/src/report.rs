@@ -51,7 +51,9 @@ mod tests {
 
     #[test]
     fn sizes() {
-        for (bytes, expected) in [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (50 << 20, "50.0 MiB"), (3 << 30, "3.0 GiB")] {
+        for (bytes, expected) in
+            [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (50 << 20, "50.0 MiB"), (3 << 30, "3.0 GiB")]
+        {
             assert_eq!(human_bytes(bytes), expected);
         }
     }

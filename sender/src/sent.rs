@@ -10,7 +10,13 @@ use logferry_common::{RelPath, Sha256Digest};
 /// Moves `source` to `<sent_dir>/<rel>`, or, when that name is taken, to the
 /// same conflict name the receiver uses. When a name already holds exactly
 /// these bytes, the source is a duplicate of what was set aside and is removed.
-pub fn move_aside(source: &Path, sent_dir: &Path, rel: &RelPath, digest: &Sha256Digest, size: u64) -> io::Result<PathBuf> {
+pub fn move_aside(
+    source: &Path,
+    sent_dir: &Path,
+    rel: &RelPath,
+    digest: &Sha256Digest,
+    size: u64,
+) -> io::Result<PathBuf> {
     let conflict = rel.conflict_path(digest);
     for name in [rel, &conflict] {
         let folder = create_dirs(sent_dir, name.folders())?;
@@ -106,5 +112,20 @@ mod tests {
             assert!(!source.exists());
         }
         assert_eq!(fs::read_dir(sent.join("sub")).expect("list").count(), 2);
+    }
+
+    #[test]
+    fn the_copy_used_across_file_systems_never_replaces_and_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (source, target) = (dir.path().join("src.log"), dir.path().join("dst.log"));
+        fs::write(&source, b"payload").expect("write");
+        assert!(copy_no_replace(&source, &target).expect("copied"));
+        assert_eq!(fs::read(&target).expect("read"), b"payload");
+
+        fs::write(&source, b"other payload").expect("write");
+        assert!(!copy_no_replace(&source, &target).expect("refused"), "an existing name is never replaced");
+        assert_eq!(fs::read(&target).expect("read"), b"payload");
+        let names: Vec<_> = fs::read_dir(dir.path()).expect("list").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names.len(), 2, "no temporary copy left behind: {names:?}");
     }
 }

@@ -52,7 +52,9 @@ pub fn walk(folder: &Path, sent_dir: &Path) -> Found {
         }
         match RelPath::from_local(relative) {
             Ok(rel) => found.files.push(Candidate { path: entry.into_path(), rel }),
-            Err(reason) => found.unusable.push((relative.display().to_string(), format!("its name cannot be sent: {reason}"))),
+            Err(reason) => {
+                found.unusable.push((relative.display().to_string(), format!("its name cannot be sent: {reason}")))
+            }
         }
     }
     found

@@ -14,9 +14,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use logferry_common::durable::{create_dirs, exists_no_follow, holds_exactly, sync_dir};
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
-use logferry_common::durable::{create_dirs, exists_no_follow, holds_exactly, sync_dir};
 use logferry_common::{DeviceId, RelPath, Sha256Digest};
 use rand::TryRng;
 use rand::rngs::SysRng;
@@ -131,7 +131,12 @@ impl Store for DiskStore {
         Ok(DiskStaged { path, chunks: Some(tx), writer: Some(writer) })
     }
 
-    async fn commit(&self, mut staged: DiskStaged, device: &DeviceId, claim: &UploadClaim) -> Result<Committed, StoreError> {
+    async fn commit(
+        &self,
+        mut staged: DiskStaged,
+        device: &DeviceId,
+        claim: &UploadClaim,
+    ) -> Result<Committed, StoreError> {
         staged.finish().await?;
         let store = self.clone();
         let device_dir = self.root.join(device.reveal());
@@ -158,18 +163,18 @@ impl DiskStore {
         // Named apart from the rest: the device folder's name is the ID,
         // which must not appear in a message sent back.
         create_dirs(&self.root, [device_folder]).map_err(|e| match e.kind() {
-            io::ErrorKind::NotADirectory => {
-                StoreError::Conflict("the device's folder on the receiver is not a real folder; ask the admin".to_owned())
-            }
+            io::ErrorKind::NotADirectory => StoreError::Conflict(
+                "the device's folder on the receiver is not a real folder; ask the admin".to_owned(),
+            ),
             _ => StoreError::Io(e),
         })?;
         let conflict = claim.path.conflict_path(&claim.sha256);
         for candidate in [&claim.path, &conflict] {
-            let folder = create_dirs(device_dir, candidate.folders()).map_err(|e| {
-                match e.kind() {
-                    io::ErrorKind::NotADirectory => StoreError::Conflict(format!("cannot store {candidate}: {e} on the receiver")),
-                    _ => StoreError::Io(e),
+            let folder = create_dirs(device_dir, candidate.folders()).map_err(|e| match e.kind() {
+                io::ErrorKind::NotADirectory => {
+                    StoreError::Conflict(format!("cannot store {candidate}: {e} on the receiver"))
                 }
+                _ => StoreError::Io(e),
             })?;
             let target = folder.join(candidate.file_name());
             let outcome = match self.place_at(staged, &target, candidate, claim)? {
@@ -185,7 +190,13 @@ impl DiskStore {
         )))
     }
 
-    fn place_at(&self, staged: &Path, target: &Path, name: &RelPath, claim: &UploadClaim) -> Result<Placement, StoreError> {
+    fn place_at(
+        &self,
+        staged: &Path,
+        target: &Path,
+        name: &RelPath,
+        claim: &UploadClaim,
+    ) -> Result<Placement, StoreError> {
         let sidecar = target.with_file_name(name.checksum_path().file_name());
         let folder = target.parent().ok_or_else(|| io::Error::other("target has no folder"))?;
         if !exists_no_follow(target)? {
@@ -241,6 +252,8 @@ impl DiskStore {
     }
 }
 
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(work).await.map_err(io::Error::other)?
 }

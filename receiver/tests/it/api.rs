@@ -54,7 +54,8 @@ fn good_form(path: &str) -> Upload {
 }
 
 fn fields(parts: &[(&str, &[u8])]) -> Upload {
-    let form = parts.iter().fold(Form::new(), |form, (name, value)| form.part(name.to_string(), Part::bytes(value.to_vec())));
+    let form =
+        parts.iter().fold(Form::new(), |form, (name, value)| form.part(name.to_string(), Part::bytes(value.to_vec())));
     Upload { form, signs: claim("a.log", CONTENT) }
 }
 
@@ -65,7 +66,13 @@ fn rejection_cases() -> Vec<Case> {
     vec![
         case("no Authorization header", Auth::None, good_form("a.log"), 401, "missing_auth"),
         case("wrong scheme", Auth::Raw("Bearer abc".into()), good_form("a.log"), 401, "malformed_auth"),
-        case("garbled header", Auth::Raw("LOGFERRY-HMAC-SHA256 nonsense".into()), good_form("a.log"), 401, "malformed_auth"),
+        case(
+            "garbled header",
+            Auth::Raw("LOGFERRY-HMAC-SHA256 nonsense".into()),
+            good_form("a.log"),
+            401,
+            "malformed_auth",
+        ),
         case("unknown device", Auth::Stranger, good_form("a.log"), 401, "unknown_device"),
         case("timestamp too old", Auth::At(now() - 3600), good_form("a.log"), 401, "clock_skew"),
         case("timestamp in the future", Auth::At(now() + 3600), good_form("a.log"), 401, "clock_skew"),
@@ -81,7 +88,13 @@ fn rejection_cases() -> Vec<Case> {
         case("NUL byte", Auth::Valid, good_form("a\0.log"), 400, "invalid_path"),
         case("newline", Auth::Valid, good_form("a\n.log"), 400, "invalid_path"),
         case("empty path", Auth::Valid, good_form(""), 400, "invalid_path"),
-        case("checksum not hex", Auth::Valid, declared("a.log", &"z".repeat(64), &size, CONTENT), 400, "malformed_upload"),
+        case(
+            "checksum not hex",
+            Auth::Valid,
+            declared("a.log", &"z".repeat(64), &size, CONTENT),
+            400,
+            "malformed_upload",
+        ),
         case("checksum too short", Auth::Valid, declared("a.log", &sha[..63], &size, CONTENT), 400, "malformed_upload"),
         case("size not a number", Auth::Valid, declared("a.log", &sha, "ten", CONTENT), 400, "malformed_upload"),
         case("negative size", Auth::Valid, declared("a.log", &sha, "-1", CONTENT), 400, "malformed_upload"),
@@ -116,7 +129,12 @@ fn rejection_cases() -> Vec<Case> {
         case(
             "oversized text field",
             Auth::Valid,
-            fields(&[("path", "a".repeat(5000).as_bytes()), ("sha256", sha.as_bytes()), ("size", size.as_bytes()), ("file", CONTENT)]),
+            fields(&[
+                ("path", "a".repeat(5000).as_bytes()),
+                ("sha256", sha.as_bytes()),
+                ("size", size.as_bytes()),
+                ("file", CONTENT),
+            ]),
             400,
             "malformed_upload",
         ),
@@ -193,7 +211,8 @@ async fn a_body_that_is_not_multipart_is_refused() {
     let h = Harness::start();
     let claim = claim("a.log", CONTENT);
     let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim));
-    let response = h.http.post(h.url(endpoint::UPLOAD)).header("Authorization", auth).body(CONTENT).send().await.expect("answer");
+    let response =
+        h.http.post(h.url(endpoint::UPLOAD)).header("Authorization", auth).body(CONTENT).send().await.expect("answer");
     let (status, body) = answer(response).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("malformed_upload")), "{body}");
 }
@@ -257,7 +276,12 @@ async fn a_verified_upload_is_stored_with_a_checksum_file_that_sha256sum_accepts
         std::fs::read_to_string(folder.join("day 1 été.csv.sha256")).expect("checksum file"),
         format!("{}  day 1 été.csv\n", digest(CONTENT))
     );
-    let check = std::process::Command::new("sha256sum").arg("-c").arg("day 1 été.csv.sha256").current_dir(&folder).output().expect("sha256sum runs");
+    let check = std::process::Command::new("sha256sum")
+        .arg("-c")
+        .arg("day 1 été.csv.sha256")
+        .current_dir(&folder)
+        .output()
+        .expect("sha256sum runs");
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
 
     let (status, body) = h.upload("empty.log", b"").await;
@@ -270,7 +294,10 @@ async fn resending_the_same_bytes_is_idempotent_and_repairs_a_missing_checksum_f
     assert_eq!(h.upload("a.log", CONTENT).await.0, 201);
     let before = h.stored_files();
     let (status, body) = h.upload("a.log", CONTENT).await;
-    assert_eq!((status, body["outcome"].as_str(), body["stored_as"].as_str()), (200, Some("already_stored"), Some("a.log")));
+    assert_eq!(
+        (status, body["outcome"].as_str(), body["stored_as"].as_str()),
+        (200, Some("already_stored"), Some("a.log"))
+    );
     assert_eq!(h.stored_files(), before);
 
     // As if the receiver died between placing the file and its checksum file.
@@ -332,11 +359,15 @@ async fn a_symbolic_link_planted_in_the_store_is_never_followed() {
 async fn racing_uploads_of_one_path_never_clobber_each_other() {
     let h = Harness::start();
     let (one, two) = (b"first version".as_slice(), b"second version".as_slice());
-    let ((s1, b1), (s2, b2), (s3, b3)) = tokio::join!(h.upload("r.log", one), h.upload("r.log", two), h.upload("r.log", one));
+    let ((s1, b1), (s2, b2), (s3, b3)) =
+        tokio::join!(h.upload("r.log", one), h.upload("r.log", two), h.upload("r.log", one));
     let mut statuses = [s1, s2, s3];
     statuses.sort();
     assert_eq!(statuses, [200, 201, 201], "one of the two identical uploads finds the other's copy: {b1} {b2} {b3}");
-    let stored: Vec<Vec<u8>> = [&b1, &b2, &b3].iter().map(|b| std::fs::read(h.device_dir().join(b["stored_as"].as_str().expect("name"))).expect("read")).collect();
+    let stored: Vec<Vec<u8>> = [&b1, &b2, &b3]
+        .iter()
+        .map(|b| std::fs::read(h.device_dir().join(b["stored_as"].as_str().expect("name"))).expect("read"))
+        .collect();
     assert_eq!(stored, vec![one.to_vec(), two.to_vec(), one.to_vec()]);
     assert_eq!(h.stored_files().len(), 4, "two files, two checksum files");
 }
@@ -345,7 +376,10 @@ async fn racing_uploads_of_one_path_never_clobber_each_other() {
 async fn edits_to_the_ids_file_apply_without_a_restart() {
     let h = Harness::start();
     let auth_check = |id| {
-        let request = h.http.get(h.url(endpoint::AUTH_CHECK)).header("Authorization", authorization(&id, "GET", endpoint::AUTH_CHECK, now(), None));
+        let request = h
+            .http
+            .get(h.url(endpoint::AUTH_CHECK))
+            .header("Authorization", authorization(&id, "GET", endpoint::AUTH_CHECK, now(), None));
         async move { request.send().await.expect("answer").status().as_u16() }
     };
     assert_eq!(auth_check(stranger()).await, 401);

@@ -3,13 +3,18 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::harness::DEVICE;
 
 fn receiver(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_receiver"));
-    command.args(args).current_dir(dir).env_remove("LOGFERRY_IDS").env_remove("LOGFERRY_STORE").env_remove("LOGFERRY_PORT").env_remove("LOGFERRY_BIND");
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("LOGFERRY_IDS")
+        .env_remove("LOGFERRY_STORE")
+        .env_remove("LOGFERRY_PORT")
+        .env_remove("LOGFERRY_BIND");
     command
 }
 
@@ -21,18 +26,20 @@ fn run(dir: &Path, args: &[&str]) -> Output {
 /// read from its "listening" log line. The log pipe is closed on return,
 /// as when a log collector goes away.
 fn serve(dir: &Path) -> (Child, String) {
-    let mut child = receiver(dir, &["--bind", "127.0.0.1", "--port", "0"]).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut child =
+        receiver(dir, &["--bind", "127.0.0.1", "--port", "0"]).stderr(Stdio::piped()).spawn().expect("spawn");
     let stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for line in stderr.lines() {
-        let line = line.expect("log line");
+    let address = stderr.lines().map_while(Result::ok).find_map(|line| {
         assert!(!line.contains(DEVICE), "the ID was logged whole: {line}");
-        if let Some(address) = line.split("address=").nth(1) {
-            return (child, address.trim().to_owned());
+        line.split("address=").nth(1).map(|a| a.trim().to_owned())
+    });
+    match address {
+        Some(address) => (child, address),
+        None => {
+            let _ = child.kill();
+            panic!("receiver exited before listening: {:?}", child.wait());
         }
-        assert!(Instant::now() < deadline, "receiver did not start");
     }
-    panic!("receiver exited before listening");
 }
 
 /// One plain HTTP/1.1 GET, so this test needs no client library or tool.
@@ -85,7 +92,17 @@ fn add_device_prints_a_fresh_id_once_and_appends_it() {
 fn help_documents_every_option_and_its_environment_variable() {
     let dir = tempfile::tempdir().expect("tempdir");
     let help = String::from_utf8(run(dir.path(), &["--help"]).stdout).expect("utf-8");
-    for expected in ["--bind", "LOGFERRY_BIND", "--port", "3500", "--ids", "LOGFERRY_IDS", "--store", "LOGFERRY_STORE", "add-device"] {
+    for expected in [
+        "--bind",
+        "LOGFERRY_BIND",
+        "--port",
+        "3500",
+        "--ids",
+        "LOGFERRY_IDS",
+        "--store",
+        "LOGFERRY_STORE",
+        "add-device",
+    ] {
         assert!(help.contains(expected), "--help lacks {expected}:\n{help}");
     }
 }

@@ -35,7 +35,13 @@ pub fn claim(path: &str, content: &[u8]) -> UploadClaim {
     UploadClaim { path: RelPath::parse(path).expect("valid path"), sha256: digest(content), size: content.len() as u64 }
 }
 
-pub fn authorization(id: &DeviceId, method: &str, endpoint: &str, timestamp: u64, upload: Option<&UploadClaim>) -> String {
+pub fn authorization(
+    id: &DeviceId,
+    method: &str,
+    endpoint: &str,
+    timestamp: u64,
+    upload: Option<&UploadClaim>,
+) -> String {
     SignedRequest { method, path: endpoint, timestamp, upload }.authorization(id).to_string()
 }
 
@@ -49,7 +55,8 @@ impl Harness {
     /// A receiver accepting [`DEVICE`], labelled "bench-pi".
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("ids.txt"), format!("# test fleet\n{}  bench-pi\n", DEVICE.to_lowercase())).expect("ids");
+        std::fs::write(dir.path().join("ids.txt"), format!("# test fleet\n{}  bench-pi\n", DEVICE.to_lowercase()))
+            .expect("ids");
         let mut harness = Self { dir, receiver: None, http: reqwest::Client::new() };
         harness.restart();
         harness
@@ -109,7 +116,8 @@ impl Harness {
     /// (which must be empty whenever no upload is in flight).
     pub fn stored_files(&self) -> Vec<String> {
         let staging = self.store().join(".staging");
-        let leftovers: Vec<_> = std::fs::read_dir(&staging).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        let leftovers: Vec<_> =
+            std::fs::read_dir(&staging).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
         assert!(leftovers.is_empty(), "staging not empty: {leftovers:?}");
         let mut files = Vec::new();
         collect(&self.store(), &self.store(), &staging, &mut files);

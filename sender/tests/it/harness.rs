@@ -28,7 +28,8 @@ impl Harness {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("ids.txt"), format!("{DEVICE} test-pi\n")).expect("ids");
-        std::fs::write(dir.path().join("device-id"), format!("# this device\n{}\n", DEVICE.to_lowercase())).expect("id file");
+        std::fs::write(dir.path().join("device-id"), format!("# this device\n{}\n", DEVICE.to_lowercase()))
+            .expect("id file");
         std::fs::create_dir(dir.path().join("logs")).expect("logs");
         let config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -71,7 +72,8 @@ impl Harness {
     /// Runs `sender <receiver> logs --id-file device-id` plus `extra`.
     pub fn send(&self, extra: &[&str]) -> Run {
         let id_file = self.path("device-id");
-        let mut args = vec![self.host(), self.logs().display().to_string(), "--id-file".into(), id_file.display().to_string()];
+        let mut args =
+            vec![self.host(), self.logs().display().to_string(), "--id-file".into(), id_file.display().to_string()];
         args.extend(extra.iter().map(ToString::to_string));
         sender(self.dir.path(), &args)
     }

@@ -47,7 +47,12 @@ fn delivers_nested_empty_and_oddly_named_files_verified_and_moves_them_aside() {
         assert_eq!(std::fs::read(h.sent().join(name)).expect("moved aside"), *content, "{name}");
         let folder = h.stored().join(name).parent().expect("folder").to_owned();
         let file_name = std::path::Path::new(name).file_name().expect("name").to_string_lossy().into_owned();
-        let check = Command::new("sha256sum").arg("-c").arg(format!("{file_name}.sha256")).current_dir(&folder).output().expect("sha256sum");
+        let check = Command::new("sha256sum")
+            .arg("-c")
+            .arg(format!("{file_name}.sha256"))
+            .current_dir(&folder)
+            .output()
+            .expect("sha256sum");
         assert!(check.status.success(), "sha256sum -c for {name}: {}", String::from_utf8_lossy(&check.stdout));
     }
 
@@ -156,18 +161,59 @@ fn each_failure_has_its_own_exit_code_and_message() {
     };
     let (host, logs) = (h.host(), h.logs().display().to_string());
     let id = |file: &str| vec!["--id-file".to_owned(), h.path(file).display().to_string()];
-    let with = |host: &str, folder: &str, id_file: &str| [vec![host.to_owned(), folder.to_owned()], id(id_file)].concat();
+    let with =
+        |host: &str, folder: &str, id_file: &str| [vec![host.to_owned(), folder.to_owned()], id(id_file)].concat();
     let failures = [
         Failure { name: "no arguments", args: vec![], code: code::USAGE, says: "Usage" },
         Failure { name: "folder missing", args: vec![host.clone()], code: code::USAGE, says: "<FOLDER>" },
-        Failure { name: "ID file missing", args: with(&host, &logs, "absent-id"), code: code::ID_FILE, says: "device ID not found" },
-        Failure { name: "ID file invalid", args: with(&host, &logs, "bad-id"), code: code::ID_FILE, says: "does not hold a valid ID" },
-        Failure { name: "ID file empty", args: with(&host, &logs, "empty-id"), code: code::ID_FILE, says: "holds no ID" },
-        Failure { name: "folder is a file", args: with(&host, &h.path("a-file").display().to_string(), "device-id"), code: code::FOLDER, says: "is not a folder" },
-        Failure { name: "folder absent", args: with(&host, &h.path("nope").display().to_string(), "device-id"), code: code::FOLDER, says: "does not exist" },
-        Failure { name: "receiver unreachable", args: with(&closed_port, &logs, "device-id"), code: code::UNREACHABLE, says: "receiver unreachable: cannot connect to http://127.0.0.1" },
-        Failure { name: "unknown device", args: with(&host, &logs, "stranger-id"), code: code::AUTH_FAILED, says: "authentication failed" },
-        Failure { name: "port twice", args: [with(&host, &logs, "device-id"), vec!["--port".into(), "1".into()]].concat(), code: code::USAGE, says: "give it once" },
+        Failure {
+            name: "ID file missing",
+            args: with(&host, &logs, "absent-id"),
+            code: code::ID_FILE,
+            says: "device ID not found",
+        },
+        Failure {
+            name: "ID file invalid",
+            args: with(&host, &logs, "bad-id"),
+            code: code::ID_FILE,
+            says: "does not hold a valid ID",
+        },
+        Failure {
+            name: "ID file empty",
+            args: with(&host, &logs, "empty-id"),
+            code: code::ID_FILE,
+            says: "holds no ID",
+        },
+        Failure {
+            name: "folder is a file",
+            args: with(&host, &h.path("a-file").display().to_string(), "device-id"),
+            code: code::FOLDER,
+            says: "is not a folder",
+        },
+        Failure {
+            name: "folder absent",
+            args: with(&host, &h.path("nope").display().to_string(), "device-id"),
+            code: code::FOLDER,
+            says: "does not exist",
+        },
+        Failure {
+            name: "receiver unreachable",
+            args: with(&closed_port, &logs, "device-id"),
+            code: code::UNREACHABLE,
+            says: "receiver unreachable: cannot connect to http://127.0.0.1",
+        },
+        Failure {
+            name: "unknown device",
+            args: with(&host, &logs, "stranger-id"),
+            code: code::AUTH_FAILED,
+            says: "authentication failed",
+        },
+        Failure {
+            name: "port twice",
+            args: [with(&host, &logs, "device-id"), vec!["--port".into(), "1".into()]].concat(),
+            code: code::USAGE,
+            says: "give it once",
+        },
     ];
     for failure in failures {
         let run = sender(h.dir.path(), &failure.args);
@@ -186,7 +232,10 @@ fn a_receiver_that_stops_mid_run_leaves_unsent_files_in_place() {
     let host = h.host();
     h.receiver.take().expect("running").stop().expect("stopped");
     h.log("second.log", b"two\n");
-    let run = sender(h.dir.path(), &[host, h.logs().display().to_string(), "--id-file".into(), h.path("device-id").display().to_string()]);
+    let run = sender(
+        h.dir.path(),
+        &[host, h.logs().display().to_string(), "--id-file".into(), h.path("device-id").display().to_string()],
+    );
     assert_eq!(run.code, Some(code::UNREACHABLE), "{run:?}");
     assert_eq!(files(&h.logs()), ["second.log"]);
     assert_eq!(files(&h.sent()), ["first.log"]);

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# End-to-end demo on loopback: builds both binaries, makes a device, writes
+# sample logs in nested folders, starts a receiver on a free port, runs the
+# sender, shows what arrived (and `sha256sum -c` passing), then stops.
+# Everything happens in a temporary folder; KEEP=1 keeps it for a look.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+echo "==> building (cargo build --bins)"
+cargo build --quiet --bins --manifest-path "$root/Cargo.toml"
+bin="$root/target/debug"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/logferry-demo.XXXXXX")
+receiver_pid=""
+cleanup() {
+    if [ -n "$receiver_pid" ] && kill -0 "$receiver_pid" 2>/dev/null; then
+        kill -TERM "$receiver_pid"
+        wait "$receiver_pid" 2>/dev/null || true
+    fi
+    if [ "${KEEP:-0}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+cd "$work"
+
+echo "==> receiver add-device (the ID goes straight into the device's ID file)"
+install -m 600 /dev/null ids.txt
+"$bin/receiver" --ids ids.txt add-device --label demo-pi >device-id
+chmod 600 device-id
+
+echo "==> writing sample logs"
+mkdir -p logs/2026-11-22 logs/events "logs/field notes"
+printf 'time,celsius\n08:00,18.5\n08:10,18.7\n' >logs/2026-11-22/temperature.csv
+printf 'time,percent\n08:00,61\n08:10,60\n' >logs/2026-11-22/humidity.csv
+printf 'boot ok\nsensor online\n' >logs/events/boot.log
+printf 'door opened twice\n' >"logs/field notes/visit 1.txt"
+printf '{"station":"météo"}\n' >logs/météo.json
+: >logs/events/empty.log
+head -c 3000000 /dev/urandom >logs/events/camera.bin
+find logs -type f | sort | sed 's/^/    /'
+
+echo "==> starting the receiver on a free loopback port"
+"$bin/receiver" --bind 127.0.0.1 --port 0 --ids ids.txt --store received_files 2>receiver.log &
+receiver_pid=$!
+address=""
+for _ in $(seq 1 100); do
+    address=$(sed -n 's/.*listening address=\([0-9.:]*\).*/\1/p' receiver.log | head -n 1)
+    [ -n "$address" ] && break
+    kill -0 "$receiver_pid" 2>/dev/null || { cat receiver.log; exit 1; }
+    sleep 0.1
+done
+[ -n "$address" ] || { echo "receiver did not start"; cat receiver.log; exit 1; }
+echo "    listening on $address"
+
+echo "==> sender $address logs --id-file device-id"
+status=0
+"$bin/sender" "$address" logs --id-file device-id || status=$?
+echo "    sender exit code: $status"
+
+echo "==> what arrived (the device folder is named by its secret ID, shown here as <DEVICE-ID>)"
+device_dir=$(find received_files -mindepth 1 -maxdepth 1 -type d ! -name .staging)
+find received_files -type f ! -path '*/.staging/*' | sort | sed "s|$device_dir|received_files/<DEVICE-ID>|; s/^/    /"
+echo "==> sha256sum -c in every received folder"
+find "$device_dir" -name '*.sha256' -printf '%h\n' | sort -u | while read -r folder; do
+    (cd "$folder" && sha256sum -c ./*.sha256) | sed 's/^/    /'
+done
+echo "==> left in logs/: nothing; every file was verified, then moved to sent_files/:"
+find logs -type f | sed 's/^/    /'
+find sent_files -type f | sort | sed 's/^/    /'
+
+echo "==> running the sender again: nothing left to send"
+"$bin/sender" "$address" logs --id-file device-id
+
+echo "==> receiver log (IDs masked)"
+sed 's/^/    /' receiver.log
+[ "$status" -eq 0 ] && echo "==> demo OK"
+exit "$status"
