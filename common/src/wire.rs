@@ -85,6 +85,14 @@ pub enum ErrorCode {
     SizeMismatch,
     ChecksumMismatch,
     PathConflict,
+    /// The file is larger than the receiver accepts.
+    TooLarge,
+    /// The receiver is at its limit of concurrent uploads; retry later.
+    Busy,
+    /// Too many failed authentications from this address; retry later.
+    RateLimited,
+    /// The request was too slow to arrive.
+    Timeout,
     NotFound,
     MethodNotAllowed,
     StorageError,

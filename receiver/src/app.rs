@@ -8,15 +8,24 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use logferry_common::wire::endpoint;
 
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+
 use crate::handlers;
 use crate::ids::IdsFile;
+use crate::limits::{AuthThrottle, Limits, UploadSlots};
 use crate::store::Store;
 
-/// What every request needs: the accepted devices and the store.
+/// What every request needs: the accepted devices, the store, and the limits
+/// with their live counters.
 #[derive(Debug)]
 pub struct AppState<S> {
     pub ids: IdsFile,
     pub store: S,
+    pub limits: Limits,
+    pub slots: Arc<UploadSlots>,
+    pub throttle: AuthThrottle,
 }
 
 /// Registers every route; the binary and the tests share it.
@@ -38,16 +47,20 @@ pub fn configure<S: Store>(cfg: &mut web::ServiceConfig, state: web::Data<AppSta
 }
 
 /// Serves on an already-bound listener, so callers (and tests binding port 0)
-/// know the address before the first request.
-pub fn run<S: Store>(listener: TcpListener, state: AppState<S>) -> io::Result<Server> {
+/// know the address before the first request; HTTPS when `tls` is given.
+pub fn run<S: Store>(listener: TcpListener, state: AppState<S>, tls: Option<ServerConfig>) -> io::Result<Server> {
+    let header_timeout = state.limits.header_timeout;
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         let state = state.clone();
         App::new().configure(move |cfg| configure(cfg, state))
     })
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .client_request_timeout(header_timeout);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
 /// A receiver serving on its own thread, for tests and embedding.
@@ -59,12 +72,12 @@ pub struct BackgroundReceiver {
 }
 
 impl BackgroundReceiver {
-    pub fn start<S: Store>(listener: TcpListener, state: AppState<S>) -> io::Result<Self> {
+    pub fn start<S: Store>(listener: TcpListener, state: AppState<S>, tls: Option<ServerConfig>) -> io::Result<Self> {
         let addr = listener.local_addr()?;
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let server = run(listener, state)?;
+                let server = run(listener, state, tls)?;
                 let _ = handle_tx.send(server.handle());
                 server.await
             })

@@ -1,6 +1,6 @@
 //! Checking a request's signature against the ids file.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::HttpRequest;
 use actix_web::http::header::AUTHORIZATION;
@@ -8,6 +8,7 @@ use logferry_common::signing::{AuthHeader, Freshness, SignedRequest, UploadClaim
 
 use crate::error::ApiError;
 use crate::ids::{Device, IdsFile};
+use crate::limits::AuthThrottle;
 
 /// A request whose key is known and whose timestamp is fresh, but whose
 /// signature has not been checked yet: for uploads, that needs the declared
@@ -20,9 +21,10 @@ pub struct Claimed {
     path: String,
 }
 
-/// First step, before any body is read: a missing, garbled or stale header,
-/// or an unknown key, is refused at once.
-pub fn claim(req: &HttpRequest, ids: &IdsFile) -> Result<Claimed, ApiError> {
+/// First step, before any body is read: an address that failed too often,
+/// a missing, garbled or stale header, or an unknown key, is refused at once.
+pub fn claim(req: &HttpRequest, ids: &IdsFile, throttle: &AuthThrottle) -> Result<Claimed, ApiError> {
+    throttle.check(req.peer_addr().map(|a| a.ip()), Instant::now())?;
     let value = req.headers().get(AUTHORIZATION).ok_or(ApiError::MissingAuth)?;
     let header: AuthHeader = value
         .to_str()

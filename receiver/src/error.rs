@@ -1,6 +1,7 @@
 //! Every way a request can fail, and the HTTP status each one maps to.
 
 use actix_web::http::StatusCode;
+use actix_web::http::header::RETRY_AFTER;
 use actix_web::{HttpResponse, ResponseError};
 use logferry_common::signing::{AuthHeaderError, MAX_CLOCK_SKEW_SECS};
 use logferry_common::wire::{ErrorBody, ErrorCode};
@@ -35,6 +36,14 @@ pub enum ApiError {
     ChecksumMismatch { declared: Sha256Digest, received: Sha256Digest },
     #[error("{0}")]
     PathConflict(String),
+    #[error("the file is {declared} bytes; this receiver accepts at most {max} (its --max-file-size)")]
+    TooLarge { declared: u64, max: u64 },
+    #[error("the receiver is busy: {what}; retry in {retry_after} s")]
+    Busy { what: &'static str, retry_after: u64 },
+    #[error("too many failed authentications from this address; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("the request was too slow: {0}")]
+    Timeout(String),
     #[error("no such endpoint; see PROTOCOL.md")]
     NotFound,
     #[error("this endpoint does not accept that method; see PROTOCOL.md")]
@@ -56,6 +65,10 @@ impl ApiError {
             Self::SizeMismatch { .. } => ErrorCode::SizeMismatch,
             Self::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
             Self::PathConflict(_) => ErrorCode::PathConflict,
+            Self::TooLarge { .. } => ErrorCode::TooLarge,
+            Self::Busy { .. } => ErrorCode::Busy,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::Timeout(_) => ErrorCode::Timeout,
             Self::NotFound => ErrorCode::NotFound,
             Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Self::Storage(_) => ErrorCode::StorageError,
@@ -83,6 +96,10 @@ impl ResponseError for ApiError {
             ErrorCode::InvalidPath | ErrorCode::MalformedUpload => StatusCode::BAD_REQUEST,
             ErrorCode::SizeMismatch | ErrorCode::ChecksumMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::PathConflict => StatusCode::CONFLICT,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::StorageError | ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
@@ -90,6 +107,10 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(ErrorBody { error: self.to_string(), code: self.code() })
+        let mut response = HttpResponse::build(self.status_code());
+        if let Self::Busy { retry_after, .. } | Self::RateLimited { retry_after } = self {
+            response.insert_header((RETRY_AFTER, retry_after.to_string()));
+        }
+        response.json(ErrorBody { error: self.to_string(), code: self.code() })
     }
 }

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use actix_multipart::{Field, Multipart, MultipartError};
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::{AuthCheckReply, Health, UploadOutcome, UploadReceipt, field};
 use logferry_common::{RelPath, Sha256Hasher};
@@ -12,6 +12,7 @@ use logferry_common::{RelPath, Sha256Hasher};
 use crate::app::AppState;
 use crate::auth;
 use crate::error::ApiError;
+use crate::limits::Limits;
 use crate::store::{Staged, Store};
 
 /// Longest accepted value of a text field (path, checksum, size).
@@ -22,14 +23,14 @@ pub async fn health() -> HttpResponse {
 }
 
 pub async fn auth_check<S: Store>(req: HttpRequest, state: web::Data<AppState<S>>) -> Result<HttpResponse, ApiError> {
-    let outcome = auth::claim(&req, &state.ids).and_then(|claimed| claimed.verify(None));
+    let outcome = auth::claim(&req, &state.ids, &state.throttle).and_then(|claimed| claimed.verify(None));
     match outcome {
         Ok(device) => {
             tracing::debug!(device = %device.id.masked(), "auth check passed");
             Ok(HttpResponse::Ok().json(AuthCheckReply { label: device.label }))
         }
         Err(err) => {
-            log_auth_failure(&req, &err);
+            auth_failed(&req, &state, &err);
             Err(err)
         }
     }
@@ -66,7 +67,7 @@ pub async fn upload<S: Store>(
         Ok(receipt) => {
             tracing::info!(device, path, size = receipt.size, stored_as = %receipt.stored_as, outcome = ?receipt.outcome, ms, "upload")
         }
-        Err(err) if err.code().is_auth_failure() => log_auth_failure(&req, err),
+        Err(err) if err.code().is_auth_failure() => auth_failed(&req, &state, err),
         Err(err @ ApiError::Storage(_)) => tracing::error!(device, path, size = log.size, ms, "upload failed: {err}"),
         Err(err) => tracing::warn!(device, path, size = log.size, code = ?err.code(), ms, "upload rejected: {err}"),
     }
@@ -84,27 +85,34 @@ async fn receive<S: Store>(
     state: &AppState<S>,
     log: &mut UploadLog,
 ) -> Result<UploadReceipt, ApiError> {
-    let claimed = auth::claim(req, &state.ids)?;
+    let claimed = auth::claim(req, &state.ids, &state.throttle)?;
     log.device = Some(claimed.device.id.masked());
+    let _slot = state.slots.try_take(&claimed.device.id.key_id())?;
+    let limits = &state.limits;
     let mut form = Multipart::new(req.headers(), payload);
+    let pace = Pace { limits, deadline: None };
 
-    let path_text = read_text_field(&mut form, field::PATH).await?;
+    let path_text = read_text_field(&mut form, field::PATH, pace).await?;
     log.path = Some(path_text.escape_debug().to_string());
     let path =
         RelPath::parse(&path_text).map_err(|reason| ApiError::InvalidPath { path: path_text.clone(), reason })?;
-    let sha256 = read_text_field(&mut form, field::SHA256)
+    let sha256 = read_text_field(&mut form, field::SHA256, pace)
         .await?
         .parse()
         .map_err(|_| ApiError::MalformedUpload("the sha256 field must be 64 hexadecimal characters".to_owned()))?;
-    let size = parse_size(&read_text_field(&mut form, field::SIZE).await?)?;
+    let size = parse_size(&read_text_field(&mut form, field::SIZE, pace).await?)?;
     log.size = Some(size);
     let claim = UploadClaim { path, sha256, size };
     let device = claimed.verify(Some(&claim))?;
+    if size > limits.max_file_size {
+        return Err(ApiError::TooLarge { declared: size, max: limits.max_file_size });
+    }
 
-    let mut file = next_field(&mut form, field::FILE).await?;
+    let pace = Pace { limits, deadline: Some(limits.body_deadline(Instant::now(), size)) };
+    let mut file = next_field(&mut form, field::FILE, pace).await?;
     let mut staged = state.store.stage().await?;
     let mut hasher = Sha256Hasher::default();
-    while let Some(chunk) = file.next().await {
+    while let Some(chunk) = pace.next(&mut file).await? {
         let chunk = chunk.map_err(malformed)?;
         hasher.update(&chunk);
         if hasher.len() > claim.size {
@@ -115,7 +123,7 @@ async fn receive<S: Store>(
     drop(file);
     // Commit only once the body has ended cleanly: a cut-off request is
     // never stored, even when the bytes so far happen to verify.
-    if let Some(extra) = form.next().await {
+    if let Some(extra) = pace.next(&mut form).await? {
         return Err(match extra {
             Ok(extra) => ApiError::MalformedUpload(format!(
                 "unexpected field {:?} after the file field",
@@ -140,11 +148,33 @@ async fn receive<S: Store>(
     })
 }
 
+/// How long the client may take for the next piece of the body: never more
+/// than the idle timeout, and never past the deadline of the whole body.
+#[derive(Debug, Clone, Copy)]
+struct Pace<'a> {
+    limits: &'a Limits,
+    deadline: Option<Instant>,
+}
+
+impl Pace<'_> {
+    async fn next<St: Stream + Unpin>(&self, stream: &mut St) -> Result<Option<St::Item>, ApiError> {
+        let idle_until = Instant::now() + self.limits.idle_timeout;
+        let until = self.deadline.map_or(idle_until, |deadline| deadline.min(idle_until));
+        tokio::time::timeout_at(until.into(), stream.next()).await.map_err(|_| {
+            ApiError::Timeout(if Some(until) == self.deadline {
+                format!("the body arrived slower than {} bytes/s", self.limits.min_bytes_per_sec)
+            } else {
+                format!("no data arrived for {} s", self.limits.idle_timeout.as_secs())
+            })
+        })
+    }
+}
+
 /// The next field, which must be `expected`: the order is fixed so that the
 /// receiver knows path, checksum and size before the first byte of the file.
-async fn next_field(form: &mut Multipart, expected: &str) -> Result<Field, ApiError> {
+async fn next_field(form: &mut Multipart, expected: &str, pace: Pace<'_>) -> Result<Field, ApiError> {
     let order = field::ORDER.join(", ");
-    match form.next().await {
+    match pace.next(form).await? {
         Some(Ok(found)) if found.name() == Some(expected) => Ok(found),
         Some(Ok(found)) => Err(ApiError::MalformedUpload(format!(
             "expected the field {expected:?} but found {:?}; fields must be {order}, in that order, once each",
@@ -157,10 +187,10 @@ async fn next_field(form: &mut Multipart, expected: &str) -> Result<Field, ApiEr
     }
 }
 
-async fn read_text_field(form: &mut Multipart, expected: &str) -> Result<String, ApiError> {
-    let mut field = next_field(form, expected).await?;
+async fn read_text_field(form: &mut Multipart, expected: &str, pace: Pace<'_>) -> Result<String, ApiError> {
+    let mut field = next_field(form, expected, pace).await?;
     let mut bytes = Vec::new();
-    while let Some(chunk) = field.next().await {
+    while let Some(chunk) = pace.next(&mut field).await? {
         let chunk = chunk.map_err(malformed)?;
         if bytes.len() + chunk.len() > MAX_TEXT_FIELD_BYTES {
             return Err(ApiError::MalformedUpload(format!(
@@ -184,7 +214,10 @@ fn malformed(err: MultipartError) -> ApiError {
     ApiError::MalformedUpload(format!("the multipart body could not be read: {err}"))
 }
 
-fn log_auth_failure(req: &HttpRequest, err: &ApiError) {
+/// Counts the failure against the client's address and logs it with the
+/// masked key id, never the ID.
+fn auth_failed<S>(req: &HttpRequest, state: &AppState<S>, err: &ApiError) {
+    state.throttle.record_failure(req.peer_addr().map(|a| a.ip()), Instant::now());
     let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "-".to_owned());
     let key = req
         .headers()

@@ -10,14 +10,20 @@ pub mod auth;
 pub mod error;
 pub mod handlers;
 pub mod ids;
+pub mod limits;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use app::{AppState, BackgroundReceiver, configure, run};
 use ids::{IdsError, IdsFile};
+pub use limits::Limits;
+use limits::{AuthThrottle, UploadSlots};
 use store::disk::DiskStore;
+use tls::TlsError;
+pub use tls::TlsFiles;
 
 /// A validated receiver configuration.
 #[derive(Debug, Clone)]
@@ -25,6 +31,9 @@ pub struct Config {
     pub listen: SocketAddr,
     pub ids_file: PathBuf,
     pub store_dir: PathBuf,
+    pub limits: Limits,
+    /// Serve HTTPS with these instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +42,23 @@ pub enum StartupError {
     Ids(#[from] IdsError),
     #[error("cannot use the store folder {}: {source}", path.display())]
     Store { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
-/// Loads the ids file (strictly: a malformed line stops start-up), opens the
-/// store and clears staging files an earlier crash left behind.
-pub fn open(config: &Config) -> Result<AppState<DiskStore>, StartupError> {
+/// Everything `run` needs: the request state and, for HTTPS, the TLS setup.
+#[derive(Debug)]
+pub struct Ready {
+    pub state: AppState<DiskStore>,
+    pub tls: Option<rustls::ServerConfig>,
+}
+
+/// Loads the ids file (strictly: a malformed line stops start-up) and the
+/// TLS files, opens the store and clears staging files an earlier crash
+/// left behind.
+pub fn open(config: &Config) -> Result<Ready, StartupError> {
     let ids = IdsFile::load_strict(&config.ids_file)?;
+    let tls = config.tls.as_ref().map(tls::load).transpose()?;
     let (store, stale) = DiskStore::open(&config.store_dir)
         .map_err(|source| StartupError::Store { path: config.store_dir.clone(), source })?;
     if stale > 0 {
@@ -49,5 +69,7 @@ pub fn open(config: &Config) -> Result<AppState<DiskStore>, StartupError> {
         tracing::warn!(file = %config.ids_file.display(), "no devices are listed yet; add one with `receiver add-device`");
     }
     tracing::info!(devices, ids = %config.ids_file.display(), store = %config.store_dir.display(), "receiver ready");
-    Ok(AppState { ids, store })
+    let limits = config.limits.clone();
+    let state = AppState { ids, store, slots: UploadSlots::new(&limits), throttle: AuthThrottle::new(&limits), limits };
+    Ok(Ready { state, tls })
 }

@@ -2,11 +2,12 @@ use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use logferry_common::wire::DEFAULT_PORT;
-use logferry_receiver::{Config, ids};
+use logferry_receiver::{Config, Limits, TlsFiles, ids, limits};
 
 /// Receives log files from logferry senders and stores them, verified, under
 /// <store>/<DEVICE-ID>/ next to a sha256sum-compatible checksum file.
@@ -31,6 +32,69 @@ struct Cli {
     /// Folder where received files are stored (created if missing).
     #[arg(long, env = "LOGFERRY_STORE", default_value = "received_files")]
     store: PathBuf,
+
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "LOGFERRY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "LOGFERRY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Largest file accepted: bytes, or with a unit (512MiB, 2GiB, 1.5GB).
+    #[arg(long, env = "LOGFERRY_MAX_FILE_SIZE", default_value = "4GiB", value_parser = limits::parse_byte_size)]
+    max_file_size: u64,
+
+    /// Uploads in progress at once, over all devices (more get 503 and retry).
+    #[arg(long, env = "LOGFERRY_MAX_UPLOADS", default_value_t = Limits::default().max_uploads)]
+    max_uploads: usize,
+
+    /// Uploads in progress at once from one device.
+    #[arg(long, env = "LOGFERRY_MAX_UPLOADS_PER_DEVICE", default_value_t = Limits::default().max_uploads_per_device)]
+    max_uploads_per_device: usize,
+
+    /// Seconds a client may take to send its request headers.
+    #[arg(long, env = "LOGFERRY_HEADER_TIMEOUT", default_value_t = Limits::default().header_timeout.as_secs())]
+    header_timeout: u64,
+
+    /// Seconds a request body may stall without any byte arriving (408).
+    #[arg(long, env = "LOGFERRY_IDLE_TIMEOUT", default_value_t = Limits::default().idle_timeout.as_secs())]
+    idle_timeout: u64,
+
+    /// Slowest average upload rate tolerated, in bytes per second (408).
+    #[arg(long, env = "LOGFERRY_MIN_RATE", default_value_t = Limits::default().min_bytes_per_sec)]
+    min_rate: u64,
+
+    /// Failed authentications allowed per client address per minute (then 429).
+    #[arg(long, env = "LOGFERRY_AUTH_FAILURES_PER_MINUTE", default_value_t = Limits::default().auth_failures_per_minute)]
+    auth_failures_per_minute: u32,
+}
+
+impl Cli {
+    /// The server's validated configuration; clap types stop here.
+    fn config(&self) -> anyhow::Result<Config> {
+        anyhow::ensure!(self.max_uploads > 0 && self.max_uploads_per_device > 0, "upload limits must be at least 1");
+        anyhow::ensure!(self.idle_timeout > 0 && self.header_timeout > 0, "timeouts must be at least 1 second");
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        };
+        Ok(Config {
+            listen: SocketAddr::new(self.bind, self.port),
+            ids_file: self.ids.clone(),
+            store_dir: self.store.clone(),
+            limits: Limits {
+                max_file_size: self.max_file_size,
+                max_uploads: self.max_uploads,
+                max_uploads_per_device: self.max_uploads_per_device,
+                header_timeout: Duration::from_secs(self.header_timeout),
+                idle_timeout: Duration::from_secs(self.idle_timeout),
+                min_bytes_per_sec: self.min_rate.max(1),
+                auth_failures_per_minute: self.auth_failures_per_minute,
+            },
+            tls,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,7 +132,7 @@ fn run() -> anyhow::Result<ExitCode> {
         .init();
     match cli.command {
         Some(Command::AddDevice { label }) => add_device(&cli.ids, label.as_deref()),
-        None => serve(Config { listen: SocketAddr::new(cli.bind, cli.port), ids_file: cli.ids, store_dir: cli.store }),
+        None => serve(cli.config()?),
     }
 }
 
@@ -86,10 +150,12 @@ fn add_device(ids_file: &std::path::Path, label: Option<&str>) -> anyhow::Result
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let state = logferry_receiver::open(&config)?;
+    let ready = logferry_receiver::open(&config)?;
     let listener = TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
-    tracing::info!(%address, "listening");
-    actix_web::rt::System::new().block_on(async move { logferry_receiver::run(listener, state)?.await })?;
+    let scheme = if ready.tls.is_some() { "https" } else { "http" };
+    tracing::info!(scheme, %address, "listening");
+    actix_web::rt::System::new()
+        .block_on(async move { logferry_receiver::run(listener, ready.state, ready.tls)?.await })?;
     Ok(ExitCode::SUCCESS)
 }

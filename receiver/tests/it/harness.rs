@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use logferry_common::signing::{SignedRequest, UploadClaim};
 use logferry_common::wire::endpoint;
 use logferry_common::{DeviceId, RelPath, Sha256Digest};
-use logferry_receiver::{BackgroundReceiver, Config};
+use logferry_receiver::{BackgroundReceiver, Config, Limits};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -67,6 +67,8 @@ impl Harness {
             listen: "127.0.0.1:0".parse().expect("addr"),
             ids_file: self.dir.path().join("ids.txt"),
             store_dir: self.store(),
+            limits: Limits::default(),
+            tls: None,
         }
     }
 
@@ -75,9 +77,9 @@ impl Harness {
         if let Some(old) = self.receiver.take() {
             old.stop().expect("stopped");
         }
-        let state = logferry_receiver::open(&self.config()).expect("receiver opens");
+        let ready = logferry_receiver::open(&self.config()).expect("receiver opens");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        self.receiver = Some(BackgroundReceiver::start(listener, state).expect("started"));
+        self.receiver = Some(BackgroundReceiver::start(listener, ready.state, ready.tls).expect("started"));
     }
 
     pub fn url(&self, endpoint: &str) -> String {

@@ -4,7 +4,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use logferry_receiver::{BackgroundReceiver, Config};
+use logferry_receiver::{BackgroundReceiver, Config, Limits};
 use tempfile::TempDir;
 
 pub const DEVICE: &str = "0123456789ABCDEF";
@@ -35,10 +35,12 @@ impl Harness {
             listen: "127.0.0.1:0".parse().expect("addr"),
             ids_file: dir.path().join("ids.txt"),
             store_dir: dir.path().join("store"),
+            limits: Limits::default(),
+            tls: None,
         };
-        let state = logferry_receiver::open(&config).expect("receiver opens");
+        let ready = logferry_receiver::open(&config).expect("receiver opens");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let receiver = BackgroundReceiver::start(listener, state).expect("receiver starts");
+        let receiver = BackgroundReceiver::start(listener, ready.state, ready.tls).expect("receiver starts");
         Self { dir, receiver: Some(receiver) }
     }
 
