@@ -1,5 +1,5 @@
-//! Talking to the receiver: signed requests, streamed uploads, and errors
-//! turned into sentences.
+//! Talking to the receiver: signed requests, streamed uploads, retries of
+//! transient failures, and errors turned into sentences.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use logferry_common::DeviceId;
 use logferry_common::signing::{SignedRequest, UploadClaim};
 use logferry_common::wire::{AuthCheckReply, ErrorBody, UploadReceipt, endpoint, field};
-use reqwest::header::AUTHORIZATION;
+use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
-use reqwest::{Body, Method, StatusCode, Url};
+use reqwest::{Body, Certificate, Method, StatusCode, Url};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
@@ -19,12 +19,30 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// large file before it answers.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 const UPLOAD_CHUNK: usize = 256 * 1024;
+/// First pause before a retry; each further retry doubles it, up to the cap.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Longest wait honoured from a receiver's Retry-After.
+const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
+
+/// How the client reaches the receiver.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Trust only these CA certificates for HTTPS (the lab's own CA);
+    /// otherwise the system's trusted roots.
+    pub ca_certs: Option<Vec<Certificate>>,
+    /// Further attempts after a transient failure.
+    pub retries: u32,
+    /// Say on stderr when a retry is coming (interactive use).
+    pub verbose: bool,
+}
 
 #[derive(Debug)]
 pub struct Client {
     http: reqwest::Client,
     base: Url,
     id: DeviceId,
+    options: ClientOptions,
 }
 
 /// Why a request did not get a 2xx answer.
@@ -33,12 +51,15 @@ pub enum RequestError {
     /// No connection could be made at all.
     #[error("cannot connect to {url}: {cause}")]
     Unreachable { url: String, cause: String },
+    /// The receiver's certificate could not be verified.
+    #[error("cannot verify the TLS certificate of {url}: {cause}; give the lab's CA with --ca-cert")]
+    Tls { url: String, cause: String },
     /// The connection failed part-way (reset, timeout).
     #[error("the connection to {url} failed: {cause}")]
     Transport { url: String, cause: String },
     /// The receiver answered with an error.
     #[error("{}", describe_refusal(*status, body.as_ref()))]
-    Refused { status: StatusCode, body: Option<ErrorBody> },
+    Refused { status: StatusCode, body: Option<ErrorBody>, retry_after: Option<Duration> },
     /// A 2xx answer whose body is not what the protocol says.
     #[error("the receiver's answer could not be understood: {0}")]
     Garbled(String),
@@ -48,10 +69,24 @@ impl RequestError {
     /// Whether the receiver refused the device itself, not just one file.
     pub fn is_auth_failure(&self) -> bool {
         match self {
-            Self::Refused { status, body } => {
+            Self::Refused { status, body, .. } => {
                 *status == StatusCode::UNAUTHORIZED || body.as_ref().is_some_and(|b| b.code.is_auth_failure())
             }
             _ => false,
+        }
+    }
+
+    /// Whether trying again later may succeed: no connection, a broken one,
+    /// or an answer that says "not now" (408, 429, 5xx). A verdict on the
+    /// request itself (401, 413, 422, …) will not change by asking again.
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } | Self::Transport { .. } => true,
+            Self::Refused { status, .. } => {
+                matches!(*status, StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS)
+                    || status.is_server_error()
+            }
+            Self::Tls { .. } | Self::Garbled(_) => false,
         }
     }
 }
@@ -66,36 +101,74 @@ fn describe_refusal(status: StatusCode, body: Option<&ErrorBody>) -> String {
 }
 
 impl Client {
-    pub fn new(base: Url, id: DeviceId) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+    pub fn new(base: Url, id: DeviceId, options: ClientOptions) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("logferry-sender/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()?;
-        Ok(Self { http, base, id })
+            .read_timeout(READ_TIMEOUT);
+        if let Some(certs) = options.ca_certs.clone() {
+            builder = builder.tls_certs_only(certs);
+        }
+        Ok(Self { http: builder.build()?, base, id, options })
     }
 
     /// Asks whether the receiver accepts this device, before any file is read.
     pub async fn auth_check(&self) -> Result<AuthCheckReply, RequestError> {
-        let request = self.signed(Method::GET, endpoint::AUTH_CHECK, None);
-        self.send(request, endpoint::AUTH_CHECK).await
+        let reply = self.with_retries(|| async { Ok(self.signed(Method::GET, endpoint::AUTH_CHECK, None)) }).await?;
+        Ok(reply.1)
     }
 
     /// Uploads the first `claim.size` bytes of `file`, streamed.
     pub async fn upload(&self, file: &Path, claim: &UploadClaim) -> Result<(StatusCode, UploadReceipt), RequestError> {
-        let local = tokio::fs::File::open(file).await.map_err(|e| RequestError::Transport {
-            url: self.url(endpoint::UPLOAD).to_string(),
-            cause: format!("cannot open {}: {e}", file.display()),
-        })?;
-        // Never more than declared: bytes appended meanwhile wait for the next run.
-        let body = Body::wrap_stream(ReaderStream::with_capacity(local.take(claim.size), UPLOAD_CHUNK));
-        let form = Form::new()
-            .text(field::PATH, claim.path.to_string())
-            .text(field::SHA256, claim.sha256.to_hex())
-            .text(field::SIZE, claim.size.to_string())
-            .part(field::FILE, Part::stream_with_length(body, claim.size).file_name(claim.path.file_name().to_owned()));
-        let request = self.signed(Method::POST, endpoint::UPLOAD, Some(claim)).multipart(form);
-        self.send_with_status(request, endpoint::UPLOAD).await
+        self.with_retries(|| async {
+            let local = tokio::fs::File::open(file).await.map_err(|e| RequestError::Transport {
+                url: self.url(endpoint::UPLOAD).to_string(),
+                cause: format!("cannot open {}: {e}", file.display()),
+            })?;
+            // Never more than declared: bytes appended meanwhile wait for the next run.
+            let body = Body::wrap_stream(ReaderStream::with_capacity(local.take(claim.size), UPLOAD_CHUNK));
+            let form = Form::new()
+                .text(field::PATH, claim.path.to_string())
+                .text(field::SHA256, claim.sha256.to_hex())
+                .text(field::SIZE, claim.size.to_string())
+                .part(
+                    field::FILE,
+                    Part::stream_with_length(body, claim.size).file_name(claim.path.file_name().to_owned()),
+                );
+            Ok(self.signed(Method::POST, endpoint::UPLOAD, Some(claim)).multipart(form))
+        })
+        .await
+    }
+
+    /// Sends the request `build` makes, making it anew (freshly signed, body
+    /// re-read) for each retry of a transient failure, with exponential
+    /// backoff and jitter, or the receiver's Retry-After when it gives one.
+    async fn with_retries<T, F, Fut>(&self, build: F) -> Result<(StatusCode, T), RequestError>
+    where
+        T: serde::de::DeserializeOwned,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<reqwest::RequestBuilder, RequestError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let result = match build().await {
+                Ok(request) => self.send(request).await,
+                Err(err) => Err(err),
+            };
+            let err = match result {
+                Err(err) if err.is_transient() && attempt < self.options.retries => err,
+                done => return done,
+            };
+            let pause = match &err {
+                RequestError::Refused { retry_after: Some(asked), .. } => (*asked).min(RETRY_AFTER_CAP),
+                _ => backoff(attempt),
+            };
+            attempt += 1;
+            if self.options.verbose {
+                eprintln!("retry {attempt}/{} in {:.1} s: {err}", self.options.retries, pause.as_secs_f64());
+            }
+            tokio::time::sleep(pause).await;
+        }
     }
 
     fn url(&self, endpoint: &str) -> Url {
@@ -113,38 +186,64 @@ impl Client {
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
-        endpoint: &str,
-    ) -> Result<T, RequestError> {
-        Ok(self.send_with_status(request, endpoint).await?.1)
-    }
-
-    async fn send_with_status<T: serde::de::DeserializeOwned>(
-        &self,
-        request: reqwest::RequestBuilder,
-        endpoint: &str,
     ) -> Result<(StatusCode, T), RequestError> {
-        let url = self.url(endpoint).to_string();
-        let response = request.send().await.map_err(|e| transport_error(&url, &e))?;
+        let (client, request) = request.build_split();
+        let request = request.map_err(|e| RequestError::Garbled(e.to_string()))?;
+        let url = request.url().to_string();
+        let response = client.execute(request).await.map_err(|e| transport_error(&url, &e))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .map(Duration::from_secs);
         let bytes = response.bytes().await.map_err(|e| transport_error(&url, &e))?;
         if status.is_success() {
             let body = serde_json::from_slice(&bytes).map_err(|e| RequestError::Garbled(e.to_string()))?;
             Ok((status, body))
         } else {
-            Err(RequestError::Refused { status, body: serde_json::from_slice(&bytes).ok() })
+            Err(RequestError::Refused { status, body: serde_json::from_slice(&bytes).ok(), retry_after })
         }
     }
 }
 
+/// Full jitter over an exponentially growing window, so a fleet that lost
+/// the receiver at the same moment does not come back at the same moment.
+fn backoff(attempt: u32) -> Duration {
+    let window = BACKOFF_BASE.saturating_mul(1 << attempt.min(16)).min(BACKOFF_CAP);
+    window.mul_f64(rand::random_range(0.5..=1.0))
+}
+
 fn transport_error(url: &str, err: &reqwest::Error) -> RequestError {
+    let url = url.to_owned();
     let cause = root_cause(err);
-    if err.is_connect() {
-        RequestError::Unreachable { url: url.to_owned(), cause }
+    if let Some(tls) = tls_failure(err) {
+        RequestError::Tls { url, cause: tls }
+    } else if err.is_connect() {
+        RequestError::Unreachable { url, cause }
     } else if err.is_timeout() {
-        RequestError::Transport { url: url.to_owned(), cause: format!("timed out ({cause})") }
+        RequestError::Transport { url, cause: format!("timed out ({cause})") }
     } else {
-        RequestError::Transport { url: url.to_owned(), cause }
+        RequestError::Transport { url, cause }
     }
+}
+
+/// The certificate problem behind `err`, if that is what it is. The rustls
+/// error sits in the source chain, possibly inside nested `io::Error`s,
+/// whose `source()` skips the error they wrap.
+fn tls_failure(err: &reqwest::Error) -> Option<String> {
+    let mut pending: Vec<&(dyn std::error::Error + 'static)> = vec![err];
+    while let Some(current) = pending.pop() {
+        if let Some(rustls_error) = current.downcast_ref::<rustls::Error>() {
+            return Some(rustls_error.to_string());
+        }
+        if let Some(inner) = current.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            pending.push(inner);
+        }
+        pending.extend(current.source());
+    }
+    None
 }
 
 /// reqwest's own message is generic ("error sending request"); the innermost
@@ -155,4 +254,36 @@ fn root_cause(err: &reqwest::Error) -> String {
         cause = inner;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        for attempt in 0..20 {
+            let window = BACKOFF_BASE.saturating_mul(1 << attempt.min(16)).min(BACKOFF_CAP);
+            let pause = backoff(attempt);
+            assert!(pause >= window / 2 && pause <= window, "attempt {attempt}: {pause:?}");
+        }
+        assert!(backoff(30) <= BACKOFF_CAP);
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        let refused = |code: u16| RequestError::Refused {
+            status: StatusCode::from_u16(code).expect("status"),
+            body: None,
+            retry_after: None,
+        };
+        for code in [408, 429, 500, 502, 503, 507] {
+            assert!(refused(code).is_transient(), "{code}");
+        }
+        for code in [400, 401, 404, 409, 413, 422] {
+            assert!(!refused(code).is_transient(), "{code}");
+        }
+        assert!(RequestError::Unreachable { url: String::new(), cause: String::new() }.is_transient());
+        assert!(!RequestError::Tls { url: String::new(), cause: String::new() }.is_transient());
+    }
 }

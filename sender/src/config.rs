@@ -2,16 +2,31 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use logferry_common::wire::DEFAULT_PORT;
 use reqwest::Url;
 
 use crate::exit;
+use crate::id_file::Exposure;
 
 /// Default folder name for delivered files, beside the log folder, as in the
 /// tool logferry replaces.
 pub const DEFAULT_SENT_DIR_NAME: &str = "sent_files";
+
+/// What the user asked for, before validation.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub host: String,
+    pub port: Option<u16>,
+    pub folder: PathBuf,
+    pub id_file: PathBuf,
+    pub sent_dir: Option<PathBuf>,
+    pub ca_cert: Option<PathBuf>,
+    pub id_exposure: Exposure,
+    pub retries: u32,
+    pub verbose: bool,
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -22,6 +37,12 @@ pub struct Config {
     pub id_file: PathBuf,
     /// Where delivered files are moved, canonical once it exists.
     pub sent_dir: PathBuf,
+    /// PEM file of the CA that signed the receiver's certificate, trusted
+    /// instead of the system's roots.
+    pub ca_cert: Option<PathBuf>,
+    pub id_exposure: Exposure,
+    /// Further attempts after a transient failure.
+    pub retries: u32,
     /// Print a line per file (interactive use); otherwise only failures and
     /// the summary, as cron mails whatever is printed.
     pub verbose: bool,
@@ -50,15 +71,10 @@ impl Config {
     /// Checks what can be checked before contacting anyone. Creates the sent
     /// folder, so that a folder that cannot be made stops the run before any
     /// upload rather than after each one.
-    pub fn new(
-        host: &str,
-        port: Option<u16>,
-        folder: &Path,
-        id_file: PathBuf,
-        sent_dir: Option<PathBuf>,
-        verbose: bool,
-    ) -> Result<Self, ConfigError> {
-        let receiver = receiver_url(host, port)?;
+    pub fn new(options: Options) -> Result<Self, ConfigError> {
+        let Options { host, port, folder, id_file, sent_dir, ca_cert, id_exposure, retries, verbose } = options;
+        let receiver = receiver_url(&host, port)?;
+        let folder = folder.as_path();
         let folder_error = |reason: String| ConfigError::Folder { path: folder.to_owned(), reason };
         match std::fs::metadata(folder) {
             Ok(meta) if meta.is_dir() => {}
@@ -80,7 +96,7 @@ impl Config {
         if sent_dir == folder {
             return Err(sent_error(io::Error::other("it is the log folder itself")));
         }
-        Ok(Self { receiver, folder, id_file, sent_dir, verbose })
+        Ok(Self { receiver, folder, id_file, sent_dir, ca_cert, id_exposure, retries, verbose })
     }
 }
 

@@ -8,7 +8,7 @@ use logferry_common::Sha256Digest;
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
 
-use crate::client::{Client, RequestError};
+use crate::client::{Client, ClientOptions, RequestError};
 use crate::config::Config;
 use crate::id_file::{self, IdFileError};
 use crate::report::{Summary, human_bytes};
@@ -23,6 +23,8 @@ pub enum Fatal {
     Unreachable(RequestError),
     #[error("authentication failed: {0}")]
     AuthFailed(RequestError),
+    #[error("TLS failed: {0}")]
+    Tls(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -33,12 +35,17 @@ impl Fatal {
             Self::IdFile(_) => exit::ID_FILE,
             Self::Unreachable(_) => exit::UNREACHABLE,
             Self::AuthFailed(_) => exit::AUTH_FAILED,
+            Self::Tls(_) => exit::TLS,
             Self::Internal(_) => exit::INTERNAL,
         }
     }
 
     fn from_request(err: RequestError) -> Self {
-        if err.is_auth_failure() { Self::AuthFailed(err) } else { Self::Unreachable(err) }
+        match err {
+            RequestError::Tls { .. } => Self::Tls(err.to_string()),
+            err if err.is_auth_failure() => Self::AuthFailed(err),
+            err => Self::Unreachable(err),
+        }
     }
 }
 
@@ -78,9 +85,11 @@ pub async fn run(config: &Config) -> Outcome {
 }
 
 async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal> {
-    let id = id_file::read(&config.id_file)?;
-    let client =
-        Client::new(config.receiver.clone(), id).map_err(|e| Fatal::Internal(format!("cannot set up HTTP: {e}")))?;
+    let id = id_file::read(&config.id_file, config.id_exposure)?;
+    let ca_certs = config.ca_cert.as_deref().map(read_ca_certs).transpose()?;
+    let options = ClientOptions { ca_certs, retries: config.retries, verbose: config.verbose };
+    let client = Client::new(config.receiver.clone(), id, options)
+        .map_err(|e| Fatal::Internal(format!("cannot set up HTTP: {e}")))?;
     let reply = client.auth_check().await.map_err(Fatal::from_request)?;
     if config.verbose {
         let label = reply.label.map(|l| format!(" as {l:?}")).unwrap_or_default();
@@ -128,6 +137,16 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
     Ok(())
 }
 
+fn read_ca_certs(path: &Path) -> Result<Vec<reqwest::Certificate>, Fatal> {
+    let fail = |why: String| Fatal::Tls(format!("cannot use the CA certificate file {}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(fail("it holds no PEM certificate".to_owned()));
+    }
+    Ok(certs)
+}
+
 fn fail(summary: &mut Summary, name: String, reason: String) {
     eprintln!("not sent: {name}: {reason}");
     summary.failed.push((name, reason));
@@ -169,8 +188,8 @@ async fn deliver_one(
     }
     let claim = UploadClaim { path: candidate.rel.clone(), sha256, size };
     let (_, receipt) = client.upload(path, &claim).await.map_err(|e| match e {
-        RequestError::Unreachable { .. } => Undelivered::Stop(Fatal::Unreachable(e)),
-        e if e.is_auth_failure() => Undelivered::Stop(Fatal::AuthFailed(e)),
+        RequestError::Unreachable { .. } | RequestError::Tls { .. } => Undelivered::Stop(Fatal::from_request(e)),
+        e if e.is_auth_failure() => Undelivered::Stop(Fatal::from_request(e)),
         e => Undelivered::Kept(e.to_string()),
     })?;
     if receipt.sha256 != sha256 || receipt.size != size {

@@ -15,5 +15,8 @@ pub const FOLDER: u8 = 4;
 pub const UNREACHABLE: u8 = 5;
 /// The receiver refused this device's credentials.
 pub const AUTH_FAILED: u8 = 6;
+/// TLS failed: the receiver's certificate could not be verified (or the CA
+/// file could not be read). Never falls back to plain HTTP.
+pub const TLS: u8 = 7;
 /// Anything else: a bug or an unexpected system failure.
 pub const INTERNAL: u8 = 9;

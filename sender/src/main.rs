@@ -3,7 +3,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use logferry_sender::id_file::DEFAULT_ID_FILE;
+use logferry_sender::config::Options;
+use logferry_sender::id_file::{DEFAULT_ID_FILE, Exposure};
 use logferry_sender::{Config, exit};
 
 /// Sends every file under FOLDER to a logferry receiver, and moves each one
@@ -11,7 +12,8 @@ use logferry_sender::{Config, exit};
 ///
 /// Exit codes: 0 all delivered (or nothing to send), 1 some files not sent
 /// (they stay), 2 usage error, 3 device ID file problem, 4 folder problem,
-/// 5 receiver unreachable, 6 authentication failed, 9 unexpected error.
+/// 5 receiver unreachable, 6 authentication failed, 7 TLS certificate not
+/// verified, 9 unexpected error.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -32,6 +34,20 @@ struct Cli {
     /// Where delivered files are moved [default: sent_files beside FOLDER].
     #[arg(long, env = "LOGFERRY_SENT_DIR")]
     sent_dir: Option<PathBuf>,
+
+    /// PEM file of the CA that signed the receiver's HTTPS certificate; only
+    /// this CA is then trusted.
+    #[arg(long, env = "LOGFERRY_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+
+    /// Accept an ID file that other users can read (normally refused).
+    #[arg(long, env = "LOGFERRY_ALLOW_READABLE_ID_FILE")]
+    allow_readable_id_file: bool,
+
+    /// Further attempts after a transient failure (no connection, timeout,
+    /// 408, 429, 5xx), with exponential backoff and jitter.
+    #[arg(long, env = "LOGFERRY_RETRIES", default_value_t = 4)]
+    retries: u32,
 }
 
 fn main() -> ExitCode {
@@ -52,8 +68,18 @@ fn run() -> anyhow::Result<u8> {
             return Ok(if err.use_stderr() { exit::USAGE } else { exit::SUCCESS });
         }
     };
-    let verbose = std::io::stderr().is_terminal();
-    let config = match Config::new(&cli.host, cli.port, &cli.folder, cli.id_file, cli.sent_dir, verbose) {
+    let options = Options {
+        host: cli.host,
+        port: cli.port,
+        folder: cli.folder,
+        id_file: cli.id_file,
+        sent_dir: cli.sent_dir,
+        ca_cert: cli.ca_cert,
+        id_exposure: if cli.allow_readable_id_file { Exposure::AllowReadable } else { Exposure::OwnerOnly },
+        retries: cli.retries,
+        verbose: std::io::stderr().is_terminal(),
+    };
+    let config = match Config::new(options) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("sender: {err}");

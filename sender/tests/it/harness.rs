@@ -26,18 +26,24 @@ impl Harness {
     /// A receiver that accepts [`DEVICE`], an ID file holding it, and an
     /// empty `logs` folder.
     pub fn start() -> Self {
+        Self::start_with(|_, _| {})
+    }
+
+    /// Like [`Harness::start`], with the receiver's configuration adjusted
+    /// by `adjust` (given the test folder) before it starts.
+    pub fn start_with(adjust: impl FnOnce(&Path, &mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("ids.txt"), format!("{DEVICE} test-pi\n")).expect("ids");
-        std::fs::write(dir.path().join("device-id"), format!("# this device\n{}\n", DEVICE.to_lowercase()))
-            .expect("id file");
+        write_secret(&dir.path().join("device-id"), &format!("# this device\n{}\n", DEVICE.to_lowercase()));
         std::fs::create_dir(dir.path().join("logs")).expect("logs");
-        let config = Config {
+        let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             ids_file: dir.path().join("ids.txt"),
             store_dir: dir.path().join("store"),
             limits: Limits::default(),
             tls: None,
         };
+        adjust(dir.path(), &mut config);
         let ready = logferry_receiver::open(&config).expect("receiver opens");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let receiver = BackgroundReceiver::start(listener, ready.state, ready.tls).expect("receiver starts");
@@ -81,6 +87,13 @@ impl Harness {
     }
 }
 
+/// Writes a file only its owner may read, as an ID file must be.
+pub fn write_secret(path: &Path, content: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
 /// Runs the sender binary with `args` in `dir`, with no inherited settings
 /// and no terminal, as under cron.
 pub fn sender(dir: &Path, args: &[String]) -> Run {
@@ -90,6 +103,9 @@ pub fn sender(dir: &Path, args: &[String]) -> Run {
         .env_remove("LOGFERRY_PORT")
         .env_remove("LOGFERRY_ID_FILE")
         .env_remove("LOGFERRY_SENT_DIR")
+        .env_remove("LOGFERRY_CA_CERT")
+        .env_remove("LOGFERRY_RETRIES")
+        .env_remove("LOGFERRY_ALLOW_READABLE_ID_FILE")
         .output()
         .expect("sender runs");
     let run = Run {

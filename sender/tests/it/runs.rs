@@ -151,9 +151,11 @@ struct Failure {
 fn each_failure_has_its_own_exit_code_and_message() {
     let h = Harness::start();
     h.log("waiting.log", b"must stay until it is delivered\n");
-    std::fs::write(h.path("bad-id"), "0123456789ABCDEZ\n").expect("write");
-    std::fs::write(h.path("empty-id"), "# no id yet\n").expect("write");
-    std::fs::write(h.path("stranger-id"), "FEDCBA9876543210\n").expect("write");
+    write_secret(&h.path("bad-id"), "0123456789ABCDEZ\n");
+    write_secret(&h.path("empty-id"), "# no id yet\n");
+    write_secret(&h.path("stranger-id"), "FEDCBA9876543210\n");
+    std::fs::write(h.path("open-id"), format!("{DEVICE}\n")).expect("write");
+    std::fs::set_permissions(h.path("open-id"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
     std::fs::write(h.path("a-file"), "not a folder").expect("write");
     let closed_port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -197,8 +199,8 @@ fn each_failure_has_its_own_exit_code_and_message() {
             says: "does not exist",
         },
         Failure {
-            name: "receiver unreachable",
-            args: with(&closed_port, &logs, "device-id"),
+            name: "receiver unreachable, after one retry",
+            args: [with(&closed_port, &logs, "device-id"), vec!["--retries".into(), "1".into()]].concat(),
             code: code::UNREACHABLE,
             says: "receiver unreachable: cannot connect to http://127.0.0.1",
         },
@@ -234,7 +236,14 @@ fn a_receiver_that_stops_mid_run_leaves_unsent_files_in_place() {
     h.log("second.log", b"two\n");
     let run = sender(
         h.dir.path(),
-        &[host, h.logs().display().to_string(), "--id-file".into(), h.path("device-id").display().to_string()],
+        &[
+            host,
+            h.logs().display().to_string(),
+            "--id-file".into(),
+            h.path("device-id").display().to_string(),
+            "--retries".into(),
+            "0".into(),
+        ],
     );
     assert_eq!(run.code, Some(code::UNREACHABLE), "{run:?}");
     assert_eq!(files(&h.logs()), ["second.log"]);

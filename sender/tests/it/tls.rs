@@ -1,0 +1,89 @@
+//! HTTPS with the lab's own CA: accepted when pinned, refused otherwise,
+//! never quietly downgraded.
+
+use std::path::Path;
+
+use logferry_receiver::TlsFiles;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+
+use crate::harness::*;
+
+/// Writes `<name>-ca.pem`, and a certificate for 127.0.0.1 signed by that
+/// CA as `<name>-cert.pem` with its key `<name>-key.pem`, into `dir`.
+fn make_ca_and_cert(dir: &Path, name: &str) -> TlsFiles {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("certificate");
+    std::fs::write(dir.join(format!("{name}-ca.pem")), ca.pem()).expect("write");
+    let files = TlsFiles { cert: dir.join(format!("{name}-cert.pem")), key: dir.join(format!("{name}-key.pem")) };
+    std::fs::write(&files.cert, cert.pem()).expect("write");
+    std::fs::write(&files.key, key.serialize_pem()).expect("write");
+    files
+}
+
+fn https_harness() -> Harness {
+    Harness::start_with(|dir, config| config.tls = Some(make_ca_and_cert(dir, "lab")))
+}
+
+#[test]
+fn delivers_over_https_when_the_receivers_ca_is_pinned() {
+    let h = https_harness();
+    h.log("secure/reading.csv", b"t,v\n1,2\n");
+    let url = format!("https://{}", h.host());
+    let ca = h.path("lab-ca.pem").display().to_string();
+    let run = sender(
+        h.dir.path(),
+        &[
+            url,
+            h.logs().display().to_string(),
+            "--id-file".into(),
+            h.path("device-id").display().to_string(),
+            "--ca-cert".into(),
+            ca,
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(std::fs::read(h.stored().join("secure/reading.csv")).expect("stored"), b"t,v\n1,2\n");
+}
+
+#[test]
+fn an_unverifiable_certificate_is_its_own_failure_and_nothing_is_sent() {
+    let h = https_harness();
+    make_ca_and_cert(h.dir.path(), "other");
+    h.log("kept.log", b"stays\n");
+    let url = format!("https://{}", h.host());
+    let base = vec![
+        url,
+        h.logs().display().to_string(),
+        "--id-file".into(),
+        h.path("device-id").display().to_string(),
+        "--retries".into(),
+        "0".into(),
+    ];
+    let cases = [
+        (
+            "another CA pinned",
+            vec!["--ca-cert".to_owned(), h.path("other-ca.pem").display().to_string()],
+            "certificate",
+        ),
+        ("only the system's roots", vec![], "certificate"),
+        (
+            "CA file missing",
+            vec!["--ca-cert".to_owned(), h.path("absent.pem").display().to_string()],
+            "CA certificate file",
+        ),
+    ];
+    for (name, extra, says) in cases {
+        let run = sender(h.dir.path(), &[base.clone(), extra].concat());
+        assert_eq!(run.code, Some(7), "{name}: {run:?}");
+        assert!(run.stderr.contains("TLS failed") && run.stderr.contains(says), "{name}: {run:?}");
+        assert_eq!(files(&h.logs()), ["kept.log"], "{name}");
+    }
+    assert!(!h.stored().exists(), "nothing arrived");
+}
