@@ -102,7 +102,7 @@ pub struct Slot {
 }
 
 /// How long a client is asked to wait when every slot is taken.
-const BUSY_RETRY_AFTER_SECS: u64 = 5;
+const BUSY_RETRY_AFTER_SECS: u64 = 2;
 
 impl UploadSlots {
     pub fn new(limits: &Limits) -> Arc<Self> {

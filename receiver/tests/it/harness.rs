@@ -48,16 +48,21 @@ pub fn authorization(
 pub struct Harness {
     pub dir: TempDir,
     receiver: Option<BackgroundReceiver>,
+    limits: Limits,
     pub http: reqwest::Client,
 }
 
 impl Harness {
     /// A receiver accepting [`DEVICE`], labelled "bench-pi".
     pub fn start() -> Self {
+        Self::start_with(Limits::default())
+    }
+
+    pub fn start_with(limits: Limits) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("ids.txt"), format!("# test fleet\n{}  bench-pi\n", DEVICE.to_lowercase()))
             .expect("ids");
-        let mut harness = Self { dir, receiver: None, http: reqwest::Client::new() };
+        let mut harness = Self { dir, receiver: None, limits, http: reqwest::Client::new() };
         harness.restart();
         harness
     }
@@ -67,7 +72,7 @@ impl Harness {
             listen: "127.0.0.1:0".parse().expect("addr"),
             ids_file: self.dir.path().join("ids.txt"),
             store_dir: self.store(),
-            limits: Limits::default(),
+            limits: self.limits.clone(),
             tls: None,
         }
     }
@@ -82,9 +87,12 @@ impl Harness {
         self.receiver = Some(BackgroundReceiver::start(listener, ready.state, ready.tls).expect("started"));
     }
 
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.receiver.as_ref().expect("running").addr
+    }
+
     pub fn url(&self, endpoint: &str) -> String {
-        let addr = self.receiver.as_ref().expect("running").addr;
-        format!("http://{addr}{endpoint}")
+        format!("http://{}{endpoint}", self.addr())
     }
 
     pub fn store(&self) -> PathBuf {

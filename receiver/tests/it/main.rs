@@ -5,3 +5,4 @@
 mod api;
 mod binary;
 mod harness;
+mod limits;

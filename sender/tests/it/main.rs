@@ -2,5 +2,6 @@
 //! 127.0.0.1:0, each in its own temporary folder.
 
 mod harness;
+mod limits;
 mod runs;
 mod tls;

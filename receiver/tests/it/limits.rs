@@ -1,0 +1,171 @@
+//! Each limit answered with its status: too large, busy, too slow, too many
+//! failed authentications. A raw TCP client plays the slow or stuck device.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use logferry_common::wire::endpoint;
+use logferry_receiver::Limits;
+
+use crate::harness::*;
+
+/// A signed upload of `content` as `path`, as raw HTTP/1.1 bytes: the head,
+/// and the body split into what comes before the file's bytes and the rest.
+fn raw_upload(h: &Harness, path: &str, content: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let claim = claim(path, content);
+    let mut before = Vec::new();
+    for (name, value) in
+        [("path", path.to_owned()), ("sha256", claim.sha256.to_hex()), ("size", content.len().to_string())]
+    {
+        before.extend(
+            format!("--B0undary\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").bytes(),
+        );
+    }
+    before.extend(b"--B0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n");
+    let mut rest = content.to_vec();
+    rest.extend(b"\r\n--B0undary--\r\n");
+    let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim));
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Type: multipart/form-data; boundary=B0undary\r\nContent-Length: {}\r\n\r\n",
+        endpoint::UPLOAD,
+        h.addr(),
+        before.len() + rest.len()
+    );
+    (head.into_bytes(), before, rest)
+}
+
+/// Opens a connection and sends the head, the fields and `file_bytes` of the
+/// file, then stops sending: an upload in progress that holds its slot.
+fn start_upload(h: &Harness, content: &[u8], file_bytes: usize) -> TcpStream {
+    let (head, before, rest) = raw_upload(h, "held.log", content);
+    let mut stream = TcpStream::connect(h.addr()).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    stream.write_all(&head).expect("head");
+    stream.write_all(&before).expect("fields");
+    stream.write_all(&rest[..file_bytes]).expect("part of the file");
+    stream
+}
+
+/// Reads one answer: its status line and JSON body.
+fn read_answer(stream: &mut TcpStream) -> (String, String) {
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_file_over_the_size_limit_is_refused_before_any_byte_is_staged() {
+    let h = Harness::start_with(Limits { max_file_size: 10, ..Limits::default() });
+    let (status, body) = h.upload("big.log", b"seventeen bytes!!").await;
+    assert_eq!((status, body["code"].as_str()), (413, Some("too_large")), "{body}");
+    assert_eq!(h.stored_files(), Vec::<String>::new());
+    assert_eq!(h.upload("small.log", b"ten bytes!").await.0, 201, "the limit is inclusive");
+}
+
+#[tokio::test]
+async fn uploads_past_the_per_device_limit_get_503_with_retry_after_until_a_slot_frees() {
+    let h = Harness::start_with(Limits { max_uploads_per_device: 1, ..Limits::default() });
+    let held = start_upload(&h, &[7u8; 4096], 100);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let claim = claim("second.log", CONTENT);
+    let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim));
+    let form = upload_form("second.log", &claim.sha256.to_hex(), &claim.size.to_string(), CONTENT);
+    let response = h
+        .http
+        .post(h.url(endpoint::UPLOAD))
+        .header("Authorization", auth)
+        .multipart(form)
+        .send()
+        .await
+        .expect("answer");
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().expect("ascii").to_owned());
+    let (status, body) = answer(response).await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("busy")), "{body}");
+    assert_eq!(retry_after.as_deref(), Some("2"));
+
+    drop(held);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = h.upload("second.log", CONTENT).await.0;
+        if status == 201 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 201, "the abandoned upload's slot was freed");
+    assert_eq!(h.stored_files(), ["0123456789ABCDEF/second.log", "0123456789ABCDEF/second.log.sha256"]);
+}
+
+const CONTENT: &[u8] = b"sensor,value\n1,2\n";
+
+#[test]
+fn a_body_that_stalls_gets_408_and_leaves_nothing() {
+    let h = Harness::start_with(Limits { idle_timeout: Duration::from_secs(1), ..Limits::default() });
+    let mut stalled = start_upload(&h, &vec![1u8; 1 << 20], 10);
+    let (status, body) = read_answer(&mut stalled);
+    assert!(status.starts_with("HTTP/1.1 408"), "{status} {body}");
+    assert!(body.contains(r#""code":"timeout""#) && body.contains("no data arrived"), "{body}");
+    assert_eq!(h.stored_files(), Vec::<String>::new());
+}
+
+#[test]
+fn a_body_that_trickles_below_the_minimum_rate_gets_408() {
+    let h = Harness::start_with(Limits {
+        idle_timeout: Duration::from_secs(1),
+        min_bytes_per_sec: 1 << 20,
+        ..Limits::default()
+    });
+    let content = vec![2u8; 1 << 20];
+    let mut trickle = start_upload(&h, &content, 0);
+    let (_, _, rest) = raw_upload(&h, "held.log", &content);
+    // A few bytes every 300 ms: never idle for a whole second, yet far
+    // below 1 MiB/s, so the body's deadline (1 s + 1 s) passes first.
+    for chunk in rest.chunks(64).take(20) {
+        if trickle.write_all(chunk).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (status, body) = read_answer(&mut trickle);
+    assert!(status.starts_with("HTTP/1.1 408"), "{status} {body}");
+    assert!(body.contains("slower than"), "{body}");
+    assert_eq!(h.stored_files(), Vec::<String>::new());
+}
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let h = Harness::start_with(Limits { header_timeout: Duration::from_secs(1), ..Limits::default() });
+    let mut stream = TcpStream::connect(h.addr()).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    stream.write_all(b"POST /v1/upload HTTP/1.1\r\nHost: x\r\n").expect("partial head");
+    let (status, _) = read_answer(&mut stream);
+    assert!(status.is_empty() || status.starts_with("HTTP/1.1 408"), "{status:?}");
+}
+
+#[tokio::test]
+async fn failed_authentications_are_throttled_per_address_with_retry_after() {
+    let h = Harness::start_with(Limits { auth_failures_per_minute: 3, ..Limits::default() });
+    let check = |id| {
+        let request = h
+            .http
+            .get(h.url(endpoint::AUTH_CHECK))
+            .header("Authorization", authorization(&id, "GET", endpoint::AUTH_CHECK, now(), None));
+        async move {
+            let response = request.send().await.expect("answer");
+            let retry_after = response.headers().get("retry-after").is_some();
+            let (status, body) = answer(response).await;
+            (status, body["code"].as_str().map(str::to_owned), retry_after)
+        }
+    };
+    assert_eq!(check(device()).await.0, 200, "successes do not count");
+    for _ in 0..3 {
+        assert_eq!(check(stranger()).await, (401, Some("unknown_device".to_owned()), false));
+    }
+    assert_eq!(check(stranger()).await, (429, Some("rate_limited".to_owned()), true));
+    assert_eq!(check(device()).await.0, 429, "the address is held back, whatever it sends");
+}
