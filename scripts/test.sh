@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The test suite: unit tests, the in-process receiver tests and the
-# black-box runs of both binaries. Needs only cargo and coreutils'
-# sha256sum, which the tests call to check the checksum files.
+# black-box runs of both binaries. Needs cargo, coreutils' sha256sum (the
+# tests check the checksum files with it) and openssl (for make-cert.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v sha256sum >/dev/null; then
-    echo "installing coreutils (for sha256sum)"
-    apt-get update -qq && apt-get install -y -qq coreutils
+missing=()
+command -v sha256sum >/dev/null || missing+=(coreutils)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}"
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
 cargo test --workspace --all-targets "$@"

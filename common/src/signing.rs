@@ -77,6 +77,38 @@ impl SignedRequest<'_> {
     }
 }
 
+/// Response header carrying the receiver's proof that it holds the device's
+/// ID: an HMAC over the request's own signature and the answer's body.
+pub const RECEIPT_HEADER: &str = "X-Logferry-Receipt";
+/// First line of the string a receipt signs.
+pub const RECEIPT_VERSION: &str = "LOGFERRY-RECEIPT-V1";
+
+/// Signs a 2xx answer for the request that carried `request_signature`:
+/// only a receiver that knows the ID can make it, and it cannot be reused
+/// for another request or another answer. Without TLS this is what stops an
+/// impostor on the network from "accepting" files the device then moves aside.
+pub fn receipt(id: &DeviceId, request_signature: &[u8; 32], body: &[u8]) -> String {
+    hex::encode(receipt_mac(id, request_signature, body).finalize().into_bytes())
+}
+
+/// Checks a receipt from [`receipt`] in constant time.
+pub fn verify_receipt(id: &DeviceId, request_signature: &[u8; 32], body: &[u8], tag: &str) -> bool {
+    let mut bytes = [0u8; 32];
+    tag.len() == 64
+        && hex::decode_to_slice(tag, &mut bytes).is_ok()
+        && receipt_mac(id, request_signature, body).verify_slice(&bytes).is_ok()
+}
+
+fn receipt_mac(id: &DeviceId, request_signature: &[u8; 32], body: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+    let mut mac = id.mac();
+    mac.update(RECEIPT_VERSION.as_bytes());
+    mac.update(b"\n");
+    mac.update(hex::encode(request_signature).as_bytes());
+    mac.update(b"\n");
+    mac.update(body);
+    mac
+}
+
 /// How a request's timestamp relates to the receiver's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
@@ -274,6 +306,19 @@ mod tests {
             Err(AuthHeaderError::Unknown("Extra".into())),
         );
         check(format!("{AUTH_SCHEME} garbage"), Err(AuthHeaderError::Unknown("garbage".into())));
+    }
+
+    #[test]
+    fn receipts_bind_the_answer_to_the_request_and_the_id() {
+        let id = device();
+        let (sig, other_sig) = ([1u8; 32], [2u8; 32]);
+        let tag = receipt(&id, &sig, b"{\"outcome\":\"stored\"}");
+        assert!(verify_receipt(&id, &sig, b"{\"outcome\":\"stored\"}", &tag));
+        assert!(!verify_receipt(&id, &other_sig, b"{\"outcome\":\"stored\"}", &tag), "replayed for another request");
+        assert!(!verify_receipt(&id, &sig, b"{\"outcome\":\"already_stored\"}", &tag), "another answer");
+        let other_id: DeviceId = "0123456789ABCDEE".parse().expect("valid");
+        assert!(!verify_receipt(&other_id, &sig, b"{\"outcome\":\"stored\"}", &tag), "made without the ID");
+        assert!(!verify_receipt(&id, &sig, b"{\"outcome\":\"stored\"}", "zz"));
     }
 
     #[test]

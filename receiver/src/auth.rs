@@ -2,9 +2,11 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use actix_web::HttpRequest;
-use actix_web::http::header::AUTHORIZATION;
-use logferry_common::signing::{AuthHeader, Freshness, SignedRequest, UploadClaim, freshness};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{AUTHORIZATION, ContentType};
+use actix_web::{HttpRequest, HttpResponse};
+use logferry_common::signing::{AuthHeader, Freshness, RECEIPT_HEADER, SignedRequest, UploadClaim, freshness, receipt};
+use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::ids::{Device, IdsFile};
@@ -42,13 +44,30 @@ pub fn claim(req: &HttpRequest, ids: &IdsFile, throttle: &AuthThrottle) -> Resul
 impl Claimed {
     /// Second step: the signature over the request line and, for uploads,
     /// the declared path, checksum and size.
-    pub fn verify(self, upload: Option<&UploadClaim>) -> Result<Device, ApiError> {
+    pub fn verify(self, upload: Option<&UploadClaim>) -> Result<Verified, ApiError> {
         let signed = SignedRequest { method: &self.method, path: &self.path, timestamp: self.header.timestamp, upload };
         if signed.verify(&self.device.id, &self.header.signature) {
-            Ok(self.device)
+            Ok(Verified { device: self.device, request_signature: self.header.signature })
         } else {
             Err(ApiError::BadSignature)
         }
+    }
+}
+
+/// A request whose signature checked out.
+#[derive(Debug)]
+pub struct Verified {
+    pub device: Device,
+    request_signature: [u8; 32],
+}
+
+impl Verified {
+    /// A JSON answer carrying a receipt that proves to the device that this
+    /// receiver knows its ID (see `signing::receipt`).
+    pub fn answer(&self, status: StatusCode, body: &impl Serialize) -> HttpResponse {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        let tag = receipt(&self.device.id, &self.request_signature, &bytes);
+        HttpResponse::build(status).insert_header((RECEIPT_HEADER, tag)).content_type(ContentType::json()).body(bytes)
     }
 }
 

@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use actix_multipart::{Field, Multipart, MultipartError};
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::{Stream, StreamExt};
 use logferry_common::signing::UploadClaim;
@@ -10,7 +11,7 @@ use logferry_common::wire::{AuthCheckReply, Health, UploadOutcome, UploadReceipt
 use logferry_common::{RelPath, Sha256Hasher};
 
 use crate::app::AppState;
-use crate::auth;
+use crate::auth::{self, Verified};
 use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::store::{Staged, Store};
@@ -25,9 +26,9 @@ pub async fn health() -> HttpResponse {
 pub async fn auth_check<S: Store>(req: HttpRequest, state: web::Data<AppState<S>>) -> Result<HttpResponse, ApiError> {
     let outcome = auth::claim(&req, &state.ids, &state.throttle).and_then(|claimed| claimed.verify(None));
     match outcome {
-        Ok(device) => {
-            tracing::debug!(device = %device.id.masked(), "auth check passed");
-            Ok(HttpResponse::Ok().json(AuthCheckReply { label: device.label }))
+        Ok(verified) => {
+            tracing::debug!(device = %verified.device.id.masked(), "auth check passed");
+            Ok(verified.answer(StatusCode::OK, &AuthCheckReply { label: verified.device.label.clone() }))
         }
         Err(err) => {
             auth_failed(&req, &state, &err);
@@ -64,19 +65,19 @@ pub async fn upload<S: Store>(
     let device = log.device.as_deref().unwrap_or("-");
     let path = log.path.as_deref().unwrap_or("-");
     match &result {
-        Ok(receipt) => {
+        Ok((receipt, _)) => {
             tracing::info!(device, path, size = receipt.size, stored_as = %receipt.stored_as, outcome = ?receipt.outcome, ms, "upload")
         }
         Err(err) if err.code().is_auth_failure() => auth_failed(&req, &state, err),
         Err(err @ ApiError::Storage(_)) => tracing::error!(device, path, size = log.size, ms, "upload failed: {err}"),
         Err(err) => tracing::warn!(device, path, size = log.size, code = ?err.code(), ms, "upload rejected: {err}"),
     }
-    let receipt = result?;
-    let mut response = match receipt.outcome {
-        UploadOutcome::Stored => HttpResponse::Created(),
-        UploadOutcome::AlreadyStored => HttpResponse::Ok(),
+    let (receipt, verified) = result?;
+    let status = match receipt.outcome {
+        UploadOutcome::Stored => StatusCode::CREATED,
+        UploadOutcome::AlreadyStored => StatusCode::OK,
     };
-    Ok(response.json(receipt))
+    Ok(verified.answer(status, &receipt))
 }
 
 async fn receive<S: Store>(
@@ -84,7 +85,7 @@ async fn receive<S: Store>(
     payload: web::Payload,
     state: &AppState<S>,
     log: &mut UploadLog,
-) -> Result<UploadReceipt, ApiError> {
+) -> Result<(UploadReceipt, Verified), ApiError> {
     let claimed = auth::claim(req, &state.ids, &state.throttle)?;
     log.device = Some(claimed.device.id.masked());
     let _slot = state.slots.try_take(&claimed.device.id.key_id())?;
@@ -103,7 +104,7 @@ async fn receive<S: Store>(
     let size = parse_size(&read_text_field(&mut form, field::SIZE, pace).await?)?;
     log.size = Some(size);
     let claim = UploadClaim { path, sha256, size };
-    let device = claimed.verify(Some(&claim))?;
+    let verified = claimed.verify(Some(&claim))?;
     if size > limits.max_file_size {
         return Err(ApiError::TooLarge { declared: size, max: limits.max_file_size });
     }
@@ -139,13 +140,14 @@ async fn receive<S: Store>(
     if received != claim.sha256 {
         return Err(ApiError::ChecksumMismatch { declared: claim.sha256, received });
     }
-    let committed = state.store.commit(staged, &device.id, &claim).await?;
-    Ok(UploadReceipt {
+    let committed = state.store.commit(staged, &verified.device.id, &claim).await?;
+    let receipt = UploadReceipt {
         outcome: committed.outcome,
         stored_as: committed.stored_as.to_string(),
         sha256: received,
         size: received_len,
-    })
+    };
+    Ok((receipt, verified))
 }
 
 /// How long the client may take for the next piece of the body: never more

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use logferry_common::DeviceId;
-use logferry_common::signing::{SignedRequest, UploadClaim};
+use logferry_common::signing::{RECEIPT_HEADER, SignedRequest, UploadClaim, verify_receipt};
 use logferry_common::wire::{AuthCheckReply, ErrorBody, UploadReceipt, endpoint, field};
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
@@ -63,12 +63,20 @@ pub enum RequestError {
     /// A 2xx answer whose body is not what the protocol says.
     #[error("the receiver's answer could not be understood: {0}")]
     Garbled(String),
+    /// A 2xx answer without a valid receipt: whoever answered does not know
+    /// this device's ID, so it is not the receiver this device is listed in.
+    #[error(
+        "the answer from {url} carries no valid receipt, so it is not from a receiver that knows this device's ID \
+         (an impostor, or a receiver too old to sign answers); nothing is moved aside"
+    )]
+    Unverified { url: String },
 }
 
 impl RequestError {
     /// Whether the receiver refused the device itself, not just one file.
     pub fn is_auth_failure(&self) -> bool {
         match self {
+            Self::Unverified { .. } => true,
             Self::Refused { status, body, .. } => {
                 *status == StatusCode::UNAUTHORIZED || body.as_ref().is_some_and(|b| b.code.is_auth_failure())
             }
@@ -86,7 +94,7 @@ impl RequestError {
                 matches!(*status, StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS)
                     || status.is_server_error()
             }
-            Self::Tls { .. } | Self::Garbled(_) => false,
+            Self::Tls { .. } | Self::Garbled(_) | Self::Unverified { .. } => false,
         }
     }
 }
@@ -114,7 +122,8 @@ impl Client {
 
     /// Asks whether the receiver accepts this device, before any file is read.
     pub async fn auth_check(&self) -> Result<AuthCheckReply, RequestError> {
-        let reply = self.with_retries(|| async { Ok(self.signed(Method::GET, endpoint::AUTH_CHECK, None)) }).await?;
+        let reply =
+            self.with_retries(|| async { Ok(self.signed(Method::GET, endpoint::AUTH_CHECK, None, |r| r)) }).await?;
         Ok(reply.1)
     }
 
@@ -135,7 +144,7 @@ impl Client {
                     field::FILE,
                     Part::stream_with_length(body, claim.size).file_name(claim.path.file_name().to_owned()),
                 );
-            Ok(self.signed(Method::POST, endpoint::UPLOAD, Some(claim)).multipart(form))
+            Ok(self.signed(Method::POST, endpoint::UPLOAD, Some(claim), |r| r.multipart(form)))
         })
         .await
     }
@@ -147,7 +156,7 @@ impl Client {
     where
         T: serde::de::DeserializeOwned,
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<reqwest::RequestBuilder, RequestError>>,
+        Fut: Future<Output = Result<Signed, RequestError>>,
     {
         let mut attempt = 0;
         loop {
@@ -176,18 +185,23 @@ impl Client {
         self.base.join(endpoint.trim_start_matches('/')).unwrap_or_else(|_| self.base.clone())
     }
 
-    fn signed(&self, method: Method, endpoint: &str, upload: Option<&UploadClaim>) -> reqwest::RequestBuilder {
+    /// A request signed now, with `finish` adding its body.
+    fn signed(
+        &self,
+        method: Method,
+        endpoint: &str,
+        upload: Option<&UploadClaim>,
+        finish: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Signed {
         let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let header =
             SignedRequest { method: method.as_str(), path: endpoint, timestamp, upload }.authorization(&self.id);
-        self.http.request(method, self.url(endpoint)).header(AUTHORIZATION, header.to_string())
+        let request = self.http.request(method, self.url(endpoint)).header(AUTHORIZATION, header.to_string());
+        Signed { request: finish(request), signature: header.signature }
     }
 
-    async fn send<T: serde::de::DeserializeOwned>(
-        &self,
-        request: reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, T), RequestError> {
-        let (client, request) = request.build_split();
+    async fn send<T: serde::de::DeserializeOwned>(&self, signed: Signed) -> Result<(StatusCode, T), RequestError> {
+        let (client, request) = signed.request.build_split();
         let request = request.map_err(|e| RequestError::Garbled(e.to_string()))?;
         let url = request.url().to_string();
         let response = client.execute(request).await.map_err(|e| transport_error(&url, &e))?;
@@ -198,14 +212,25 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok())
             .map(Duration::from_secs);
+        let receipt = response.headers().get(RECEIPT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bytes = response.bytes().await.map_err(|e| transport_error(&url, &e))?;
         if status.is_success() {
+            if !receipt.is_some_and(|tag| verify_receipt(&self.id, &signed.signature, &bytes, &tag)) {
+                return Err(RequestError::Unverified { url });
+            }
             let body = serde_json::from_slice(&bytes).map_err(|e| RequestError::Garbled(e.to_string()))?;
             Ok((status, body))
         } else {
             Err(RequestError::Refused { status, body: serde_json::from_slice(&bytes).ok(), retry_after })
         }
     }
+}
+
+/// A request ready to send, and the signature its answer's receipt must cover.
+#[derive(Debug)]
+struct Signed {
+    request: reqwest::RequestBuilder,
+    signature: [u8; 32],
 }
 
 /// Full jitter over an exponentially growing window, so a fleet that lost

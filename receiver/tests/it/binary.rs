@@ -69,6 +69,24 @@ fn start_up_refuses_a_missing_or_malformed_ids_file_naming_file_and_line() {
 }
 
 #[test]
+fn start_up_refuses_unusable_tls_files_naming_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ids.txt"), format!("{DEVICE}\n")).expect("ids");
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate").expect("write");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--tls-cert", "cert.pem"], "--tls-key"),
+        (&["--tls-cert", "absent.pem", "--tls-key", "absent.key"], "absent.pem"),
+        (&["--tls-cert", "cert.pem", "--tls-key", "absent.key"], "cert.pem"),
+    ];
+    for (args, says) in cases {
+        let out = run(dir.path(), &[&["--port", "0"], *args].concat());
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn add_device_prints_a_fresh_id_once_and_appends_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ids = dir.path().join("ids.txt");

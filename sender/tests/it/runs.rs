@@ -249,3 +249,42 @@ fn a_receiver_that_stops_mid_run_leaves_unsent_files_in_place() {
     assert_eq!(files(&h.logs()), ["second.log"]);
     assert_eq!(files(&h.sent()), ["first.log"]);
 }
+
+/// Answers every request with 200 and a plausible body, as something on the
+/// network pretending to be the receiver might: it cannot sign a receipt.
+fn impostor() -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    let thread = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("the sender connects");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+            head.push(byte[0]);
+        }
+        let body = r#"{"label":"greenhouse-3"}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(answer.as_bytes()).expect("answer");
+    });
+    (address, thread)
+}
+
+#[test]
+fn an_impostor_receiver_cannot_make_files_move() {
+    let h = Harness::start();
+    h.log("precious.log", b"must reach the real receiver\n");
+    let (address, thread) = impostor();
+    let run = sender(
+        h.dir.path(),
+        &[address, h.logs().display().to_string(), "--id-file".into(), h.path("device-id").display().to_string()],
+    );
+    thread.join().expect("impostor");
+    assert_eq!(run.code, Some(code::AUTH_FAILED), "{run:?}");
+    assert!(run.stderr.contains("no valid receipt"), "{run:?}");
+    assert_eq!(files(&h.logs()), ["precious.log"]);
+    assert!(!h.sent().exists() || files(&h.sent()).is_empty());
+}

@@ -87,3 +87,33 @@ fn an_unverifiable_certificate_is_its_own_failure_and_nothing_is_sent() {
     }
     assert!(!h.stored().exists(), "nothing arrived");
 }
+
+#[test]
+fn the_make_cert_script_makes_a_pair_that_works_end_to_end() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-cert.sh");
+    let made = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("127.0.0.1")
+        .arg(certs.path())
+        .output()
+        .expect("script runs");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let tls = TlsFiles { cert: certs.path().join("receiver.pem"), key: certs.path().join("receiver.key") };
+    let h = Harness::start_with(|_, config| config.tls = Some(tls));
+    h.log("via-script.log", b"ok\n");
+    let ca = certs.path().join("ca.pem").display().to_string();
+    let run = sender(
+        h.dir.path(),
+        &[
+            format!("https://{}", h.host()),
+            h.logs().display().to_string(),
+            "--id-file".into(),
+            h.path("device-id").display().to_string(),
+            "--ca-cert".into(),
+            ca,
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(files(&h.sent()), ["via-script.log"]);
+}

@@ -1,0 +1,20 @@
+//! Any string either fails the path rules or yields a path that cannot
+//! leave its folder, and whose derived names obey the same rules.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use logferry_common::{RelPath, Sha256Digest};
+
+fuzz_target!(|text: &str| {
+    let Ok(path) = RelPath::parse(text) else { return };
+    assert_eq!(path.as_str(), text);
+    assert!(!text.starts_with('/') && !text.contains('\\') && !text.chars().any(char::is_control));
+    for component in path.components() {
+        assert!(!matches!(component, "" | "." | ".."), "{text:?}");
+    }
+    let digest = Sha256Digest::of_reader(text.as_bytes()).expect("hashing a slice").0;
+    for derived in [path.checksum_path(), path.conflict_path(&digest), path.conflict_path(&digest).checksum_path()] {
+        assert!(RelPath::parse(derived.as_str()).is_ok(), "{derived:?} from {text:?}");
+        assert_eq!(derived.folders().collect::<Vec<_>>(), path.folders().collect::<Vec<_>>());
+    }
+});
