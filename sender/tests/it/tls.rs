@@ -91,7 +91,7 @@ fn an_unverifiable_certificate_is_its_own_failure_and_nothing_is_sent() {
 #[test]
 fn the_make_cert_script_makes_a_pair_that_works_end_to_end() {
     let certs = tempfile::tempdir().expect("tempdir");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-cert.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-cert.sh");
     let made = std::process::Command::new("bash")
         .arg(&script)
         .arg("127.0.0.1")
