@@ -51,9 +51,11 @@ done
 [ -n "$address" ] || { echo "receiver did not start"; cat receiver.log; exit 1; }
 echo "    listening on $address"
 
-echo "==> sender $address logs --id-file device-id"
+# --min-age 0: the sample logs were written a moment ago; under cron the
+# default (60 s) leaves files that are still being written for a later run.
+echo "==> sender $address logs --id-file device-id --min-age 0"
 status=0
-"$bin/sender" "$address" logs --id-file device-id || status=$?
+"$bin/sender" "$address" logs --id-file device-id --min-age 0 || status=$?
 echo "    sender exit code: $status"
 
 echo "==> what arrived (the device folder is named by its secret ID, shown here as <DEVICE-ID>)"
@@ -68,7 +70,7 @@ find logs -type f | sed 's/^/    /'
 find sent_files -type f | sort | sed 's/^/    /'
 
 echo "==> running the sender again: nothing left to send"
-"$bin/sender" "$address" logs --id-file device-id
+"$bin/sender" "$address" logs --id-file device-id --min-age 0
 
 echo "==> receiver log (IDs masked)"
 sed 's/^/    /' receiver.log

@@ -93,6 +93,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The request was too slow to arrive.
     Timeout,
+    /// The receiver's disk is full or below its free-space reserve.
+    InsufficientStorage,
     NotFound,
     MethodNotAllowed,
     StorageError,

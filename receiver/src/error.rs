@@ -50,6 +50,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the receiver could not store the file: {0}")]
     Storage(std::io::Error),
+    #[error("the receiver has no room for the file: {0}")]
+    InsufficientStorage(String),
 }
 
 impl ApiError {
@@ -72,6 +74,7 @@ impl ApiError {
             Self::NotFound => ErrorCode::NotFound,
             Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Self::Storage(_) => ErrorCode::StorageError,
+            Self::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
         }
     }
 }
@@ -80,6 +83,10 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Conflict(message) => Self::PathConflict(message),
+            StoreError::Full(message) => Self::InsufficientStorage(message),
+            StoreError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                Self::InsufficientStorage("its disk is full".to_owned())
+            }
             StoreError::Io(io) => Self::Storage(io),
         }
     }
@@ -97,7 +104,8 @@ impl ResponseError for ApiError {
             ErrorCode::SizeMismatch | ErrorCode::ChecksumMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::PathConflict => StatusCode::CONFLICT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Busy => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,

@@ -111,7 +111,7 @@ async fn receive<S: Store>(
 
     let pace = Pace { limits, deadline: Some(limits.body_deadline(Instant::now(), size)) };
     let mut file = next_field(&mut form, field::FILE, pace).await?;
-    let mut staged = state.store.stage().await?;
+    let mut staged = state.store.stage(size).await?;
     let mut hasher = Sha256Hasher::default();
     while let Some(chunk) = pace.next(&mut file).await? {
         let chunk = chunk.map_err(malformed)?;

@@ -59,7 +59,7 @@ pub struct Ready {
 pub fn open(config: &Config) -> Result<Ready, StartupError> {
     let ids = IdsFile::load_strict(&config.ids_file)?;
     let tls = config.tls.as_ref().map(tls::load).transpose()?;
-    let (store, stale) = DiskStore::open(&config.store_dir)
+    let (store, stale) = DiskStore::open(&config.store_dir, config.limits.min_free_space)
         .map_err(|source| StartupError::Store { path: config.store_dir.clone(), source })?;
     if stale > 0 {
         tracing::warn!(removed = stale, "removed unfinished uploads left in staging by an earlier stop");

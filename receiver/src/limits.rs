@@ -30,6 +30,9 @@ pub struct Limits {
     pub min_bytes_per_sec: u64,
     /// Failed authentications allowed per address per minute.
     pub auth_failures_per_minute: u32,
+    /// Free space the store's file system keeps; uploads that would dip
+    /// below it are refused (507), before and while they are written.
+    pub min_free_space: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(30),
             min_bytes_per_sec: 8 << 10,
             auth_failures_per_minute: 30,
+            min_free_space: 512 << 20,
         }
     }
 }
@@ -78,6 +82,11 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         return Err(format!("{text:?} is not a usable size"));
     }
     Ok(bytes as u64)
+}
+
+/// Like [`parse_byte_size`], but also accepts 0 (for "no reserve").
+pub fn parse_byte_size_or_zero(text: &str) -> Result<u64, String> {
+    if text.trim() == "0" { Ok(0) } else { parse_byte_size(text) }
 }
 
 /// Upload slots, overall and per device.

@@ -45,7 +45,7 @@ struct Cli {
     #[arg(long, env = "LOGFERRY_MAX_FILE_SIZE", default_value = "4GiB", value_parser = limits::parse_byte_size)]
     max_file_size: u64,
 
-    /// Uploads in progress at once, over all devices (more get 503 and retry).
+    /// Uploads in progress at once, over all devices (more get 429 and retry).
     #[arg(long, env = "LOGFERRY_MAX_UPLOADS", default_value_t = Limits::default().max_uploads)]
     max_uploads: usize,
 
@@ -64,6 +64,10 @@ struct Cli {
     /// Slowest average upload rate tolerated, in bytes per second (408).
     #[arg(long, env = "LOGFERRY_MIN_RATE", default_value_t = Limits::default().min_bytes_per_sec)]
     min_rate: u64,
+
+    /// Free space to keep on the store's disk: bytes, or with a unit (507 below it).
+    #[arg(long, env = "LOGFERRY_MIN_FREE_SPACE", default_value = "512MiB", value_parser = limits::parse_byte_size_or_zero)]
+    min_free_space: u64,
 
     /// Failed authentications allowed per client address per minute (then 429).
     #[arg(long, env = "LOGFERRY_AUTH_FAILURES_PER_MINUTE", default_value_t = Limits::default().auth_failures_per_minute)]
@@ -91,6 +95,7 @@ impl Cli {
                 idle_timeout: Duration::from_secs(self.idle_timeout),
                 min_bytes_per_sec: self.min_rate.max(1),
                 auth_failures_per_minute: self.auth_failures_per_minute,
+                min_free_space: self.min_free_space,
             },
             tls,
         })

@@ -20,6 +20,9 @@ pub enum StoreError {
     /// The path cannot be used, for example because a folder on it is a file.
     #[error("{0}")]
     Conflict(String),
+    /// The store has no room for this upload.
+    #[error("{0}")]
+    Full(String),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -41,8 +44,9 @@ pub trait Staged {
 pub trait Store: Send + Sync + 'static {
     type Staged: Staged;
 
-    /// Starts receiving one upload.
-    fn stage(&self) -> impl Future<Output = Result<Self::Staged, StoreError>>;
+    /// Starts receiving one upload of `size` bytes, refusing it at once when
+    /// the store has no room for it.
+    fn stage(&self, size: u64) -> impl Future<Output = Result<Self::Staged, StoreError>>;
 
     /// Makes a staged upload visible under `device`/`claim.path`, durably,
     /// never replacing other content. The caller has verified that the staged

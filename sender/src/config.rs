@@ -3,6 +3,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use logferry_common::wire::DEFAULT_PORT;
 use reqwest::Url;
@@ -25,6 +26,7 @@ pub struct Options {
     pub ca_cert: Option<PathBuf>,
     pub id_exposure: Exposure,
     pub retries: u32,
+    pub min_age: Duration,
     pub verbose: bool,
 }
 
@@ -43,6 +45,9 @@ pub struct Config {
     pub id_exposure: Exposure,
     /// Further attempts after a transient failure.
     pub retries: u32,
+    /// Files modified more recently than this are taken to be still being
+    /// written, and wait for a later run.
+    pub min_age: Duration,
     /// Print a line per file (interactive use); otherwise only failures and
     /// the summary, as cron mails whatever is printed.
     pub verbose: bool,
@@ -72,7 +77,8 @@ impl Config {
     /// folder, so that a folder that cannot be made stops the run before any
     /// upload rather than after each one.
     pub fn new(options: Options) -> Result<Self, ConfigError> {
-        let Options { host, port, folder, id_file, sent_dir, ca_cert, id_exposure, retries, verbose } = options;
+        let Options { host, port, folder, id_file, sent_dir, ca_cert, id_exposure, retries, min_age, verbose } =
+            options;
         let receiver = receiver_url(&host, port)?;
         let folder = folder.as_path();
         let folder_error = |reason: String| ConfigError::Folder { path: folder.to_owned(), reason };
@@ -96,7 +102,7 @@ impl Config {
         if sent_dir == folder {
             return Err(sent_error(io::Error::other("it is the log folder itself")));
         }
-        Ok(Self { receiver, folder, id_file, sent_dir, ca_cert, id_exposure, retries, verbose })
+        Ok(Self { receiver, folder, id_file, sent_dir, ca_cert, id_exposure, retries, min_age, verbose })
     }
 }
 

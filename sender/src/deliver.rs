@@ -25,6 +25,11 @@ pub enum Fatal {
     AuthFailed(RequestError),
     #[error("TLS failed: {0}")]
     Tls(String),
+    #[error(
+        "another sender run is already working on {} (it holds {}); this run stops so no file is sent twice",
+        folder.display(), lock.display()
+    )]
+    AlreadyRunning { folder: std::path::PathBuf, lock: std::path::PathBuf },
     #[error("{0}")]
     Internal(String),
 }
@@ -36,6 +41,7 @@ impl Fatal {
             Self::Unreachable(_) => exit::UNREACHABLE,
             Self::AuthFailed(_) => exit::AUTH_FAILED,
             Self::Tls(_) => exit::TLS,
+            Self::AlreadyRunning { .. } => exit::ALREADY_RUNNING,
             Self::Internal(_) => exit::INTERNAL,
         }
     }
@@ -53,6 +59,8 @@ impl Fatal {
 enum Undelivered {
     /// It stays for the next run; the run goes on.
     Kept(String),
+    /// It is still being written; a later run sends its final content.
+    NotYet,
     /// Nothing further can succeed in this run.
     Stop(Fatal),
 }
@@ -84,7 +92,11 @@ pub async fn run(config: &Config) -> Outcome {
     Outcome { summary, fatal }
 }
 
+/// Name of the lock file, in the sent folder (which the sender owns).
+pub const LOCK_FILE: &str = ".logferry-sender.lock";
+
 async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal> {
+    let _lock = lock(config)?;
     let id = id_file::read(&config.id_file, config.id_exposure)?;
     let ca_certs = config.ca_cert.as_deref().map(read_ca_certs).transpose()?;
     let options = ClientOptions { ca_certs, retries: config.retries, verbose: config.verbose };
@@ -131,10 +143,36 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
                 }
             }
             Err(Undelivered::Kept(reason)) => fail(summary, candidate.rel.to_string(), reason),
+            Err(Undelivered::NotYet) => {
+                summary.not_yet += 1;
+                if config.verbose {
+                    eprintln!("not yet {}: still being written", candidate.rel);
+                }
+            }
             Err(Undelivered::Stop(fatal)) => return Err(fatal),
         }
     }
     Ok(())
+}
+
+/// Holds an exclusive lock for the run, so that overlapping cron runs never
+/// upload or move the same file twice. The operating system releases it
+/// when the process ends, however it ends.
+fn lock(config: &Config) -> Result<std::fs::File, Fatal> {
+    let path = config.sent_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Fatal::Internal(format!("cannot open the lock file {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(Fatal::AlreadyRunning { folder: config.folder.clone(), lock: path })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Fatal::Internal(format!("cannot lock {}: {e}", path.display()))),
+    }
 }
 
 fn read_ca_certs(path: &Path) -> Result<Vec<reqwest::Certificate>, Fatal> {
@@ -178,13 +216,17 @@ async fn deliver_one(
 ) -> Result<(UploadOutcome, u64, String), Undelivered> {
     let kept = |what: &str, e: io::Error| Undelivered::Kept(format!("{what}: {e}"));
     let before = stamp(path).map_err(|e| kept("cannot read it", e))?;
+    let age = before.modified.and_then(|m| m.elapsed().ok()).unwrap_or_default();
+    if age < config.min_age {
+        return Err(Undelivered::NotYet);
+    }
     let owned = path.to_owned();
     let (sha256, size) = tokio::task::spawn_blocking(move || Sha256Digest::of_reader(std::fs::File::open(owned)?))
         .await
         .map_err(|e| Undelivered::Stop(Fatal::Internal(e.to_string())))?
         .map_err(|e| kept("cannot read it", e))?;
     if size != before.len {
-        return Err(Undelivered::Kept("it changed while being read; it will be sent on a later run".to_owned()));
+        return Err(Undelivered::NotYet);
     }
     let claim = UploadClaim { path: candidate.rel.clone(), sha256, size };
     let (_, receipt) = client.upload(path, &claim).await.map_err(|e| match e {
@@ -199,9 +241,9 @@ async fn deliver_one(
         )));
     }
     if stamp(path).ok().as_ref() != Some(&before) {
-        return Err(Undelivered::Kept(
-            "it changed while being sent; the receiver has the earlier version, and this one will be sent on a later run".to_owned(),
-        ));
+        // The receiver has the version that was hashed; the file stays, and
+        // a later run sends its final content (under a conflict name).
+        return Err(Undelivered::NotYet);
     }
     sent::move_aside(path, &config.sent_dir, &candidate.rel, &sha256, size)
         .map_err(|e| kept("delivered, but it could not be moved to the sent folder", e))?;

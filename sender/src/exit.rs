@@ -18,5 +18,8 @@ pub const AUTH_FAILED: u8 = 6;
 /// TLS failed: the receiver's certificate could not be verified (or the CA
 /// file could not be read). Never falls back to plain HTTP.
 pub const TLS: u8 = 7;
+/// Another run is already working on this folder (cron overlap); this one
+/// stopped at once without sending anything.
+pub const ALREADY_RUNNING: u8 = 8;
 /// Anything else: a bug or an unexpected system failure.
 pub const INTERNAL: u8 = 9;

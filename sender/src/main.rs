@@ -1,6 +1,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use logferry_sender::config::Options;
@@ -13,7 +14,7 @@ use logferry_sender::{Config, exit};
 /// Exit codes: 0 all delivered (or nothing to send), 1 some files not sent
 /// (they stay), 2 usage error, 3 device ID file problem, 4 folder problem,
 /// 5 receiver unreachable, 6 authentication failed, 7 TLS certificate not
-/// verified, 9 unexpected error.
+/// verified, 8 another run is already working on FOLDER, 9 unexpected error.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -48,6 +49,11 @@ struct Cli {
     /// 408, 429, 5xx), with exponential backoff and jitter.
     #[arg(long, env = "LOGFERRY_RETRIES", default_value_t = 4)]
     retries: u32,
+
+    /// Seconds since a file's last change before it counts as finished; newer
+    /// files are still being written and wait for a later run.
+    #[arg(long, env = "LOGFERRY_MIN_AGE", default_value_t = 60)]
+    min_age: u64,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +83,7 @@ fn run() -> anyhow::Result<u8> {
         ca_cert: cli.ca_cert,
         id_exposure: if cli.allow_readable_id_file { Exposure::AllowReadable } else { Exposure::OwnerOnly },
         retries: cli.retries,
+        min_age: Duration::from_secs(cli.min_age),
         verbose: std::io::stderr().is_terminal(),
     };
     let config = match Config::new(options) {

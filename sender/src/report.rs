@@ -13,6 +13,9 @@ pub struct Summary {
     pub failed: Vec<(String, String)>,
     /// Symbolic links and special files, never sent.
     pub skipped: u64,
+    /// Files still being written (or changed during this run): left for a
+    /// later run, which is normal, not a failure.
+    pub not_yet: u64,
     pub elapsed: Duration,
 }
 
@@ -26,6 +29,9 @@ impl fmt::Display for Summary {
             self.already_stored,
             self.failed.len()
         )?;
+        if self.not_yet > 0 {
+            write!(f, ", {} still being written (left for a later run)", self.not_yet)?;
+        }
         if self.skipped > 0 {
             write!(f, ", {} skipped (links or special files)", self.skipped)?;
         }
@@ -66,11 +72,13 @@ mod tests {
             already_stored: 1,
             failed: vec![("a".into(), "b".into())],
             skipped: 1,
+            not_yet: 3,
             elapsed: Duration::from_millis(1250),
         };
         assert_eq!(
             summary.to_string(),
-            "logferry: 2 sent (2.0 KiB), 1 already stored, 1 failed, 1 skipped (links or special files), in 1.2 s"
+            "logferry: 2 sent (2.0 KiB), 1 already stored, 1 failed, 3 still being written (left for a later run), \
+             1 skipped (links or special files), in 1.2 s"
         );
     }
 }

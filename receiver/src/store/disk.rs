@@ -37,13 +37,19 @@ const WRITE_BUFFER: usize = 256 * 1024;
 pub struct DiskStore {
     root: PathBuf,
     staging: PathBuf,
+    /// Free space to keep on the file system, in bytes.
+    min_free: u64,
 }
+
+/// How often (in bytes written) a running upload re-checks free space, so
+/// that concurrent uploads cannot together eat the reserve unnoticed.
+const SPACE_CHECK_EVERY: u64 = 8 << 20;
 
 impl DiskStore {
     /// Opens (creating if needed) the store at `root` and removes what an
     /// earlier crash left in staging. Returns the store and how many stale
     /// staging files were removed.
-    pub fn open(root: &Path) -> io::Result<(Self, usize)> {
+    pub fn open(root: &Path, min_free: u64) -> io::Result<(Self, usize)> {
         fs::create_dir_all(root)?;
         let staging = root.join(STAGING_DIR);
         match fs::create_dir(&staging) {
@@ -56,7 +62,7 @@ impl DiskStore {
             fs::remove_file(entry?.path())?;
             removed += 1;
         }
-        Ok((Self { root: root.to_owned(), staging }, removed))
+        Ok((Self { root: root.to_owned(), staging, min_free }, removed))
     }
 
     fn new_staging_file(&self, purpose: &str) -> io::Result<(PathBuf, File)> {
@@ -74,16 +80,16 @@ impl DiskStore {
 pub struct DiskStaged {
     path: PathBuf,
     chunks: Option<mpsc::Sender<Bytes>>,
-    writer: Option<JoinHandle<io::Result<()>>>,
+    writer: Option<JoinHandle<Result<(), StoreError>>>,
 }
 
 impl DiskStaged {
     /// Waits for the writer to flush and fsync everything sent so far.
-    async fn finish(&mut self) -> io::Result<()> {
+    async fn finish(&mut self) -> Result<(), StoreError> {
         self.chunks = None;
         match self.writer.take() {
             Some(writer) => writer.await.map_err(io::Error::other)?,
-            None => Err(io::Error::other("staged upload already finished")),
+            None => Err(io::Error::other("staged upload already finished").into()),
         }
     }
 }
@@ -111,23 +117,52 @@ impl Drop for DiskStaged {
     }
 }
 
-fn write_all_chunks(file: File, mut chunks: mpsc::Receiver<Bytes>) -> io::Result<()> {
+/// Bytes available to unprivileged writers on the file system of `path`.
+fn available(path: &Path) -> io::Result<u64> {
+    let stats = rustix::fs::statvfs(path)?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+fn no_room(free: u64, needed: u64, reserve: u64) -> StoreError {
+    StoreError::Full(format!(
+        "{free} bytes are free, and {needed} more would leave less than the {reserve}-byte reserve (--min-free-space)"
+    ))
+}
+
+fn write_all_chunks(file: File, mut chunks: mpsc::Receiver<Bytes>, store: DiskStore) -> Result<(), StoreError> {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+    let (mut written, mut next_check) = (0u64, SPACE_CHECK_EVERY);
     while let Some(chunk) = chunks.blocking_recv() {
         out.write_all(&chunk)?;
+        written += chunk.len() as u64;
+        if written >= next_check {
+            next_check += SPACE_CHECK_EVERY;
+            let free = available(&store.staging)?;
+            if free < store.min_free {
+                return Err(no_room(free, 0, store.min_free));
+            }
+        }
     }
     let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-    file.sync_all()
+    Ok(file.sync_all()?)
 }
 
 impl Store for DiskStore {
     type Staged = DiskStaged;
 
-    async fn stage(&self) -> Result<DiskStaged, StoreError> {
+    async fn stage(&self, size: u64) -> Result<DiskStaged, StoreError> {
         let store = self.clone();
-        let (path, file) = blocking(move || Ok(store.new_staging_file("upload")?)).await?;
+        let (path, file) = blocking(move || {
+            let free = available(&store.staging)?;
+            if free < size.saturating_add(store.min_free) {
+                return Err(no_room(free, size, store.min_free));
+            }
+            Ok(store.new_staging_file("upload")?)
+        })
+        .await?;
         let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
-        let writer = tokio::task::spawn_blocking(move || write_all_chunks(file, rx));
+        let store = self.clone();
+        let writer = tokio::task::spawn_blocking(move || write_all_chunks(file, rx, store));
         Ok(DiskStaged { path, chunks: Some(tx), writer: Some(writer) })
     }
 

@@ -59,7 +59,11 @@ impl Harness {
     }
 
     pub fn start_with(limits: Limits) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(tempfile::tempdir().expect("tempdir"), limits)
+    }
+
+    /// A receiver in `dir`, whose `store` folder may already exist.
+    pub fn start_in(dir: TempDir, limits: Limits) -> Self {
         std::fs::write(dir.path().join("ids.txt"), format!("# test fleet\n{}  bench-pi\n", DEVICE.to_lowercase()))
             .expect("ids");
         let mut harness = Self { dir, receiver: None, limits, http: reqwest::Client::new() };

@@ -38,7 +38,11 @@ fn raw_upload(h: &Harness, path: &str, content: &[u8]) -> (Vec<u8>, Vec<u8>, Vec
 /// Opens a connection and sends the head, the fields and `file_bytes` of the
 /// file, then stops sending: an upload in progress that holds its slot.
 fn start_upload(h: &Harness, content: &[u8], file_bytes: usize) -> TcpStream {
-    let (head, before, rest) = raw_upload(h, "held.log", content);
+    start_upload_of(h, "held.log", content, file_bytes)
+}
+
+fn start_upload_of(h: &Harness, path: &str, content: &[u8], file_bytes: usize) -> TcpStream {
+    let (head, before, rest) = raw_upload(h, path, content);
     let mut stream = TcpStream::connect(h.addr()).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     stream.write_all(&head).expect("head");
@@ -67,7 +71,7 @@ async fn a_file_over_the_size_limit_is_refused_before_any_byte_is_staged() {
 }
 
 #[tokio::test]
-async fn uploads_past_the_per_device_limit_get_503_with_retry_after_until_a_slot_frees() {
+async fn uploads_past_the_per_device_limit_get_429_with_retry_after_until_a_slot_frees() {
     let h = Harness::start_with(Limits { max_uploads_per_device: 1, ..Limits::default() });
     let held = start_upload(&h, &[7u8; 4096], 100);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -85,7 +89,7 @@ async fn uploads_past_the_per_device_limit_get_503_with_retry_after_until_a_slot
         .expect("answer");
     let retry_after = response.headers().get("retry-after").map(|v| v.to_str().expect("ascii").to_owned());
     let (status, body) = answer(response).await;
-    assert_eq!((status, body["code"].as_str()), (503, Some("busy")), "{body}");
+    assert_eq!((status, body["code"].as_str()), (429, Some("busy")), "{body}");
     assert_eq!(retry_after.as_deref(), Some("2"));
 
     drop(held);
@@ -168,4 +172,60 @@ async fn failed_authentications_are_throttled_per_address_with_retry_after() {
     }
     assert_eq!(check(stranger()).await, (429, Some("rate_limited".to_owned()), true));
     assert_eq!(check(device()).await.0, 429, "the address is held back, whatever it sends");
+}
+
+/// A tmpfs of `size` mounted on `<dir>/store` for the test's life, where the
+/// machine allows mounting (root); None elsewhere.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        let store = dir.join("store");
+        std::fs::create_dir_all(&store).ok()?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&store)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(Self(store))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_gets_507_keeps_what_was_stored_and_leaves_no_staging() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(_disk) = SmallDisk::mount(dir.path(), "2m") else {
+        eprintln!("mounting a small file system is not allowed here; the reserve test covers 507");
+        return;
+    };
+    let h = Harness::start_in(dir, Limits { min_free_space: 0, ..Limits::default() });
+    let (status, body) = h.upload("too-big.bin", &vec![3u8; 3 << 20]).await;
+    assert_eq!((status, body["code"].as_str()), (507, Some("insufficient_storage")), "refused before writing: {body}");
+
+    // Both fit when they start; the disk fills while the second is written.
+    let first = vec![4u8; 1200 << 10];
+    let mut held = start_upload_of(&h, "second.bin", &first, 0);
+    assert_eq!(h.upload("first.bin", &first).await.0, 201);
+    let (_, _, rest) = raw_upload(&h, "second.bin", &first);
+    let _ = held.write_all(&rest);
+    let (status, body) = read_answer(&mut held);
+    assert!(status.starts_with("HTTP/1.1 507"), "{status} {body}");
+    assert!(body.contains("insufficient_storage"), "{body}");
+    assert_eq!(h.stored_files(), ["0123456789ABCDEF/first.bin", "0123456789ABCDEF/first.bin.sha256"]);
+}
+
+#[tokio::test]
+async fn an_upload_that_would_eat_the_free_space_reserve_gets_507() {
+    let h = Harness::start_with(Limits { min_free_space: u64::MAX / 4, ..Limits::default() });
+    let (status, body) = h.upload("any.log", CONTENT).await;
+    assert_eq!((status, body["code"].as_str()), (507, Some("insufficient_storage")), "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("--min-free-space")), "{body}");
+    assert_eq!(h.stored_files(), Vec::<String>::new());
 }

@@ -95,7 +95,8 @@ pub fn write_secret(path: &Path, content: &str) {
 }
 
 /// Runs the sender binary with `args` in `dir`, with no inherited settings
-/// and no terminal, as under cron.
+/// and no terminal, as under cron. Files count as finished at once (tests
+/// write them just before sending) unless `args` give `--min-age`.
 pub fn sender(dir: &Path, args: &[String]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_sender"))
         .args(args)
@@ -106,6 +107,7 @@ pub fn sender(dir: &Path, args: &[String]) -> Run {
         .env_remove("LOGFERRY_CA_CERT")
         .env_remove("LOGFERRY_RETRIES")
         .env_remove("LOGFERRY_ALLOW_READABLE_ID_FILE")
+        .env("LOGFERRY_MIN_AGE", "0")
         .output()
         .expect("sender runs");
     let run = Run {
@@ -118,13 +120,14 @@ pub fn sender(dir: &Path, args: &[String]) -> Run {
     run
 }
 
-/// Every file below `root`, relative to it, sorted.
+/// Every file below `root`, relative to it, sorted; the sender's own lock
+/// file in the sent folder is left out.
 pub fn files(root: &Path) -> Vec<String> {
     let mut found = Vec::new();
     if root.exists() {
         for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
             let entry = entry.expect("walk");
-            if !entry.file_type().is_dir() {
+            if !entry.file_type().is_dir() && entry.file_name() != logferry_sender::deliver::LOCK_FILE {
                 found.push(entry.path().strip_prefix(root).expect("inside").to_string_lossy().into_owned());
             }
         }

@@ -14,6 +14,7 @@ mod code {
     pub const FOLDER: i32 = 4;
     pub const UNREACHABLE: i32 = 5;
     pub const AUTH_FAILED: i32 = 6;
+    pub const ALREADY_RUNNING: i32 = 8;
 }
 
 fn assert_summary_only(run: &Run) {
@@ -287,4 +288,35 @@ fn an_impostor_receiver_cannot_make_files_move() {
     assert!(run.stderr.contains("no valid receipt"), "{run:?}");
     assert_eq!(files(&h.logs()), ["precious.log"]);
     assert!(!h.sent().exists() || files(&h.sent()).is_empty());
+}
+
+#[test]
+fn files_still_being_written_wait_for_a_later_run_without_failing() {
+    let h = Harness::start();
+    h.log("growing.log", b"first lines\n");
+    let run = h.send(&["--min-age", "3600"]);
+    assert_eq!(run.code, Some(code::SUCCESS), "{run:?}");
+    assert!(run.stdout.contains("1 still being written"), "{run:?}");
+    assert_summary_only(&run);
+    assert_eq!(files(&h.logs()), ["growing.log"]);
+    assert!(!h.stored().exists());
+
+    let run = h.send(&["--min-age", "0"]);
+    assert!(run.stdout.contains("1 sent"), "once finished it goes: {run:?}");
+}
+
+#[test]
+fn a_second_run_while_one_is_working_stops_at_once() {
+    let h = Harness::start();
+    h.log("once.log", b"exactly once\n");
+    std::fs::create_dir_all(h.sent()).expect("sent folder");
+    let lock = std::fs::File::create(h.sent().join(".logferry-sender.lock")).expect("lock file");
+    lock.try_lock().expect("this test holds the lock, as a running sender would");
+    let run = h.send(&[]);
+    assert_eq!(run.code, Some(code::ALREADY_RUNNING), "{run:?}");
+    assert!(run.stderr.contains("another sender run is already working"), "{run:?}");
+    assert!(!h.stored().exists(), "nothing sent");
+    drop(lock);
+    assert_eq!(h.send(&[]).code, Some(code::SUCCESS), "the lock goes with the process that held it");
+    assert_eq!(files(&h.sent()), ["once.log"]);
 }
