@@ -20,6 +20,14 @@ pub const MAX_COMPONENT_BYTES: usize = 200;
 
 /// Suffix of the checksum file stored beside each file.
 pub const CHECKSUM_SUFFIX: &str = ".sha256";
+/// What a conflict name adds: `.conflict-` and 16 hex characters.
+const CONFLICT_TAG_BYTES: usize = ".conflict-".len() + 16;
+/// Longest file name the file systems we write to accept.
+pub const NAME_MAX: usize = 255;
+
+// Every name the store derives (conflict name, then its checksum file) must
+// still fit the file system, or a valid upload could not be stored.
+const _: () = assert!(MAX_COMPONENT_BYTES + CONFLICT_TAG_BYTES + CHECKSUM_SUFFIX.len() <= NAME_MAX);
 
 /// A relative path that is safe to join onto a folder: `/`-separated, with no
 /// empty, `.` or `..` components, no leading `/`, no drive letter, no
@@ -223,6 +231,21 @@ mod tests {
         let p = RelPath::from_local(Path::new("a/b/c.txt")).expect("valid");
         assert_eq!(p.as_str(), "a/b/c.txt");
         assert_eq!(RelPath::from_local(Path::new("/abs")), Err(PathError::Absolute));
+    }
+
+    /// Found by fuzzing: derived names may exceed the limit for names a device
+    /// sends, but must fit the file system and stay in the same folder.
+    #[test]
+    fn derived_names_of_the_longest_allowed_name_fit_the_file_system() {
+        let digest = Sha256Digest::of_reader(&b"x"[..]).expect("hash").0;
+        for name in
+            ["1".repeat(180), "a".repeat(MAX_COMPONENT_BYTES), format!("{}.csv", "b".repeat(MAX_COMPONENT_BYTES - 4))]
+        {
+            let path = RelPath::parse(&format!("dir/{name}")).expect("valid");
+            let longest = path.conflict_path(&digest).checksum_path();
+            assert!(longest.file_name().len() <= NAME_MAX, "{longest:?}");
+            assert_eq!(longest.folders().collect::<Vec<_>>(), ["dir"]);
+        }
     }
 
     #[test]
