@@ -11,4 +11,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
+# The fault tests run the receiver binary beside the sender's: build all
+# binaries first, so a partial earlier build cannot leave it missing or stale.
+cargo build --workspace --bins
 cargo test --workspace --all-targets "$@"

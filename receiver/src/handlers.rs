@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use actix_multipart::{Field, Multipart, MultipartError};
+use actix_web::ResponseError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::{Stream, StreamExt};
@@ -69,8 +70,14 @@ pub async fn upload<S: Store>(
             tracing::info!(device, path, size = receipt.size, stored_as = %receipt.stored_as, outcome = ?receipt.outcome, ms, "upload")
         }
         Err(err) if err.code().is_auth_failure() => auth_failed(&req, &state, err),
-        Err(err @ ApiError::Storage(_)) => tracing::error!(device, path, size = log.size, ms, "upload failed: {err}"),
-        Err(err) => tracing::warn!(device, path, size = log.size, code = ?err.code(), ms, "upload rejected: {err}"),
+        Err(err) if err.status_code().is_server_error() => {
+            let status = err.status_code().as_u16();
+            tracing::error!(device, path, size = log.size, status, code = ?err.code(), ms, "upload failed: {err}")
+        }
+        Err(err) => {
+            let status = err.status_code().as_u16();
+            tracing::warn!(device, path, size = log.size, status, code = ?err.code(), ms, "upload rejected: {err}")
+        }
     }
     let (receipt, verified) = result?;
     let status = match receipt.outcome {

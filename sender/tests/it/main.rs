@@ -1,7 +1,10 @@
 //! Black-box tests of the `sender` binary against an in-process receiver on
 //! 127.0.0.1:0, each in its own temporary folder.
 
+mod external;
+mod faults;
 mod harness;
 mod limits;
+mod proxy;
 mod runs;
 mod tls;

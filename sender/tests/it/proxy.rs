@@ -1,0 +1,202 @@
+//! A TCP proxy on loopback that injects network faults between the sender
+//! and the receiver: refused connections, stalls, bodies cut mid-way, and
+//! answers lost after the receiver committed.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What happens to one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Pass,
+    /// Closed as soon as it is accepted.
+    Drop,
+    /// Accepted, then silent for a while, then closed.
+    Stall,
+    /// The request is cut after some bytes.
+    CutMidBody,
+    /// An upload reaches the receiver whole; its answer is thrown away.
+    LoseAnswer,
+}
+
+/// Share of connections (in percent) that get each fault; the rest pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub drop: u64,
+    pub stall: u64,
+    pub cut: u64,
+    pub lose_answer: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub connections: AtomicU64,
+    pub dropped: AtomicU64,
+    pub stalled: AtomicU64,
+    pub cut: AtomicU64,
+    pub answers_lost: AtomicU64,
+}
+
+impl Counts {
+    pub fn injected(&self) -> u64 {
+        [&self.dropped, &self.stalled, &self.cut, &self.answers_lost].iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+pub struct FaultProxy {
+    pub address: String,
+    pub counts: Arc<Counts>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How long a stalled connection is held before it is closed.
+const STALL: Duration = Duration::from_secs(2);
+
+impl FaultProxy {
+    /// Proxies to `upstream`; `choose(n)` decides the fault of the n-th
+    /// connection (0-based).
+    pub fn start(upstream: String, choose: impl Fn(u64) -> Fault + Send + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let address = listener.local_addr().expect("addr").to_string();
+        let counts = Arc::new(Counts::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (thread_counts, thread_stop) = (Arc::clone(&counts), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            while !thread_stop.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let n = thread_counts.connections.fetch_add(1, Ordering::Relaxed);
+                let fault = choose(n);
+                let counts = Arc::clone(&thread_counts);
+                let upstream = upstream.clone();
+                std::thread::spawn(move || handle(client, &upstream, fault, &counts, n));
+            }
+        });
+        Self { address, counts, stop, thread: Some(thread) }
+    }
+
+    /// A proxy whose faults follow `plan`, drawn from a fixed seed so a
+    /// failing run can be repeated.
+    pub fn random(upstream: String, plan: Plan, seed: u64) -> Self {
+        let state = Mutex::new(seed);
+        Self::start(upstream, move |_| {
+            let mut x = state.lock().expect("rng");
+            // xorshift64: deterministic, no dependency.
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            let roll = *x % 100;
+            let thresholds = [
+                (plan.drop, Fault::Drop),
+                (plan.stall, Fault::Stall),
+                (plan.cut, Fault::CutMidBody),
+                (plan.lose_answer, Fault::LoseAnswer),
+            ];
+            let mut edge = 0;
+            for (share, fault) in thresholds {
+                edge += share;
+                if roll < edge {
+                    return fault;
+                }
+            }
+            Fault::Pass
+        })
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn handle(client: TcpStream, upstream: &str, fault: Fault, counts: &Counts, n: u64) {
+    match fault {
+        Fault::Drop => {
+            counts.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Fault::Stall => {
+            counts.stalled.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(STALL);
+            return;
+        }
+        _ => {}
+    }
+    let Ok(server) = TcpStream::connect(upstream) else { return };
+    let (client_read, server_write) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+    let cut_after = (fault == Fault::CutMidBody).then(|| 300 + (n * 7919) % 20_000);
+    let saw_upload = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&saw_upload);
+    let up = std::thread::spawn(move || pump(client_read, server_write, cut_after, &seen));
+    let lose = (fault == Fault::LoseAnswer).then_some(saw_upload);
+    pump_answers(server, client, lose, counts);
+    let cut = up.join().unwrap_or(false);
+    if cut {
+        counts.cut.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Copies `from` to `to`, or only the first `limit` bytes, after which both
+/// ends are shut; returns whether it cut. Notes when an upload passes.
+fn pump(mut from: TcpStream, mut to: TcpStream, limit: Option<u64>, saw_upload: &AtomicBool) -> bool {
+    let mut buf = [0u8; 16 * 1024];
+    let mut sent = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if buf[..n].windows(UPLOAD_LINE.len()).any(|w| w == UPLOAD_LINE) {
+            saw_upload.store(true, Ordering::Relaxed);
+        }
+        let allowed = limit.map_or(n as u64, |l| (l - sent).min(n as u64)) as usize;
+        if to.write_all(&buf[..allowed]).is_err() {
+            break;
+        }
+        sent += allowed as u64;
+        if limit.is_some_and(|l| sent >= l) {
+            let _ = to.shutdown(Shutdown::Both);
+            let _ = from.shutdown(Shutdown::Both);
+            return true;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+    false
+}
+
+const UPLOAD_LINE: &[u8] = b"POST /v1/upload";
+
+/// Copies the receiver's answers back, or, to lose the answer to an upload,
+/// closes the client's connection as soon as the receiver starts answering
+/// one (so the upload was complete and committed).
+fn pump_answers(mut server: TcpStream, mut client: TcpStream, lose: Option<Arc<AtomicBool>>, counts: &Counts) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match server.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if lose.as_ref().is_some_and(|saw| saw.load(Ordering::Relaxed)) {
+            counts.answers_lost.fetch_add(1, Ordering::Relaxed);
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+            return;
+        }
+        if client.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = client.shutdown(Shutdown::Both);
+}
