@@ -19,6 +19,6 @@ cargo build --quiet --workspace --bins --tests
 log=$(mktemp)
 status=0
 cargo test --quiet -p logferry-sender --test it faults -- --nocapture --test-threads 1 >"$log" 2>&1 || status=$?
-grep -E "^FIGURE|panicked|test result" "$log"
+grep -oE "FIGURE.*|panicked.*|test result.*" "$log"
 [ "$status" -eq 0 ] || { echo "fault suite failed; full output in $log" >&2; exit "$status"; }
 rm -f "$log"

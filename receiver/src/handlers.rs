@@ -95,7 +95,7 @@ async fn receive<S: Store>(
 ) -> Result<(UploadReceipt, Verified), ApiError> {
     let claimed = auth::claim(req, &state.ids, &state.throttle)?;
     log.device = Some(claimed.device.id.masked());
-    let _slot = state.slots.try_take(&claimed.device.id.key_id())?;
+    let _slot = state.slots.take(&claimed.device.id.key_id()).await?;
     let limits = &state.limits;
     let mut form = Multipart::new(req.headers(), payload);
     let pace = Pace { limits, deadline: None };

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use logferry_common::KeyId;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 
@@ -21,6 +22,8 @@ pub struct Limits {
     pub max_uploads: usize,
     /// Uploads in progress at once from one device.
     pub max_uploads_per_device: usize,
+    /// How long an upload waits for a free slot before it gets 429.
+    pub queue_wait: Duration,
     /// How long the receiver waits for the request head.
     pub header_timeout: Duration,
     /// How long the body may stall without a single byte arriving.
@@ -40,7 +43,8 @@ impl Default for Limits {
         Self {
             max_file_size: 4 << 30,
             max_uploads: 64,
-            max_uploads_per_device: 4,
+            max_uploads_per_device: 8,
+            queue_wait: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             min_bytes_per_sec: 8 << 10,
@@ -89,67 +93,53 @@ pub fn parse_byte_size_or_zero(text: &str) -> Result<u64, String> {
     if text.trim() == "0" { Ok(0) } else { parse_byte_size(text) }
 }
 
-/// Upload slots, overall and per device.
+/// Upload slots, overall and per device. A request that finds none free
+/// waits for one, up to `queue_wait`, before it is told to retry: a burst
+/// (a fleet back from an outage) queues instead of storming with retries.
 #[derive(Debug)]
 pub struct UploadSlots {
-    max_total: usize,
+    total: Arc<Semaphore>,
     max_per_device: usize,
-    taken: Mutex<Taken>,
-}
-
-#[derive(Debug, Default)]
-struct Taken {
-    total: usize,
-    per_device: HashMap<KeyId, usize>,
+    per_device: Mutex<HashMap<KeyId, Arc<Semaphore>>>,
+    queue_wait: Duration,
 }
 
 /// One held slot; dropping it frees the slot.
 #[derive(Debug)]
 pub struct Slot {
-    slots: Arc<UploadSlots>,
-    key: KeyId,
+    _device: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
 }
 
-/// How long a client is asked to wait when every slot is taken.
+/// How long a client is asked to wait when no slot freed up in time.
 const BUSY_RETRY_AFTER_SECS: u64 = 2;
 
 impl UploadSlots {
     pub fn new(limits: &Limits) -> Arc<Self> {
         Arc::new(Self {
-            max_total: limits.max_uploads,
+            total: Arc::new(Semaphore::new(limits.max_uploads)),
             max_per_device: limits.max_uploads_per_device,
-            taken: Mutex::default(),
+            per_device: Mutex::default(),
+            queue_wait: limits.queue_wait,
         })
     }
 
-    pub fn try_take(self: &Arc<Self>, key: &KeyId) -> Result<Slot, ApiError> {
-        let mut taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
-        let mine = taken.per_device.get(key).copied().unwrap_or(0);
-        if taken.total >= self.max_total {
-            return Err(ApiError::Busy { what: "all upload slots are in use", retry_after: BUSY_RETRY_AFTER_SECS });
-        }
-        if mine >= self.max_per_device {
-            return Err(ApiError::Busy {
-                what: "this device already has the most uploads in progress it may have",
-                retry_after: BUSY_RETRY_AFTER_SECS,
-            });
-        }
-        taken.total += 1;
-        taken.per_device.insert(key.clone(), mine + 1);
-        Ok(Slot { slots: Arc::clone(self), key: key.clone() })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut taken = self.slots.taken.lock().unwrap_or_else(PoisonError::into_inner);
-        taken.total -= 1;
-        if let Some(count) = taken.per_device.get_mut(&self.key) {
-            *count -= 1;
-            if *count == 0 {
-                taken.per_device.remove(&self.key);
-            }
-        }
+    pub async fn take(&self, key: &KeyId) -> Result<Slot, ApiError> {
+        let device = {
+            let mut per_device = self.per_device.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(per_device.entry(key.clone()).or_insert_with(|| Arc::new(Semaphore::new(self.max_per_device))))
+        };
+        let deadline = tokio::time::Instant::now() + self.queue_wait;
+        let busy = |what| ApiError::Busy { what, retry_after: BUSY_RETRY_AFTER_SECS };
+        let device = tokio::time::timeout_at(deadline, device.acquire_owned())
+            .await
+            .map_err(|_| busy("this device already has the most uploads in progress it may have"))?
+            .map_err(|_| busy("the receiver is shutting down"))?;
+        let total = tokio::time::timeout_at(deadline, Arc::clone(&self.total).acquire_owned())
+            .await
+            .map_err(|_| busy("all upload slots are in use"))?
+            .map_err(|_| busy("the receiver is shutting down"))?;
+        Ok(Slot { _device: device, _total: total })
     }
 }
 
@@ -224,18 +214,31 @@ mod tests {
         logferry_common::DeviceId::from_bytes([n; 8]).key_id()
     }
 
-    #[test]
-    fn slots_are_bounded_overall_and_per_device_and_freed_on_drop() {
-        let slots = UploadSlots::new(&Limits { max_uploads: 3, max_uploads_per_device: 2, ..Limits::default() });
-        let a1 = slots.try_take(&key(1)).expect("free");
-        let a2 = slots.try_take(&key(1)).expect("free");
-        assert!(matches!(slots.try_take(&key(1)), Err(ApiError::Busy { .. })), "per device");
-        let _b1 = slots.try_take(&key(2)).expect("free");
-        assert!(matches!(slots.try_take(&key(3)), Err(ApiError::Busy { .. })), "overall");
+    #[tokio::test]
+    async fn slots_are_bounded_overall_and_per_device_queue_briefly_and_free_on_drop() {
+        let limits =
+            Limits { max_uploads: 3, max_uploads_per_device: 2, queue_wait: Duration::ZERO, ..Limits::default() };
+        let slots = UploadSlots::new(&limits);
+        let a1 = slots.take(&key(1)).await.expect("free");
+        let a2 = slots.take(&key(1)).await.expect("free");
+        assert!(matches!(slots.take(&key(1)).await, Err(ApiError::Busy { .. })), "per device");
+        let _b1 = slots.take(&key(2)).await.expect("free");
+        assert!(matches!(slots.take(&key(3)).await, Err(ApiError::Busy { .. })), "overall");
         drop(a1);
-        let _c1 = slots.try_take(&key(3)).expect("freed");
+        let _c1 = slots.take(&key(3)).await.expect("freed");
         drop(a2);
-        assert!(slots.try_take(&key(1)).is_ok());
+        assert!(slots.take(&key(1)).await.is_ok());
+
+        let queued =
+            UploadSlots::new(&Limits { max_uploads: 1, queue_wait: Duration::from_secs(5), ..Limits::default() });
+        let held = queued.take(&key(1)).await.expect("free");
+        let waiter = tokio::spawn({
+            let queued = Arc::clone(&queued);
+            async move { queued.take(&key(2)).await.map(|_| ()) }
+        });
+        tokio::task::yield_now().await;
+        drop(held);
+        assert!(waiter.await.expect("joined").is_ok(), "a queued upload gets the freed slot");
     }
 
     #[test]

@@ -53,6 +53,10 @@ struct Cli {
     #[arg(long, env = "LOGFERRY_MAX_UPLOADS_PER_DEVICE", default_value_t = Limits::default().max_uploads_per_device)]
     max_uploads_per_device: usize,
 
+    /// Seconds an upload waits for a free slot before it gets 429.
+    #[arg(long, env = "LOGFERRY_QUEUE_WAIT", default_value_t = Limits::default().queue_wait.as_secs())]
+    queue_wait: u64,
+
     /// Seconds a client may take to send its request headers.
     #[arg(long, env = "LOGFERRY_HEADER_TIMEOUT", default_value_t = Limits::default().header_timeout.as_secs())]
     header_timeout: u64,
@@ -91,6 +95,7 @@ impl Cli {
                 max_file_size: self.max_file_size,
                 max_uploads: self.max_uploads,
                 max_uploads_per_device: self.max_uploads_per_device,
+                queue_wait: Duration::from_secs(self.queue_wait),
                 header_timeout: Duration::from_secs(self.header_timeout),
                 idle_timeout: Duration::from_secs(self.idle_timeout),
                 min_bytes_per_sec: self.min_rate.max(1),

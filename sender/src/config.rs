@@ -27,6 +27,7 @@ pub struct Options {
     pub id_exposure: Exposure,
     pub retries: u32,
     pub min_age: Duration,
+    pub jobs: usize,
     pub verbose: bool,
 }
 
@@ -48,6 +49,8 @@ pub struct Config {
     /// Files modified more recently than this are taken to be still being
     /// written, and wait for a later run.
     pub min_age: Duration,
+    /// Uploads in flight at once.
+    pub jobs: usize,
     /// Print a line per file (interactive use); otherwise only failures and
     /// the summary, as cron mails whatever is printed.
     pub verbose: bool,
@@ -77,7 +80,7 @@ impl Config {
     /// folder, so that a folder that cannot be made stops the run before any
     /// upload rather than after each one.
     pub fn new(options: Options) -> Result<Self, ConfigError> {
-        let Options { host, port, folder, id_file, sent_dir, ca_cert, id_exposure, retries, min_age, verbose } =
+        let Options { host, port, folder, id_file, sent_dir, ca_cert, id_exposure, retries, min_age, jobs, verbose } =
             options;
         let receiver = receiver_url(&host, port)?;
         let folder = folder.as_path();
@@ -102,7 +105,7 @@ impl Config {
         if sent_dir == folder {
             return Err(sent_error(io::Error::other("it is the log folder itself")));
         }
-        Ok(Self { receiver, folder, id_file, sent_dir, ca_cert, id_exposure, retries, min_age, verbose })
+        Ok(Self { receiver, folder, id_file, sent_dir, ca_cert, id_exposure, retries, min_age, jobs, verbose })
     }
 }
 

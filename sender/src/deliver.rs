@@ -4,6 +4,7 @@ use std::io;
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
+use futures_util::StreamExt;
 use logferry_common::Sha256Digest;
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
@@ -118,8 +119,16 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
     for (name, reason) in found.unusable {
         fail(summary, name, reason);
     }
-    for candidate in &found.files {
-        match deliver_one(&client, config, &candidate.path, candidate).await {
+    // Uploads overlap so that one file's network time and the receiver's
+    // fsyncs hide behind another's; results are handled as they finish.
+    let mut deliveries = futures_util::stream::iter(&found.files)
+        .map(|candidate| {
+            let client = &client;
+            async move { (candidate, deliver_one(client, config, &candidate.path, candidate).await) }
+        })
+        .buffer_unordered(config.jobs.max(1));
+    while let Some((candidate, result)) = deliveries.next().await {
+        match result {
             Ok((outcome, size, stored_as)) => {
                 let renamed = if stored_as == candidate.rel.as_str() {
                     String::new()
@@ -149,6 +158,8 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
                     eprintln!("not yet {}: still being written", candidate.rel);
                 }
             }
+            // Dropping the stream abandons the uploads in flight; none of
+            // their files has been moved.
             Err(Undelivered::Stop(fatal)) => return Err(fatal),
         }
     }
@@ -245,7 +256,10 @@ async fn deliver_one(
         // a later run sends its final content (under a conflict name).
         return Err(Undelivered::NotYet);
     }
-    sent::move_aside(path, &config.sent_dir, &candidate.rel, &sha256, size)
+    let (source, sent_dir, rel) = (path.to_owned(), config.sent_dir.clone(), candidate.rel.clone());
+    tokio::task::spawn_blocking(move || sent::move_aside(&source, &sent_dir, &rel, &sha256, size))
+        .await
+        .map_err(|e| Undelivered::Stop(Fatal::Internal(e.to_string())))?
         .map_err(|e| kept("delivered, but it could not be moved to the sent folder", e))?;
     Ok((receipt.outcome, size, receipt.stored_as))
 }

@@ -54,6 +54,10 @@ struct Cli {
     /// files are still being written and wait for a later run.
     #[arg(long, env = "LOGFERRY_MIN_AGE", default_value_t = 60)]
     min_age: u64,
+
+    /// Uploads in flight at once (the receiver allows 8 per device by default).
+    #[arg(long, env = "LOGFERRY_JOBS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,7 @@ fn run() -> anyhow::Result<u8> {
         id_exposure: if cli.allow_readable_id_file { Exposure::AllowReadable } else { Exposure::OwnerOnly },
         retries: cli.retries,
         min_age: Duration::from_secs(cli.min_age),
+        jobs: cli.jobs.into(),
         verbose: std::io::stderr().is_terminal(),
     };
     let config = match Config::new(options) {

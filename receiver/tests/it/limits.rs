@@ -72,7 +72,7 @@ async fn a_file_over_the_size_limit_is_refused_before_any_byte_is_staged() {
 
 #[tokio::test]
 async fn uploads_past_the_per_device_limit_get_429_with_retry_after_until_a_slot_frees() {
-    let h = Harness::start_with(Limits { max_uploads_per_device: 1, ..Limits::default() });
+    let h = Harness::start_with(Limits { max_uploads_per_device: 1, queue_wait: Duration::ZERO, ..Limits::default() });
     let held = start_upload(&h, &[7u8; 4096], 100);
     tokio::time::sleep(Duration::from_millis(200)).await;
 

@@ -245,7 +245,9 @@ fn an_answer_lost_after_commit_is_already_stored_on_retry_and_kept_once() {
     device.write("once.log", content(1, 10_000));
     ids_file(dir.path(), std::slice::from_ref(&device));
     let receiver = ExternalReceiver::start(dir.path(), &[]);
-    let proxy = FaultProxy::start(receiver.address.clone(), |n| if n == 0 { Fault::LoseAnswer } else { Fault::Pass });
+    // Connection 0 carries the auth check (its answer passes: only upload
+    // answers are lost), connection 1 the upload, whose answer is lost.
+    let proxy = FaultProxy::start(receiver.address.clone(), |n| if n <= 1 { Fault::LoseAnswer } else { Fault::Pass });
     let out = device.sender(&proxy.address, &["--retries", "2"]).stdout(Stdio::piped()).output().expect("runs");
     let summary = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

@@ -59,7 +59,9 @@ fn hold_the_only_slot(h: &Harness, hold: Duration) -> std::thread::JoinHandle<()
 
 #[test]
 fn a_busy_receiver_is_waited_for_and_retried() {
-    let h = Harness::start_with(|_, config| config.limits = Limits { max_uploads_per_device: 1, ..Limits::default() });
+    let h = Harness::start_with(|_, config| {
+        config.limits = Limits { max_uploads_per_device: 1, queue_wait: Duration::ZERO, ..Limits::default() }
+    });
     h.log("patient.log", b"worth the wait\n");
     let holder = hold_the_only_slot(&h, Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(300));

@@ -178,11 +178,14 @@ fn pump(mut from: TcpStream, mut to: TcpStream, limit: Option<u64>, saw_upload: 
 
 const UPLOAD_LINE: &[u8] = b"POST /v1/upload";
 
-/// Copies the receiver's answers back, or, to lose the answer to an upload,
+/// Copies the receiver's answer back, or, to lose the answer to an upload,
 /// closes the client's connection as soon as the receiver starts answering
-/// one (so the upload was complete and committed).
+/// one (so the upload was complete and committed). Either way the connection
+/// ends after one answer, as behind a middlebox that closes connections:
+/// every request then opens a new one and meets its own fault.
 fn pump_answers(mut server: TcpStream, mut client: TcpStream, lose: Option<Arc<AtomicBool>>, counts: &Counts) {
     let mut buf = [0u8; 16 * 1024];
+    let mut answer = Vec::new();
     loop {
         let n = match server.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -190,13 +193,26 @@ fn pump_answers(mut server: TcpStream, mut client: TcpStream, lose: Option<Arc<A
         };
         if lose.as_ref().is_some_and(|saw| saw.load(Ordering::Relaxed)) {
             counts.answers_lost.fetch_add(1, Ordering::Relaxed);
-            let _ = client.shutdown(Shutdown::Both);
-            let _ = server.shutdown(Shutdown::Both);
-            return;
+            break;
         }
-        if client.write_all(&buf[..n]).is_err() {
+        answer.extend_from_slice(&buf[..n]);
+        if client.write_all(&buf[..n]).is_err() || answer_complete(&answer) {
             break;
         }
     }
     let _ = client.shutdown(Shutdown::Both);
+    let _ = server.shutdown(Shutdown::Both);
+}
+
+/// Whether `bytes` hold a whole HTTP answer: its head and `Content-Length`
+/// bytes of body (the receiver always sends a length).
+fn answer_complete(bytes: &[u8]) -> bool {
+    let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    bytes.len() >= head_end + 4 + length
 }
