@@ -321,6 +321,33 @@ mod tests {
         assert!(!verify_receipt(&id, &sig, b"{\"outcome\":\"stored\"}", "zz"));
     }
 
+    /// The worked example of PROTOCOL.md, computed there independently (with
+    /// Python's hmac module): the two implementations must agree.
+    #[test]
+    fn protocol_md_worked_example() {
+        let id: DeviceId = "0123456789ABCDEF".parse().expect("valid");
+        assert_eq!(id.key_id().as_str(), "59475830a56536e98dfcf60e424f8414");
+        let claim = UploadClaim {
+            path: RelPath::parse("sub/a.log").expect("valid"),
+            sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".parse().expect("valid"),
+            size: 3,
+        };
+        let upload =
+            SignedRequest { method: "POST", path: "/v1/upload", timestamp: 1_700_000_000, upload: Some(&claim) };
+        let header = upload.authorization(&id);
+        assert_eq!(hex::encode(header.signature), "5ae3923bee269ecc20a65edebf20f93eb7f5c0315200620062e84423d6dc1e32");
+        let body = br#"{"outcome":"stored","stored_as":"sub/a.log","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","size":3}"#;
+        assert_eq!(
+            receipt(&id, &header.signature, body),
+            "3540987dbeb0a377eca747c37b89feaeefeaa74233881fab89ff1dedae9f8a01"
+        );
+        let check = SignedRequest { method: "GET", path: "/v1/auth-check", timestamp: 1_700_000_000, upload: None };
+        assert_eq!(
+            hex::encode(check.authorization(&id).signature),
+            "427205ad3081f5e68d1b9b44915c9ea18b9101dd75f8581f593d59c10a948705"
+        );
+    }
+
     #[test]
     fn freshness_window() {
         let now = 10_000;
