@@ -9,10 +9,12 @@
 pub mod device_id;
 pub mod digest;
 pub mod durable;
+pub mod human;
 pub mod rel_path;
 pub mod signing;
 pub mod wire;
 
 pub use device_id::{DeviceId, DeviceIdError, KeyId};
 pub use digest::{Sha256Digest, Sha256Hasher};
+pub use human::human_bytes;
 pub use rel_path::{PathError, RelPath};

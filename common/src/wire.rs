@@ -15,6 +15,12 @@ pub mod endpoint {
     pub const AUTH_CHECK: &str = "/v1/auth-check";
     /// `POST`, signed, `multipart/form-data`: one file.
     pub const UPLOAD: &str = "/v1/upload";
+    /// `GET`, unauthenticated, HTML: the fleet status page for people.
+    pub const STATUS_PAGE: &str = "/";
+    /// `GET`, unauthenticated, JSON: the fleet status for scripts.
+    pub const DEVICES: &str = "/v1/devices";
+    /// `GET`, unauthenticated: Prometheus metrics.
+    pub const METRICS: &str = "/metrics";
 }
 
 /// Multipart field names of an upload, in the order they must appear.

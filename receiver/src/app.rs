@@ -4,7 +4,11 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::thread::JoinHandle;
 
-use actix_web::dev::{Server, ServerHandle};
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, web};
 use logferry_common::wire::endpoint;
 
@@ -12,13 +16,15 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 
-use crate::handlers;
+use crate::fleet::FleetStatus;
 use crate::ids::IdsFile;
 use crate::limits::{AuthThrottle, Limits, UploadSlots};
+use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::{handlers, status};
 
-/// What every request needs: the accepted devices, the store, and the limits
-/// with their live counters.
+/// What every request needs: the accepted devices, the store, the limits
+/// with their live counters, and what the operator's endpoints show.
 #[derive(Debug)]
 pub struct AppState<S> {
     pub ids: IdsFile,
@@ -26,6 +32,8 @@ pub struct AppState<S> {
     pub limits: Limits,
     pub slots: Arc<UploadSlots>,
     pub throttle: AuthThrottle,
+    pub fleet: FleetStatus,
+    pub metrics: Metrics,
 }
 
 /// Registers every route; the binary and the tests share it.
@@ -43,6 +51,17 @@ pub fn configure<S: Store>(cfg: &mut web::ServiceConfig, state: web::Data<AppSta
                 .route(web::post().to(handlers::upload::<S>))
                 .default_service(wrong_method()),
         )
+        .service(
+            web::resource(endpoint::STATUS_PAGE)
+                .route(web::get().to(status::page::<S>))
+                .default_service(wrong_method()),
+        )
+        .service(
+            web::resource(endpoint::DEVICES).route(web::get().to(status::devices::<S>)).default_service(wrong_method()),
+        )
+        .service(
+            web::resource(endpoint::METRICS).route(web::get().to(status::metrics::<S>)).default_service(wrong_method()),
+        )
         .default_service(web::to(handlers::not_found));
 }
 
@@ -53,7 +72,7 @@ pub fn run<S: Store>(listener: TcpListener, state: AppState<S>, tls: Option<Serv
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
         let state = state.clone();
-        App::new().configure(move |cfg| configure(cfg, state))
+        App::new().wrap(from_fn(timed::<S>)).configure(move |cfg| configure(cfg, state))
     })
     .client_request_timeout(header_timeout);
     let server = match tls {
@@ -61,6 +80,22 @@ pub fn run<S: Store>(listener: TcpListener, state: AppState<S>, tls: Option<Serv
         None => server.listen(listener)?,
     };
     Ok(server.run())
+}
+
+/// Times every request for the latency histogram, labelled by its route
+/// pattern (never the client's path, which would let clients grow the
+/// label set).
+async fn timed<S: Store>(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let response = next.call(request).await?;
+    if let Some(state) = response.request().app_data::<web::Data<AppState<S>>>() {
+        let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+        state.metrics.request_done(&route, started.elapsed());
+    }
+    Ok(response)
 }
 
 /// A receiver serving on its own thread, for tests and embedding.

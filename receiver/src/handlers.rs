@@ -1,6 +1,6 @@
 //! The endpoints.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use actix_multipart::{Field, Multipart, MultipartError};
 use actix_web::ResponseError;
@@ -14,6 +14,7 @@ use logferry_common::{RelPath, Sha256Hasher};
 use crate::app::AppState;
 use crate::auth::{self, Verified};
 use crate::error::ApiError;
+use crate::ids::Device;
 use crate::limits::Limits;
 use crate::store::{Staged, Store};
 
@@ -46,10 +47,11 @@ pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
 }
 
-/// What is known about an upload so far, for its one log line.
+/// What is known about an upload so far, for its one log line and the
+/// fleet status.
 #[derive(Debug, Default)]
 struct UploadLog {
-    device: Option<String>,
+    device: Option<Device>,
     path: Option<String>,
     size: Option<u64>,
 }
@@ -60,23 +62,36 @@ pub async fn upload<S: Store>(
     state: web::Data<AppState<S>>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
+    let in_flight = state.metrics.upload_started();
     let mut log = UploadLog::default();
     let result = receive(&req, payload, &state, &mut log).await;
+    drop(in_flight);
     let ms = started.elapsed().as_millis() as u64;
-    let device = log.device.as_deref().unwrap_or("-");
+    let masked = log.device.as_ref().map(|d| d.id.masked());
+    let device = masked.as_deref().unwrap_or("-");
     let path = log.path.as_deref().unwrap_or("-");
     match &result {
-        Ok((receipt, _)) => {
+        Ok((receipt, verified)) => {
+            state.metrics.upload_done(receipt.outcome, receipt.size);
+            state.fleet.record_commit(&verified.device, receipt, SystemTime::now());
             tracing::info!(device, path, size = receipt.size, stored_as = %receipt.stored_as, outcome = ?receipt.outcome, ms, "upload")
         }
-        Err(err) if err.code().is_auth_failure() => auth_failed(&req, &state, err),
-        Err(err) if err.status_code().is_server_error() => {
-            let status = err.status_code().as_u16();
-            tracing::error!(device, path, size = log.size, status, code = ?err.code(), ms, "upload failed: {err}")
-        }
         Err(err) => {
+            state.metrics.upload_rejected(err.code());
+            match &log.device {
+                Some(known) if !err.code().is_auth_failure() => {
+                    state.fleet.record_rejection(known, err.code(), err.to_string(), SystemTime::now())
+                }
+                _ => {}
+            }
             let status = err.status_code().as_u16();
-            tracing::warn!(device, path, size = log.size, status, code = ?err.code(), ms, "upload rejected: {err}")
+            if err.code().is_auth_failure() {
+                auth_failed(&req, &state, err)
+            } else if err.status_code().is_server_error() {
+                tracing::error!(device, path, size = log.size, outcome = "failed", status, code = ?err.code(), ms, "upload failed: {err}")
+            } else {
+                tracing::warn!(device, path, size = log.size, outcome = "rejected", status, code = ?err.code(), ms, "upload rejected: {err}")
+            }
         }
     }
     let (receipt, verified) = result?;
@@ -94,7 +109,7 @@ async fn receive<S: Store>(
     log: &mut UploadLog,
 ) -> Result<(UploadReceipt, Verified), ApiError> {
     let claimed = auth::claim(req, &state.ids, &state.throttle)?;
-    log.device = Some(claimed.device.id.masked());
+    log.device = Some(claimed.device.clone());
     let _slot = state.slots.take(&claimed.device.id.key_id()).await?;
     let limits = &state.limits;
     let mut form = Multipart::new(req.headers(), payload);
@@ -227,6 +242,7 @@ fn malformed(err: MultipartError) -> ApiError {
 /// masked key id, never the ID.
 fn auth_failed<S>(req: &HttpRequest, state: &AppState<S>, err: &ApiError) {
     state.throttle.record_failure(req.peer_addr().map(|a| a.ip()), Instant::now());
+    state.metrics.auth_failed();
     let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "-".to_owned());
     let key = req
         .headers()

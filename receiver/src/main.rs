@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use logferry_common::wire::DEFAULT_PORT;
-use logferry_receiver::{Config, Limits, TlsFiles, ids, limits};
+use logferry_receiver::{Config, DEFAULT_STALE_AFTER, Limits, TlsFiles, ids, limits};
 
 /// Receives log files from logferry senders and stores them, verified, under
 /// <store>/<DEVICE-ID>/ next to a sha256sum-compatible checksum file.
@@ -76,6 +76,20 @@ struct Cli {
     /// Failed authentications allowed per client address per minute (then 429).
     #[arg(long, env = "LOGFERRY_AUTH_FAILURES_PER_MINUTE", default_value_t = Limits::default().auth_failures_per_minute)]
     auth_failures_per_minute: u32,
+
+    /// The status page marks a device stale after this long without an upload (90m, 24h, 2days).
+    #[arg(long, env = "LOGFERRY_STALE_AFTER", default_value_t = DEFAULT_STALE_AFTER.into())]
+    stale_after: humantime::Duration,
+
+    /// Log lines for people (human) or one JSON object per line for a log collector (json).
+    #[arg(long, env = "LOGFERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 impl Cli {
@@ -103,6 +117,7 @@ impl Cli {
                 min_free_space: self.min_free_space,
             },
             tls,
+            stale_after: self.stale_after.into(),
         })
     }
 }
@@ -115,6 +130,10 @@ enum Command {
         #[arg(long)]
         label: Option<String>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -129,19 +148,29 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOGFERRY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
         // Reporting a failed log write goes to stderr too, and panics when that
         // is closed: a receiver must outlive its log pipe.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match cli.log_format {
+        LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match cli.command {
         Some(Command::AddDevice { label }) => add_device(&cli.ids, label.as_deref()),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "receiver", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Man) => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         None => serve(cli.config()?),
     }
 }
@@ -160,7 +189,7 @@ fn add_device(ids_file: &std::path::Path, label: Option<&str>) -> anyhow::Result
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let ready = logferry_receiver::open(&config)?;
+    let ready = logferry_receiver::open_blocking(&config)?;
     let listener = TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
     let scheme = if ready.tls.is_some() { "https" } else { "http" };

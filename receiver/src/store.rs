@@ -35,6 +35,17 @@ pub struct Committed {
     pub stored_as: RelPath,
 }
 
+/// One committed data file (never a checksum file or a staging file), as the
+/// fleet status needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    pub device: DeviceId,
+    pub path: RelPath,
+    pub size: u64,
+    /// When it was committed (file mtime on disk, LastModified on S3).
+    pub stored_at: std::time::SystemTime,
+}
+
 /// Bytes of one upload on their way into the store. Dropping it without
 /// committing discards them: nothing becomes visible.
 pub trait Staged {
@@ -57,4 +68,10 @@ pub trait Store: Send + Sync + 'static {
         device: &DeviceId,
         claim: &UploadClaim,
     ) -> impl Future<Output = Result<Committed, StoreError>>;
+
+    /// Every committed data file under every device folder; anything that is
+    /// not a valid device folder, a checksum file or staging is skipped. The
+    /// fleet status is rebuilt from this, so it survives restarts and is the
+    /// same on every receiver sharing a store.
+    fn inventory(&self) -> impl Future<Output = Result<Vec<StoredFile>, StoreError>>;
 }

@@ -12,7 +12,7 @@ use logferry_common::wire::UploadOutcome;
 use crate::client::{Client, ClientOptions, RequestError};
 use crate::config::Config;
 use crate::id_file::{self, IdFileError};
-use crate::report::{Summary, human_bytes};
+use crate::report::{Progress, Summary, human_bytes};
 use crate::{exit, sent, walk};
 
 /// What stops a run before or during the walk.
@@ -93,6 +93,27 @@ pub async fn run(config: &Config) -> Outcome {
     Outcome { summary, fatal }
 }
 
+/// What a run would send, found without contacting the receiver, reading
+/// the ID or moving anything (`--dry-run`).
+pub fn dry_run(config: &Config) -> Outcome {
+    let started = Instant::now();
+    let found = walk::walk(&config.folder, &config.sent_dir);
+    let mut summary = Summary { dry_run: true, skipped: found.skipped.len() as u64, ..Summary::default() };
+    let quiet = Progress::new(false, 0);
+    for (name, reason) in found.unusable {
+        fail(&mut summary, &quiet, name, reason);
+    }
+    for candidate in &found.files {
+        match stamp(&candidate.path) {
+            Ok(stamp) if stamp.settled(config.min_age) => summary.planned.push((candidate.rel.to_string(), stamp.len)),
+            Ok(_) => summary.not_yet += 1,
+            Err(e) => fail(&mut summary, &quiet, candidate.rel.to_string(), format!("cannot read it: {e}")),
+        }
+    }
+    summary.elapsed = started.elapsed();
+    Outcome { summary, fatal: None }
+}
+
 /// Name of the lock file, in the sent folder (which the sender owns).
 pub const LOCK_FILE: &str = ".logferry-sender.lock";
 
@@ -116,8 +137,9 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
             eprintln!("skipped {skipped}: not a regular file (links are never followed)");
         }
     }
+    let progress = Progress::new(config.verbose, found.files.len());
     for (name, reason) in found.unusable {
-        fail(summary, name, reason);
+        fail(summary, &progress, name, reason);
     }
     // Uploads overlap so that one file's network time and the receiver's
     // fsyncs hide behind another's; results are handled as they finish.
@@ -128,6 +150,7 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
         })
         .buffer_unordered(config.jobs.max(1));
     while let Some((candidate, result)) = deliveries.next().await {
+        progress.advance(candidate.rel.as_str());
         match result {
             Ok((outcome, size, stored_as)) => {
                 let renamed = if stored_as == candidate.rel.as_str() {
@@ -140,22 +163,22 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
                         summary.sent += 1;
                         summary.sent_bytes += size;
                         if config.verbose {
-                            eprintln!("sent {} ({}){renamed}", candidate.rel, human_bytes(size));
+                            progress.say(&format!("sent {} ({}){renamed}", candidate.rel, human_bytes(size)));
                         }
                     }
                     UploadOutcome::AlreadyStored => {
                         summary.already_stored += 1;
                         if config.verbose {
-                            eprintln!("already stored {}{renamed}", candidate.rel);
+                            progress.say(&format!("already stored {}{renamed}", candidate.rel));
                         }
                     }
                 }
             }
-            Err(Undelivered::Kept(reason)) => fail(summary, candidate.rel.to_string(), reason),
+            Err(Undelivered::Kept(reason)) => fail(summary, &progress, candidate.rel.to_string(), reason),
             Err(Undelivered::NotYet) => {
                 summary.not_yet += 1;
                 if config.verbose {
-                    eprintln!("not yet {}: still being written", candidate.rel);
+                    progress.say(&format!("not yet {}: still being written", candidate.rel));
                 }
             }
             // Dropping the stream abandons the uploads in flight; none of
@@ -196,8 +219,8 @@ fn read_ca_certs(path: &Path) -> Result<Vec<reqwest::Certificate>, Fatal> {
     Ok(certs)
 }
 
-fn fail(summary: &mut Summary, name: String, reason: String) {
-    eprintln!("not sent: {name}: {reason}");
+fn fail(summary: &mut Summary, progress: &Progress, name: String, reason: String) {
+    progress.say(&format!("not sent: {name}: {reason}"));
     summary.failed.push((name, reason));
 }
 
@@ -216,6 +239,13 @@ fn stamp(path: &Path) -> io::Result<Stamp> {
     Ok(Stamp { len: meta.len(), modified: meta.modified().ok() })
 }
 
+impl Stamp {
+    /// Unchanged for `min_age`: done being written, so worth sending.
+    fn settled(&self, min_age: std::time::Duration) -> bool {
+        self.modified.and_then(|m| m.elapsed().ok()).unwrap_or_default() >= min_age
+    }
+}
+
 /// Hashes, uploads, checks the receipt, and moves the file aside only if the
 /// receiver confirmed exactly these bytes and the file did not change since
 /// it was hashed.
@@ -227,8 +257,7 @@ async fn deliver_one(
 ) -> Result<(UploadOutcome, u64, String), Undelivered> {
     let kept = |what: &str, e: io::Error| Undelivered::Kept(format!("{what}: {e}"));
     let before = stamp(path).map_err(|e| kept("cannot read it", e))?;
-    let age = before.modified.and_then(|m| m.elapsed().ok()).unwrap_or_default();
-    if age < config.min_age {
+    if !before.settled(config.min_age) {
         return Err(Undelivered::NotYet);
     }
     let owned = path.to_owned();

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser, Subcommand};
 use logferry_sender::config::Options;
 use logferry_sender::id_file::{DEFAULT_ID_FILE, Exposure};
 use logferry_sender::{Config, exit};
@@ -15,14 +15,22 @@ use logferry_sender::{Config, exit};
 /// (they stay), 2 usage error, 3 device ID file problem, 4 folder problem,
 /// 5 receiver unreachable, 6 authentication failed, 7 TLS certificate not
 /// verified, 8 another run is already working on FOLDER, 9 unexpected error.
+///
+/// On a terminal it shows a progress bar and a line per file; under cron
+/// only failures and one summary line.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// The receiver: IP, IP:PORT, NAME, NAME:PORT, or an http(s):// URL.
-    host: String,
+    #[arg(required = true)]
+    host: Option<String>,
 
     /// The folder of log files to send (searched recursively).
-    folder: PathBuf,
+    #[arg(required = true)]
+    folder: Option<PathBuf>,
 
     /// Receiver port, when HOST does not give one [default: 3500].
     #[arg(long, env = "LOGFERRY_PORT")]
@@ -58,6 +66,27 @@ struct Cli {
     /// Uploads in flight at once (the receiver allows 8 per device by default).
     #[arg(long, env = "LOGFERRY_JOBS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
+
+    /// Print nothing when every file was delivered (cron mails any output);
+    /// failures and their summary are still printed.
+    #[arg(long, short, env = "LOGFERRY_QUIET", conflicts_with = "json")]
+    quiet: bool,
+
+    /// Print the run's summary as one JSON object on stdout.
+    #[arg(long, env = "LOGFERRY_JSON")]
+    json: bool,
+
+    /// List what would be sent, without contacting the receiver or moving anything.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -78,10 +107,23 @@ fn run() -> anyhow::Result<u8> {
             return Ok(if err.use_stderr() { exit::USAGE } else { exit::SUCCESS });
         }
     };
+    let (host, folder) = match (cli.command, cli.host, cli.folder) {
+        (Some(Command::Completions { shell }), ..) => {
+            clap_complete::generate(shell, &mut Cli::command(), "sender", &mut std::io::stdout());
+            return Ok(exit::SUCCESS);
+        }
+        (Some(Command::Man), ..) => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(exit::SUCCESS);
+        }
+        (None, Some(host), Some(folder)) => (host, folder),
+        // clap requires both when there is no subcommand.
+        (None, ..) => return Ok(exit::USAGE),
+    };
     let options = Options {
-        host: cli.host,
+        host,
         port: cli.port,
-        folder: cli.folder,
+        folder,
         id_file: cli.id_file,
         sent_dir: cli.sent_dir,
         ca_cert: cli.ca_cert,
@@ -98,11 +140,25 @@ fn run() -> anyhow::Result<u8> {
             return Ok(err.exit_code());
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let outcome = runtime.block_on(logferry_sender::run(&config));
+    let outcome = if cli.dry_run {
+        logferry_sender::deliver::dry_run(&config)
+    } else {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(logferry_sender::run(&config))
+    };
     if let Some(fatal) = &outcome.fatal {
         eprintln!("sender: {fatal}");
     }
-    println!("{}", outcome.summary);
-    Ok(outcome.exit_code())
+    let code = outcome.exit_code();
+    if cli.json {
+        println!("{}", outcome.summary.to_json(code, outcome.fatal.as_ref().map(ToString::to_string)));
+        return Ok(code);
+    }
+    for (file, size) in &outcome.summary.planned {
+        println!("would send {file} ({})", logferry_sender::report::human_bytes(*size));
+    }
+    if !(cli.quiet && code == exit::SUCCESS) {
+        println!("{}", outcome.summary);
+    }
+    Ok(code)
 }

@@ -1,11 +1,19 @@
-//! The run's tally and its one summary line.
+//! The run's tally, its one summary line (or JSON), and the progress bar.
 
 use std::fmt;
 use std::time::Duration;
 
+use indicatif::{ProgressBar, ProgressStyle};
+pub use logferry_common::human_bytes;
+use serde::Serialize;
+
 /// What one run did.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
+    /// A dry run: `planned` lists what would be sent; nothing was sent.
+    pub dry_run: bool,
+    /// (relative path, size) of each file a dry run would send.
+    pub planned: Vec<(String, u64)>,
     pub sent: u64,
     pub sent_bytes: u64,
     pub already_stored: u64,
@@ -21,14 +29,25 @@ pub struct Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "logferry: {} sent ({}), {} already stored, {} failed",
-            self.sent,
-            human_bytes(self.sent_bytes),
-            self.already_stored,
-            self.failed.len()
-        )?;
+        if self.dry_run {
+            let bytes = self.planned.iter().map(|(_, size)| size).sum();
+            write!(
+                f,
+                "logferry: dry run: {} would be sent ({}), {} failed",
+                self.planned.len(),
+                human_bytes(bytes),
+                self.failed.len()
+            )?;
+        } else {
+            write!(
+                f,
+                "logferry: {} sent ({}), {} already stored, {} failed",
+                self.sent,
+                human_bytes(self.sent_bytes),
+                self.already_stored,
+                self.failed.len()
+            )?;
+        }
         if self.not_yet > 0 {
             write!(f, ", {} still being written (left for a later run)", self.not_yet)?;
         }
@@ -39,30 +58,106 @@ impl fmt::Display for Summary {
     }
 }
 
-/// `1536` → `1.5 KiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
+/// The summary as `--json` prints it.
+#[derive(Debug, Serialize)]
+struct SummaryJson<'a> {
+    dry_run: bool,
+    sent: u64,
+    sent_bytes: u64,
+    already_stored: u64,
+    failed: Vec<FileJson<'a>>,
+    not_yet: u64,
+    skipped: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    would_send: Option<Vec<FileJson<'a>>>,
+    elapsed_seconds: f64,
+    exit_code: u8,
+    /// What stopped the run early, if anything.
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct FileJson<'a> {
+    file: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+impl Summary {
+    /// One JSON object with the tally, how the run ended and why.
+    pub fn to_json(&self, exit_code: u8, error: Option<String>) -> String {
+        let json = SummaryJson {
+            dry_run: self.dry_run,
+            sent: self.sent,
+            sent_bytes: self.sent_bytes,
+            already_stored: self.already_stored,
+            failed: self
+                .failed
+                .iter()
+                .map(|(file, reason)| FileJson { file, size: None, reason: Some(reason) })
+                .collect(),
+            not_yet: self.not_yet,
+            skipped: self.skipped,
+            would_send: self.dry_run.then(|| {
+                self.planned.iter().map(|(file, size)| FileJson { file, size: Some(*size), reason: None }).collect()
+            }),
+            elapsed_seconds: self.elapsed.as_secs_f64(),
+            exit_code,
+            error,
+        };
+        serde_json::to_string(&json).unwrap_or_else(|e| format!("{{\"error\":\"cannot format the summary: {e}\"}}"))
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// What a run tells the person watching: a progress bar on a terminal,
+/// nothing under cron (which mails whatever is printed) but failures.
+#[derive(Debug)]
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    /// A bar over `files` files when `interactive`, else nothing.
+    pub fn new(interactive: bool, files: usize) -> Self {
+        let bar = interactive.then(|| {
+            let style = ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} files {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            ProgressBar::new(files as u64).with_style(style)
+        });
+        Self { bar }
+    }
+
+    /// Prints a line on stderr without tearing the bar.
+    pub fn say(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// One more file is done with.
+    pub fn advance(&self, file: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(file.to_owned());
+            bar.inc(1);
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        for (bytes, expected) in
-            [(0, "0 B"), (1023, "1023 B"), (1536, "1.5 KiB"), (50 << 20, "50.0 MiB"), (3 << 30, "3.0 GiB")]
-        {
-            assert_eq!(human_bytes(bytes), expected);
-        }
-    }
 
     #[test]
     fn line() {
@@ -74,11 +169,30 @@ mod tests {
             skipped: 1,
             not_yet: 3,
             elapsed: Duration::from_millis(1250),
+            ..Summary::default()
         };
         assert_eq!(
             summary.to_string(),
             "logferry: 2 sent (2.0 KiB), 1 already stored, 1 failed, 3 still being written (left for a later run), \
              1 skipped (links or special files), in 1.2 s"
         );
+    }
+
+    #[test]
+    fn dry_run_line_and_json() {
+        let summary = Summary {
+            dry_run: true,
+            planned: vec![("a.log".into(), 1024), ("b/c.log".into(), 512)],
+            not_yet: 1,
+            ..Summary::default()
+        };
+        assert_eq!(
+            summary.to_string(),
+            "logferry: dry run: 2 would be sent (1.5 KiB), 0 failed, 1 still being written (left for a later run), in 0.0 s"
+        );
+        let json: serde_json::Value = serde_json::from_str(&summary.to_json(0, None)).expect("JSON");
+        assert_eq!(json["would_send"][1]["file"], "b/c.log");
+        assert_eq!(json["would_send"][0]["size"], 1024);
+        assert_eq!((json["dry_run"].as_bool(), json["exit_code"].as_u64()), (Some(true), Some(0)));
     }
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use logferry_common::durable::{create_dirs, exists_no_follow, holds_exactly, sync_dir};
+use logferry_common::rel_path::CHECKSUM_SUFFIX;
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
 use logferry_common::{DeviceId, RelPath, Sha256Digest};
@@ -23,7 +24,7 @@ use rand::rngs::SysRng;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Committed, Staged, Store, StoreError};
+use super::{Committed, Staged, Store, StoreError, StoredFile};
 
 /// Folder of in-progress uploads. Device folders are 16 hex characters, so
 /// this name can never clash with one.
@@ -181,6 +182,62 @@ impl Store for DiskStore {
         drop(staged);
         committed
     }
+
+    async fn inventory(&self) -> Result<Vec<StoredFile>, StoreError> {
+        let root = self.root.clone();
+        blocking(move || Ok(inventory_of(&root)?)).await
+    }
+}
+
+/// Walks every device folder (named by a canonical device ID, so staging
+/// and strays are skipped), never following a symlink.
+fn inventory_of(root: &Path) -> io::Result<Vec<StoredFile>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(device) = name.to_str().and_then(|n| n.parse::<DeviceId>().ok().filter(|id| id.reveal() == n)) else {
+            continue;
+        };
+        if entry.file_type()?.is_dir() {
+            device_files(&entry.path(), &device, &mut found)?;
+        }
+    }
+    Ok(found)
+}
+
+fn device_files(device_dir: &Path, device: &DeviceId, found: &mut Vec<StoredFile>) -> io::Result<()> {
+    let mut folders = vec![(device_dir.to_owned(), String::new())];
+    while let Some((folder, prefix)) = folders.pop() {
+        let mut files = Vec::new();
+        for entry in fs::read_dir(&folder)? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                folders.push((entry.path(), rel));
+            } else if kind.is_file() {
+                files.push((name, rel, entry));
+            }
+        }
+        let names: std::collections::HashSet<&str> = files.iter().map(|(name, ..)| name.as_str()).collect();
+        for (name, rel, entry) in &files {
+            // `x.sha256` beside `x` is x's checksum file; alone, it is a
+            // device's own file of that name (see `place_at`).
+            if name.strip_suffix(CHECKSUM_SUFFIX).is_some_and(|data| names.contains(data)) {
+                continue;
+            }
+            let Ok(path) = RelPath::parse(rel) else { continue };
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            found.push(StoredFile { device: device.clone(), path, size: meta.len(), stored_at: meta.modified()? });
+        }
+    }
+    Ok(())
 }
 
 /// What one candidate name turned out to be.

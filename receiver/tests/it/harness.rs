@@ -78,6 +78,7 @@ impl Harness {
             store_dir: self.store(),
             limits: self.limits.clone(),
             tls: None,
+            stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
         }
     }
 
@@ -86,7 +87,7 @@ impl Harness {
         if let Some(old) = self.receiver.take() {
             old.stop().expect("stopped");
         }
-        let ready = logferry_receiver::open(&self.config()).expect("receiver opens");
+        let ready = logferry_receiver::open_blocking(&self.config()).expect("receiver opens");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         self.receiver = Some(BackgroundReceiver::start(listener, ready.state, ready.tls).expect("started"));
     }
@@ -113,9 +114,21 @@ impl Harness {
 
     /// Sends a correctly signed upload of `content` as `path`.
     pub async fn upload(&self, path: &str, content: &[u8]) -> (u16, Value) {
+        self.upload_as(&device(), path, content).await
+    }
+
+    /// Sends an upload of `content` as `path`, signed by `id`.
+    pub async fn upload_as(&self, id: &DeviceId, path: &str, content: &[u8]) -> (u16, Value) {
         let claim = claim(path, content);
-        let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim));
+        let auth = authorization(id, "POST", endpoint::UPLOAD, now(), Some(&claim));
         self.send_form(Some(auth), upload_form(path, &claim.sha256.to_hex(), &claim.size.to_string(), content)).await
+    }
+
+    /// The body of `GET endpoint`, which must answer 200.
+    pub async fn get_text(&self, endpoint: &str) -> String {
+        let response = self.http.get(self.url(endpoint)).send().await.expect("receiver answers");
+        assert_eq!(response.status().as_u16(), 200, "GET {endpoint}");
+        response.text().await.expect("body")
     }
 
     pub async fn send_form(&self, auth: Option<String>, form: Form) -> (u16, Value) {

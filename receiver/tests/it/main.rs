@@ -6,3 +6,4 @@ mod api;
 mod binary;
 mod harness;
 mod limits;
+mod status;

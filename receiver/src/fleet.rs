@@ -1,0 +1,404 @@
+//! The fleet status: per device, what has arrived and when, and the last
+//! rejection. The page (`GET /`), its JSON twin and the per-device metrics
+//! are all rendered from one [`FleetReport`].
+//!
+//! What was stored is rebuilt from [`Store::inventory`](crate::store::Store)
+//! at start, so it survives restarts, and is updated on each commit.
+//! Rejections leave nothing in the store; they are kept in memory only, one
+//! per device.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use logferry_common::KeyId;
+use logferry_common::wire::{ErrorCode, UploadOutcome, UploadReceipt};
+use serde::Serialize;
+
+use crate::ids::Device;
+use crate::store::StoredFile;
+
+/// The window of the "last 24 h" columns.
+const RECENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Uploads listed under "recent uploads".
+const RECENT_UPLOADS: usize = 20;
+
+/// What is known of one device folder.
+#[derive(Debug, Default)]
+struct DeviceRecord {
+    /// The masked ID, kept for uploads listed after the device left ids.txt.
+    masked: String,
+    files: u64,
+    bytes: u64,
+    last_upload: Option<SystemTime>,
+    /// (stored at, size) of the files stored within [`RECENT_WINDOW`],
+    /// oldest first; older ones are dropped as time passes.
+    window: VecDeque<(SystemTime, u64)>,
+    rejections: u64,
+    last_rejection: Option<Rejection>,
+}
+
+impl DeviceRecord {
+    fn add(&mut self, at: SystemTime, size: u64) {
+        self.files += 1;
+        self.bytes += size;
+        self.last_upload = self.last_upload.max(Some(at));
+        self.window.push_back((at, size));
+    }
+
+    fn prune(&mut self, now: SystemTime) {
+        let since = now.checked_sub(RECENT_WINDOW).unwrap_or(UNIX_EPOCH);
+        self.window.retain(|(at, _)| *at > since);
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rejection {
+    at: SystemTime,
+    code: ErrorCode,
+    message: String,
+}
+
+#[derive(Debug, Clone)]
+struct RecentUpload {
+    key: KeyId,
+    masked: String,
+    path: String,
+    size: u64,
+    at: SystemTime,
+    outcome: UploadOutcome,
+}
+
+#[derive(Debug, Default)]
+struct FleetState {
+    devices: HashMap<KeyId, DeviceRecord>,
+    /// Newest first.
+    recent: VecDeque<RecentUpload>,
+}
+
+/// The live fleet status, shared by every request.
+#[derive(Debug)]
+pub struct FleetStatus {
+    stale_after: Duration,
+    state: Mutex<FleetState>,
+}
+
+impl FleetStatus {
+    /// Rebuilds the status from what the store holds.
+    pub fn from_inventory(mut files: Vec<StoredFile>, stale_after: Duration, now: SystemTime) -> Self {
+        files.sort_by_key(|file| file.stored_at);
+        let mut state = FleetState::default();
+        // Deriving a key id costs an HMAC: once per device, not per file.
+        let mut keys: HashMap<String, KeyId> = HashMap::new();
+        for file in &files {
+            let key = keys.entry(file.device.reveal().to_owned()).or_insert_with(|| file.device.key_id()).clone();
+            let record = state.devices.entry(key.clone()).or_default();
+            record.masked = file.device.masked();
+            record.add(file.stored_at, file.size);
+        }
+        for record in state.devices.values_mut() {
+            record.prune(now);
+        }
+        let newest = files.iter().rev().take(RECENT_UPLOADS);
+        state.recent = newest
+            .map(|file| RecentUpload {
+                key: keys[file.device.reveal()].clone(),
+                masked: file.device.masked(),
+                path: file.path.to_string(),
+                size: file.size,
+                at: file.stored_at,
+                outcome: UploadOutcome::Stored,
+            })
+            .collect();
+        Self { stale_after, state: Mutex::new(state) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FleetState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a committed upload. Same bytes already stored count as an
+    /// upload (the device is alive) but not as another file.
+    pub fn record_commit(&self, device: &Device, receipt: &UploadReceipt, at: SystemTime) {
+        let key = device.id.key_id();
+        let mut state = self.state();
+        let record = state.devices.entry(key.clone()).or_default();
+        record.masked = device.id.masked();
+        match receipt.outcome {
+            UploadOutcome::Stored => record.add(at, receipt.size),
+            UploadOutcome::AlreadyStored => record.last_upload = record.last_upload.max(Some(at)),
+        }
+        record.prune(at);
+        state.recent.push_front(RecentUpload {
+            key,
+            masked: device.id.masked(),
+            path: receipt.stored_as.clone(),
+            size: receipt.size,
+            at,
+            outcome: receipt.outcome,
+        });
+        state.recent.truncate(RECENT_UPLOADS);
+    }
+
+    /// Keeps the latest rejection of an authenticated device's upload.
+    pub fn record_rejection(&self, device: &Device, code: ErrorCode, message: String, at: SystemTime) {
+        let mut state = self.state();
+        let record = state.devices.entry(device.id.key_id()).or_default();
+        record.masked = device.id.masked();
+        record.rejections += 1;
+        record.last_rejection = Some(Rejection { at, code, message });
+    }
+
+    /// The status of every device listed in the ids file, those that went
+    /// quiet first, then those that never uploaded, then the rest, each by
+    /// label.
+    pub fn report(&self, listed: &HashMap<KeyId, Device>, now: SystemTime) -> FleetReport {
+        let mut state = self.state();
+        let mut devices: Vec<DeviceReport> = listed
+            .iter()
+            .map(|(key, device)| {
+                let record = state.devices.get_mut(key);
+                let masked = device.id.masked();
+                let label = device.label.clone();
+                match record {
+                    Some(record) => {
+                        record.prune(now);
+                        DeviceReport::of(masked, label, record, self.stale_after, now)
+                    }
+                    None => DeviceReport::of(masked, label, &DeviceRecord::default(), self.stale_after, now),
+                }
+            })
+            .collect();
+        devices.sort_by(|a, b| (a.state, &a.label, &a.device).cmp(&(b.state, &b.label, &b.device)));
+        let recent_uploads = state
+            .recent
+            .iter()
+            .map(|upload| RecentReport {
+                device: upload.masked.clone(),
+                label: listed.get(&upload.key).and_then(|d| d.label.clone()),
+                path: upload.path.clone(),
+                size: upload.size,
+                at: timestamp(upload.at),
+                outcome: upload.outcome,
+            })
+            .collect();
+        FleetReport {
+            generated_at: timestamp(now),
+            stale_after_seconds: self.stale_after.as_secs(),
+            devices,
+            recent_uploads,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, as Prometheus and scripts want them.
+fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A time as RFC 3339 in UTC, to the second.
+fn timestamp(at: SystemTime) -> Timestamp {
+    Timestamp { utc: humantime::format_rfc3339_seconds(at).to_string(), unix: unix_seconds(at) }
+}
+
+/// A moment, readable and countable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Timestamp {
+    /// RFC 3339, UTC (`2026-11-24T09:05:13Z`).
+    pub utc: String,
+    /// Seconds since the Unix epoch.
+    pub unix: u64,
+}
+
+/// Whether a device is uploading. The order is the page's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    /// Silent for longer than `--stale-after`.
+    Stale,
+    /// Listed, but nothing of it is in the store.
+    Never,
+    Ok,
+}
+
+/// Body of `GET /v1/devices`; the page shows the same.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    pub generated_at: Timestamp,
+    pub stale_after_seconds: u64,
+    pub devices: Vec<DeviceReport>,
+    /// Newest first.
+    pub recent_uploads: Vec<RecentReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceReport {
+    /// The masked ID: all but the last four characters hidden.
+    pub device: String,
+    pub label: Option<String>,
+    pub state: DeviceState,
+    pub last_upload: Option<Timestamp>,
+    pub seconds_since_last_upload: Option<u64>,
+    pub files: u64,
+    pub bytes: u64,
+    pub files_24h: u64,
+    pub bytes_24h: u64,
+    /// Rejected uploads since the receiver started.
+    pub rejections: u64,
+    pub last_rejection: Option<RejectionReport>,
+}
+
+impl DeviceReport {
+    fn of(
+        device: String,
+        label: Option<String>,
+        record: &DeviceRecord,
+        stale_after: Duration,
+        now: SystemTime,
+    ) -> Self {
+        let silent_for = record.last_upload.map(|at| now.duration_since(at).unwrap_or_default());
+        let state = match silent_for {
+            None => DeviceState::Never,
+            Some(silent) if silent > stale_after => DeviceState::Stale,
+            Some(_) => DeviceState::Ok,
+        };
+        Self {
+            device,
+            label,
+            state,
+            last_upload: record.last_upload.map(timestamp),
+            seconds_since_last_upload: silent_for.map(|d| d.as_secs()),
+            files: record.files,
+            bytes: record.bytes,
+            files_24h: record.window.len() as u64,
+            bytes_24h: record.window.iter().map(|(_, size)| size).sum(),
+            rejections: record.rejections,
+            last_rejection: record.last_rejection.as_ref().map(|r| RejectionReport {
+                at: timestamp(r.at),
+                code: r.code,
+                message: r.message.clone(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectionReport {
+    pub at: Timestamp,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentReport {
+    pub device: String,
+    pub label: Option<String>,
+    /// Where it was stored, relative to the device's folder.
+    pub path: String,
+    pub size: u64,
+    pub at: Timestamp,
+    pub outcome: UploadOutcome,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use logferry_common::{DeviceId, RelPath};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn device(id: &str, label: &str) -> Device {
+        Device { id: id.parse::<DeviceId>().expect("valid"), label: Some(label.to_owned()) }
+    }
+
+    fn stored(device: &Device, path: &str, size: u64, at: SystemTime) -> StoredFile {
+        StoredFile { device: device.id.clone(), path: RelPath::parse(path).expect("path"), size, stored_at: at }
+    }
+
+    /// (label, state, files, bytes, files_24h, bytes_24h) per listed device.
+    type Row = (&'static str, DeviceState, u64, u64, u64, u64);
+
+    fn check(report: &FleetReport, expected: &[Row]) {
+        let got: Vec<Row> = report
+            .devices
+            .iter()
+            .map(|d| {
+                let label: &'static str =
+                    expected.iter().map(|row| row.0).find(|l| Some(*l) == d.label.as_deref()).expect("a listed label");
+                (label, d.state, d.files, d.bytes, d.files_24h, d.bytes_24h)
+            })
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn rebuilt_from_the_store_then_updated_by_commits_and_rejections() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let (fresh, quiet, never) = (
+            device("0123456789ABCDEF", "fresh"),
+            device("FEDCBA9876543210", "quiet"),
+            device("00000000000000AA", "never"),
+        );
+        let listed: HashMap<KeyId, Device> =
+            [&fresh, &quiet, &never].into_iter().map(|d| (d.id.key_id(), d.clone())).collect();
+        let inventory = vec![
+            stored(&fresh, "a.log", 10, now - 30 * HOUR),
+            stored(&fresh, "b.log", 20, now - 2 * HOUR),
+            stored(&quiet, "old.log", 5, now - 48 * HOUR),
+        ];
+        let fleet = FleetStatus::from_inventory(inventory, 24 * HOUR, now);
+        let report = fleet.report(&listed, now);
+        check(
+            &report,
+            &[
+                ("quiet", DeviceState::Stale, 1, 5, 0, 0),
+                ("never", DeviceState::Never, 0, 0, 0, 0),
+                ("fresh", DeviceState::Ok, 2, 30, 1, 20),
+            ],
+        );
+        assert_eq!(
+            report.recent_uploads.iter().map(|u| u.path.as_str()).collect::<Vec<_>>(),
+            ["b.log", "a.log", "old.log"]
+        );
+        assert!(report.devices.iter().any(|d| d.device == "************CDEF"), "masked IDs");
+        let json = serde_json::to_string(&report).expect("serializes");
+        assert!(!json.contains("0123456789ABCDEF") && !json.contains("FEDCBA9876543210"), "{json}");
+
+        let later = now + HOUR;
+        let receipt = |path: &str, size, outcome| UploadReceipt {
+            outcome,
+            stored_as: path.to_owned(),
+            sha256: "0".repeat(64).parse().expect("hex"),
+            size,
+        };
+        fleet.record_commit(&quiet, &receipt("new.log", 7, UploadOutcome::Stored), later);
+        fleet.record_commit(&fresh, &receipt("b.log", 20, UploadOutcome::AlreadyStored), later);
+        fleet.record_rejection(&never, ErrorCode::ChecksumMismatch, "checksum mismatch".to_owned(), later);
+        let report = fleet.report(&listed, later);
+        check(
+            &report,
+            &[
+                ("never", DeviceState::Never, 0, 0, 0, 0),
+                ("fresh", DeviceState::Ok, 2, 30, 1, 20),
+                ("quiet", DeviceState::Ok, 2, 12, 1, 7),
+            ],
+        );
+        let rejected = &report.devices[0];
+        assert_eq!(
+            (rejected.rejections, rejected.last_rejection.as_ref().map(|r| r.code)),
+            (1, Some(ErrorCode::ChecksumMismatch))
+        );
+        assert_eq!(report.recent_uploads[0].path, "b.log");
+        assert_eq!(report.recent_uploads[0].outcome, UploadOutcome::AlreadyStored);
+
+        // A day later the window is empty but the totals stay.
+        check(
+            &fleet.report(&listed, later + 25 * HOUR),
+            &[
+                ("fresh", DeviceState::Stale, 2, 30, 0, 0),
+                ("quiet", DeviceState::Stale, 2, 12, 0, 0),
+                ("never", DeviceState::Never, 0, 0, 0, 0),
+            ],
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! The operator's endpoints: the fleet status page (`GET /`), its JSON twin
+//! (`GET /v1/devices`) and the metrics (`GET /metrics`). None is signed:
+//! they show masked IDs, labels and paths, nothing that lets anyone upload.
+
+use std::fmt::Write;
+use std::time::SystemTime;
+
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+use actix_web::{HttpResponse, web};
+use logferry_common::human_bytes;
+use logferry_common::wire::UploadOutcome;
+
+use crate::app::AppState;
+use crate::fleet::{DeviceReport, DeviceState, FleetReport, Timestamp};
+use crate::metrics;
+use crate::store::Store;
+
+/// How often the page reloads itself, in seconds.
+const REFRESH_SECS: u32 = 30;
+
+/// The page has no script and loads nothing: only its own inline style.
+const PAGE_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'";
+
+fn report<S>(state: &AppState<S>) -> FleetReport {
+    state.fleet.report(&state.ids.current(), SystemTime::now())
+}
+
+pub async fn page<S: Store>(state: web::Data<AppState<S>>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "text/html; charset=utf-8"))
+        .insert_header((CACHE_CONTROL, "no-store"))
+        .insert_header((CONTENT_SECURITY_POLICY, PAGE_POLICY))
+        .body(render_page(&report(&state)))
+}
+
+pub async fn devices<S: Store>(state: web::Data<AppState<S>>) -> HttpResponse {
+    HttpResponse::Ok().insert_header((CACHE_CONTROL, "no-store")).json(report(&state))
+}
+
+pub async fn metrics<S: Store>(state: web::Data<AppState<S>>) -> HttpResponse {
+    HttpResponse::Ok().insert_header((CONTENT_TYPE, metrics::CONTENT_TYPE)).body(state.metrics.render(&report(&state)))
+}
+
+const STYLE: &str = "
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px 32px;color:#1f2328;background:#f6f8fa}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
+.summary{color:#57606a;margin:0 0 16px}.summary a{color:#0969da}
+table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #d0d7de;border-radius:6px}
+th,td{text-align:left;padding:7px 10px;border-bottom:1px solid #eaeef2;vertical-align:top}
+th{background:#f6f8fa;font-weight:600;font-size:12px;text-transform:uppercase;letter-spacing:.03em;color:#57606a}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;color:#57606a}
+small{color:#57606a}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
+.badge.ok{background:#dafbe1;color:#116329}
+.badge.stale{background:#ffebe9;color:#a40e26}
+.badge.never{background:#eaeef2;color:#57606a}
+tr.stale td{background:#fff5f5}
+tr.stale td:first-child{box-shadow:inset 4px 0 #cf222e}
+.rejection{color:#9a6700}
+";
+
+/// The whole page. Every value that comes from a device or the ids file
+/// (labels, paths, messages) is escaped.
+pub fn render_page(report: &FleetReport) -> String {
+    let count = |state| report.devices.iter().filter(|d| d.state == state).count();
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>logferry fleet status</title><style>{STYLE}</style></head><body>\n\
+         <h1>logferry fleet</h1>\n<p class=\"summary\" id=\"summary\">{} devices: {} uploading, \
+         <strong>{} stale</strong>, {} never uploaded &middot; stale after {} &middot; {} &middot; \
+         refreshes every {REFRESH_SECS} s &middot; <a href=\"/v1/devices\">JSON</a> &middot; \
+         <a href=\"/metrics\">metrics</a></p>\n",
+        report.devices.len(),
+        count(DeviceState::Ok),
+        count(DeviceState::Stale),
+        count(DeviceState::Never),
+        duration_words(report.stale_after_seconds),
+        when(&report.generated_at),
+    );
+    html.push_str(
+        "<table id=\"devices\"><thead><tr><th>Device</th><th>ID</th><th>Status</th><th>Last upload</th>\
+         <th class=\"num\">Files</th><th class=\"num\">Bytes</th><th class=\"num\">Files 24 h</th>\
+         <th class=\"num\">Bytes 24 h</th><th>Last rejection</th></tr></thead><tbody>\n",
+    );
+    for device in &report.devices {
+        device_row(&mut html, device);
+    }
+    if report.devices.is_empty() {
+        html.push_str("<tr><td colspan=\"9\">No devices are listed yet: add one with <code>receiver add-device</code>.</td></tr>\n");
+    }
+    html.push_str(
+        "</tbody></table>\n<h2>Recent uploads</h2>\n<table id=\"recent\"><thead><tr><th>When</th><th>Device</th>\
+         <th>ID</th><th>Path</th><th class=\"num\">Size</th><th>Outcome</th></tr></thead><tbody>\n",
+    );
+    for upload in &report.recent_uploads {
+        let outcome = match upload.outcome {
+            UploadOutcome::Stored => "stored",
+            UploadOutcome::AlreadyStored => "already stored",
+        };
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td class=\"num\">{}</td><td>{outcome}</td></tr>",
+            when(&upload.at),
+            escape(upload.label.as_deref().unwrap_or("")),
+            escape(&upload.device),
+            escape(&upload.path),
+            human_bytes(upload.size),
+        );
+    }
+    if report.recent_uploads.is_empty() {
+        html.push_str("<tr><td colspan=\"6\">Nothing received yet.</td></tr>\n");
+    }
+    html.push_str("</tbody></table>\n</body></html>\n");
+    html
+}
+
+fn device_row(html: &mut String, device: &DeviceReport) {
+    let (state, badge) = match device.state {
+        DeviceState::Ok => ("ok", "uploading"),
+        DeviceState::Stale => ("stale", "stale"),
+        DeviceState::Never => ("never", "never uploaded"),
+    };
+    let last = match (&device.last_upload, device.seconds_since_last_upload) {
+        (Some(at), Some(silent)) => format!("{}<br><small>{} ago</small>", when(at), duration_words(silent)),
+        _ => "&mdash;".to_owned(),
+    };
+    let rejection = match &device.last_rejection {
+        Some(r) => format!(
+            "<span class=\"rejection\" title=\"{}\">{}</span><br><small>{} &middot; {} since start</small>",
+            escape(&r.message),
+            escape(&metrics::code_name(r.code).replace('_', " ")),
+            when(&r.at),
+            device.rejections,
+        ),
+        None => "&mdash;".to_owned(),
+    };
+    let _ = writeln!(
+        html,
+        "<tr class=\"{state}\" data-state=\"{state}\" data-device=\"{id}\"><td>{label}</td><td><code>{id}</code></td>\
+         <td><span class=\"badge {state}\">{badge}</span></td><td>{last}</td><td class=\"num\">{}</td>\
+         <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{rejection}</td></tr>",
+        device.files,
+        human_bytes(device.bytes),
+        device.files_24h,
+        human_bytes(device.bytes_24h),
+        id = escape(&device.device),
+        label = escape(device.label.as_deref().unwrap_or("(no label)")),
+    );
+}
+
+/// `2026-11-24T09:05:13Z` → `2026-11-24 09:05:13 UTC`.
+fn when(at: &Timestamp) -> String {
+    format!("{} UTC", at.utc.trim_end_matches('Z').replace('T', " "))
+}
+
+/// A rough span for people: `45 s`, `12 min`, `5 h`, `3 d`.
+fn duration_words(seconds: u64) -> String {
+    match seconds {
+        0..120 => format!("{seconds} s"),
+        120..7200 => format!("{} min", seconds / 60),
+        7200..172_800 => format!("{} h", seconds / 3600),
+        _ => format!("{} d", seconds / 86_400),
+    }
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words() {
+        for (seconds, expected) in
+            [(0, "0 s"), (119, "119 s"), (120, "2 min"), (7199, "119 min"), (7200, "2 h"), (172_800, "2 d")]
+        {
+            assert_eq!(duration_words(seconds), expected);
+        }
+        assert_eq!(escape("<a href='x'>\"&\"</a>"), "&lt;a href=&#39;x&#39;&gt;&quot;&amp;&quot;&lt;/a&gt;");
+        assert_eq!(when(&Timestamp { utc: "2026-11-24T09:05:13Z".to_owned(), unix: 0 }), "2026-11-24 09:05:13 UTC");
+    }
+}
