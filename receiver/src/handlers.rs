@@ -16,6 +16,7 @@ use crate::auth::{self, Verified};
 use crate::error::ApiError;
 use crate::ids::Device;
 use crate::limits::Limits;
+use crate::metrics;
 use crate::store::{Staged, Store};
 
 /// Longest accepted value of a text field (path, checksum, size).
@@ -74,7 +75,7 @@ pub async fn upload<S: Store>(
         Ok((receipt, verified)) => {
             state.metrics.upload_done(receipt.outcome, receipt.size);
             state.fleet.record_commit(&verified.device, receipt, SystemTime::now());
-            tracing::info!(device, path, size = receipt.size, stored_as = %receipt.stored_as, outcome = ?receipt.outcome, ms, "upload")
+            tracing::info!(device, path, size = receipt.size, stored_as = %receipt.stored_as, outcome = metrics::outcome_name(receipt.outcome), ms, "upload")
         }
         Err(err) => {
             state.metrics.upload_rejected(err.code());

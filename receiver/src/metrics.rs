@@ -61,6 +61,14 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The outcome as it appears on the wire (`already_stored`).
+pub fn outcome_name(outcome: UploadOutcome) -> &'static str {
+    match outcome {
+        UploadOutcome::Stored => "stored",
+        UploadOutcome::AlreadyStored => "already_stored",
+    }
+}
+
 /// The code as it appears on the wire (`checksum_mismatch`).
 pub fn code_name(code: ErrorCode) -> String {
     serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
@@ -73,14 +81,10 @@ impl Metrics {
     }
 
     pub fn upload_done(&self, outcome: UploadOutcome, size: u64) {
-        let name = match outcome {
-            UploadOutcome::Stored => {
-                self.stored_bytes.fetch_add(size, Ordering::Relaxed);
-                "stored"
-            }
-            UploadOutcome::AlreadyStored => "already_stored",
-        };
-        self.count_upload(name, String::new());
+        if outcome == UploadOutcome::Stored {
+            self.stored_bytes.fetch_add(size, Ordering::Relaxed);
+        }
+        self.count_upload(outcome_name(outcome), String::new());
     }
 
     pub fn upload_rejected(&self, code: ErrorCode) {
@@ -112,7 +116,7 @@ impl Metrics {
             "counter",
             "Uploads answered, by outcome (and reason when rejected).",
         );
-        for outcome in ["stored", "already_stored"] {
+        for outcome in [UploadOutcome::Stored, UploadOutcome::AlreadyStored].map(outcome_name) {
             let count = uploads.get(&(outcome, String::new())).copied().unwrap_or(0);
             sample(&mut out, "logferry_uploads_total", &[("outcome", outcome)], count as f64);
         }

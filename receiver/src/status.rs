@@ -8,7 +8,6 @@ use std::time::SystemTime;
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use actix_web::{HttpResponse, web};
 use logferry_common::human_bytes;
-use logferry_common::wire::UploadOutcome;
 
 use crate::app::AppState;
 use crate::fleet::{DeviceReport, DeviceState, FleetReport, Timestamp};
@@ -98,10 +97,7 @@ pub fn render_page(report: &FleetReport) -> String {
          <th>ID</th><th>Path</th><th class=\"num\">Size</th><th>Outcome</th></tr></thead><tbody>\n",
     );
     for upload in &report.recent_uploads {
-        let outcome = match upload.outcome {
-            UploadOutcome::Stored => "stored",
-            UploadOutcome::AlreadyStored => "already stored",
-        };
+        let outcome = metrics::outcome_name(upload.outcome).replace('_', " ");
         let _ = writeln!(
             html,
             "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td class=\"num\">{}</td><td>{outcome}</td></tr>",

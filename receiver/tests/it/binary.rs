@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use crate::harness::DEVICE;
+use crate::harness::{DEVICE, authorization, claim, device, now, upload_form};
 
 fn receiver(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_receiver"));
@@ -143,4 +143,42 @@ fn the_binary_serves_creates_its_store_clears_stale_staging_and_outlives_its_log
     assert_ne!(address, address_again, "port 0 gives a fresh free port each start");
     child.kill().expect("kill");
     child.wait().expect("reaped");
+}
+
+#[tokio::test]
+async fn json_logs_give_one_line_per_upload_with_the_masked_id_path_size_outcome_and_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ids.txt"), format!("{DEVICE}\n")).expect("ids");
+    let mut child = receiver(dir.path(), &["--bind", "127.0.0.1", "--port", "0", "--log-format", "json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines().map_while(Result::ok).map(|line| {
+        assert!(!line.contains(DEVICE), "the ID was logged whole: {line}");
+        serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    });
+    let listening = lines.find(|event| event["message"] == "listening").expect("a listening line");
+    let address = listening["address"].as_str().expect("address").to_owned();
+
+    let content = b"t,v\n1,2\n";
+    let claim = claim("2026/day.csv", content);
+    let auth = authorization(&device(), "POST", logferry_common::wire::endpoint::UPLOAD, now(), Some(&claim));
+    let form = upload_form("2026/day.csv", &claim.sha256.to_hex(), &claim.size.to_string(), content);
+    let response = reqwest::Client::new()
+        .post(format!("http://{address}/v1/upload"))
+        .header("Authorization", auth)
+        .multipart(form)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(response.status().as_u16(), 201);
+
+    let upload = lines.find(|event| event["message"] == "upload").expect("an upload line");
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
+    assert_eq!(upload["device"], "************CDEF", "{upload}");
+    assert_eq!(upload["path"], "2026/day.csv", "{upload}");
+    assert_eq!(upload["size"], content.len(), "{upload}");
+    assert_eq!(upload["outcome"], "stored", "{upload}");
+    assert!(upload["timestamp"].as_str().is_some_and(|t| t.starts_with("20")), "{upload}");
 }
