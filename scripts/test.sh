@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The test suite: unit tests, the in-process receiver tests and the
 # black-box runs of both binaries. Needs cargo, coreutils' sha256sum (the
-# tests check the checksum files with it) and openssl (for make-cert.sh).
+# tests check the checksum files with it), openssl (for make-cert.sh) and
+# Debian's chromium (the status page is checked in a real browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 command -v sha256sum >/dev/null || missing+=(coreutils)
 command -v openssl >/dev/null || missing+=(openssl)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
-    apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 # The fault tests run the receiver binary beside the sender's: build all
 # binaries first, so a partial earlier build cannot leave it missing or stale.

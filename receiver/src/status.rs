@@ -127,7 +127,7 @@ fn device_row(html: &mut String, device: &DeviceReport) {
     };
     let rejection = match &device.last_rejection {
         Some(r) => format!(
-            "<span class=\"rejection\" title=\"{}\">{}</span><br><small>{} &middot; {} since start</small>",
+            "<span class=\"rejection\" title=\"{}\">{}</span><br><small>{} &middot; {} rejected since start</small>",
             escape(&r.message),
             escape(&metrics::code_name(r.code).replace('_', " ")),
             when(&r.at),

@@ -4,6 +4,7 @@
 
 mod api;
 mod binary;
+mod browser;
 mod harness;
 mod limits;
 mod status;
