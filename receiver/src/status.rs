@@ -45,7 +45,7 @@ body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px 32
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 .summary{color:#57606a;margin:0 0 16px}.summary a{color:#0969da}
 table{border-collapse:collapse;width:100%;background:#fff;border:1px solid #d0d7de;border-radius:6px}
-th,td{text-align:left;padding:7px 10px;border-bottom:1px solid #eaeef2;vertical-align:top}
+th,td{text-align:left;padding:7px 10px;border-bottom:1px solid #eaeef2;vertical-align:top;white-space:nowrap}
 th{background:#f6f8fa;font-weight:600;font-size:12px;text-transform:uppercase;letter-spacing:.03em;color:#57606a}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;color:#57606a}
@@ -127,7 +127,7 @@ fn device_row(html: &mut String, device: &DeviceReport) {
     };
     let rejection = match &device.last_rejection {
         Some(r) => format!(
-            "<span class=\"rejection\" title=\"{}\">{}</span><br><small>{} &middot; {} rejected since start</small>",
+            "<span class=\"rejection\" title=\"{}\">{}</span><br><small>{} &middot; {}&times; since start</small>",
             escape(&r.message),
             escape(&metrics::code_name(r.code).replace('_', " ")),
             when(&r.at),
