@@ -12,7 +12,7 @@ use logferry_receiver::{Config, DEFAULT_STALE_AFTER, Limits, TlsFiles, ids, limi
 /// Receives log files from logferry senders and stores them, verified, under
 /// <store>/<DEVICE-ID>/ next to a sha256sum-compatible checksum file.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "receiver", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

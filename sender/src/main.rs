@@ -19,7 +19,7 @@ use logferry_sender::{Config, exit};
 /// On a terminal it shows a progress bar and a line per file; under cron
 /// only failures and one summary line.
 #[derive(Debug, Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(name = "sender", version, about, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

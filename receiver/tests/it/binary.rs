@@ -119,10 +119,29 @@ fn help_documents_every_option_and_its_environment_variable() {
         "LOGFERRY_IDS",
         "--store",
         "LOGFERRY_STORE",
+        "--stale-after",
+        "LOGFERRY_STALE_AFTER",
+        "--log-format",
         "add-device",
     ] {
         assert!(help.contains(expected), "--help lacks {expected}:\n{help}");
     }
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (args, expected) in [
+        (&["completions", "bash"][..], "--stale-after"),
+        (&["completions", "zsh"], "#compdef receiver"),
+        (&["man"], ".TH receiver"),
+        (&["man"], "LOGFERRY_MAX_FILE_SIZE"),
+    ] {
+        let out = run(dir.path(), args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(expected), "{args:?} lacks {expected:?}");
+    }
+    assert!(!dir.path().join("received_files").exists(), "printing them serves nothing");
 }
 
 #[test]

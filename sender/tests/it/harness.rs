@@ -108,6 +108,8 @@ pub fn sender(dir: &Path, args: &[String]) -> Run {
         .env_remove("LOGFERRY_CA_CERT")
         .env_remove("LOGFERRY_RETRIES")
         .env_remove("LOGFERRY_ALLOW_READABLE_ID_FILE")
+        .env_remove("LOGFERRY_QUIET")
+        .env_remove("LOGFERRY_JSON")
         .env("LOGFERRY_MIN_AGE", "0")
         .output()
         .expect("sender runs");

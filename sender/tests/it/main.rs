@@ -5,6 +5,7 @@ mod external;
 mod faults;
 mod harness;
 mod limits;
+mod output;
 mod proxy;
 mod runs;
 mod tls;
