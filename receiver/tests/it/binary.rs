@@ -26,8 +26,13 @@ fn run(dir: &Path, args: &[&str]) -> Output {
 /// read from its "listening" log line. The log pipe is closed on return,
 /// as when a log collector goes away.
 fn serve(dir: &Path) -> (Child, String) {
-    let mut child =
-        receiver(dir, &["--bind", "127.0.0.1", "--port", "0"]).stderr(Stdio::piped()).spawn().expect("spawn");
+    let child = receiver(dir, &["--bind", "127.0.0.1", "--port", "0"]).stderr(Stdio::piped()).spawn().expect("spawn");
+    listening(child)
+}
+
+/// The address a receiver started with a piped stderr listens on, read from
+/// its "listening" log line; its log pipe is closed on return.
+pub fn listening(mut child: Child) -> (Child, String) {
     let stderr = BufReader::new(child.stderr.take().expect("stderr"));
     let address = stderr.lines().map_while(Result::ok).find_map(|line| {
         assert!(!line.contains(DEVICE), "the ID was logged whole: {line}");
@@ -43,7 +48,7 @@ fn serve(dir: &Path) -> (Child, String) {
 }
 
 /// One plain HTTP/1.1 GET, so this test needs no client library or tool.
-fn http_get(address: &str, path: &str) -> String {
+pub fn http_get(address: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).expect("connect");
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").expect("send");

@@ -6,5 +6,6 @@ mod api;
 mod binary;
 mod browser;
 mod harness;
+mod install;
 mod limits;
 mod status;

@@ -4,6 +4,7 @@
 mod external;
 mod faults;
 mod harness;
+mod install;
 mod limits;
 mod output;
 mod proxy;
