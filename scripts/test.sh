@@ -2,7 +2,8 @@
 # The test suite: unit tests, the in-process receiver tests and the
 # black-box runs of both binaries. Needs cargo, coreutils' sha256sum (the
 # tests check the checksum files with it), openssl (for make-cert.sh),
-# Debian's chromium (the status page is checked in a real browser) and
+# Debian's chromium (the status page is checked in a real browser),
+# prometheus and promtool (a real Prometheus scrapes /metrics) and
 # systemd-analyze (the installed unit is verified).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ missing=()
 command -v sha256sum >/dev/null || missing+=(coreutils)
 command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
 [ -x /usr/bin/systemd-analyze ] || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"

@@ -8,4 +8,5 @@ mod browser;
 mod harness;
 mod install;
 mod limits;
+mod prometheus;
 mod status;
