@@ -15,7 +15,7 @@ command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/bin/systemd-analyze ] || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 # The fault tests run the receiver binary beside the sender's: build all
 # binaries first, so a partial earlier build cannot leave it missing or stale.
