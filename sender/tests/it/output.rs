@@ -109,7 +109,7 @@ fn on_a_terminal_a_run_shows_a_line_per_file_around_its_progress_bar() {
         .expect("script runs");
     let shown = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{shown}");
-    for expected in ["accepts this device", "sent a.log (2 B)", "sent b.log (3 B)", "logferry: 2 sent"] {
+    for expected in ["accepts this device", "/2 files", "sent a.log (2 B)", "sent b.log (3 B)", "logferry: 2 sent"] {
         assert!(shown.contains(expected), "{expected:?} not shown:\n{shown}");
     }
     assert!(!shown.to_uppercase().contains(DEVICE), "{shown}");
