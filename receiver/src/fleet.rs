@@ -26,8 +26,6 @@ const RECENT_UPLOADS: usize = 20;
 /// What is known of one device folder.
 #[derive(Debug, Default)]
 struct DeviceRecord {
-    /// The masked ID, kept for uploads listed after the device left ids.txt.
-    masked: String,
     files: u64,
     bytes: u64,
     last_upload: Option<SystemTime>,
@@ -92,9 +90,7 @@ impl FleetStatus {
         let mut keys: HashMap<String, KeyId> = HashMap::new();
         for file in &files {
             let key = keys.entry(file.device.reveal().to_owned()).or_insert_with(|| file.device.key_id()).clone();
-            let record = state.devices.entry(key.clone()).or_default();
-            record.masked = file.device.masked();
-            record.add(file.stored_at, file.size);
+            state.devices.entry(key).or_default().add(file.stored_at, file.size);
         }
         for record in state.devices.values_mut() {
             record.prune(now);
@@ -123,7 +119,6 @@ impl FleetStatus {
         let key = device.id.key_id();
         let mut state = self.state();
         let record = state.devices.entry(key.clone()).or_default();
-        record.masked = device.id.masked();
         match receipt.outcome {
             UploadOutcome::Stored => record.add(at, receipt.size),
             UploadOutcome::AlreadyStored => record.last_upload = record.last_upload.max(Some(at)),
@@ -144,7 +139,6 @@ impl FleetStatus {
     pub fn record_rejection(&self, device: &Device, code: ErrorCode, message: String, at: SystemTime) {
         let mut state = self.state();
         let record = state.devices.entry(device.id.key_id()).or_default();
-        record.masked = device.id.masked();
         record.rejections += 1;
         record.last_rejection = Some(Rejection { at, code, message });
     }
