@@ -79,11 +79,10 @@ pub async fn upload<S: Store>(
         }
         Err(err) => {
             state.metrics.upload_rejected(err.code());
-            match &log.device {
-                Some(known) if !err.code().is_auth_failure() => {
-                    state.fleet.record_rejection(known, err.code(), err.to_string(), SystemTime::now())
-                }
-                _ => {}
+            if let Some(known) = &log.device
+                && !err.code().is_auth_failure()
+            {
+                state.fleet.record_rejection(known, err.code(), err.to_string(), SystemTime::now());
             }
             let status = err.status_code().as_u16();
             if err.code().is_auth_failure() {
