@@ -6,9 +6,15 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-echo "==> building (cargo build --bins)"
-cargo build --quiet --bins --manifest-path "$root/Cargo.toml"
-bin="$root/target/debug"
+# The test suite runs this script with the binaries it has just built
+# (LOGFERRY_BIN_DIR), so that the README's first command is tested as written.
+if [ -n "${LOGFERRY_BIN_DIR:-}" ]; then
+    bin=$LOGFERRY_BIN_DIR
+else
+    echo "==> building (cargo build --bins)"
+    cargo build --quiet --bins --manifest-path "$root/Cargo.toml"
+    bin="$root/target/debug"
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/logferry-demo.XXXXXX")
 receiver_pid=""
@@ -43,7 +49,7 @@ echo "==> starting the receiver on a free loopback port"
 receiver_pid=$!
 address=""
 for _ in $(seq 1 100); do
-    address=$(sed -n 's/.*listening address=\([0-9.:]*\).*/\1/p' receiver.log | head -n 1)
+    address=$(sed -n 's/.* listening .*address=\([0-9.:]*\).*/\1/p' receiver.log | head -n 1)
     [ -n "$address" ] && break
     kill -0 "$receiver_pid" 2>/dev/null || { cat receiver.log; exit 1; }
     sleep 0.1
