@@ -84,6 +84,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::Conflict(message) => Self::PathConflict(message),
             StoreError::Full(message) => Self::InsufficientStorage(message),
+            StoreError::Raced(what) => Self::Busy { what, retry_after: 1 },
             StoreError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
                 Self::InsufficientStorage("its disk is full".to_owned())
             }

@@ -17,13 +17,14 @@ use bytes::Bytes;
 use logferry_common::durable::{create_dirs, exists_no_follow, holds_exactly, sync_dir};
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
+use logferry_common::rel_path::CHECKSUM_SUFFIX;
 use logferry_common::{DeviceId, RelPath, Sha256Digest};
 use rand::TryRng;
 use rand::rngs::SysRng;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Committed, Staged, Store, StoreError};
+use super::{Committed, Staged, Store, StoreError, StoredFile};
 
 /// Folder of in-progress uploads. Device folders are 16 hex characters, so
 /// this name can never clash with one.
@@ -79,6 +80,8 @@ impl DiskStore {
 #[derive(Debug)]
 pub struct DiskStaged {
     path: PathBuf,
+    device_dir: PathBuf,
+    claim: UploadClaim,
     chunks: Option<mpsc::Sender<Bytes>>,
     writer: Option<JoinHandle<Result<(), StoreError>>>,
 }
@@ -150,8 +153,9 @@ fn write_all_chunks(file: File, mut chunks: mpsc::Receiver<Bytes>, store: DiskSt
 impl Store for DiskStore {
     type Staged = DiskStaged;
 
-    async fn stage(&self, size: u64) -> Result<DiskStaged, StoreError> {
+    async fn stage(&self, device: &DeviceId, claim: &UploadClaim) -> Result<DiskStaged, StoreError> {
         let store = self.clone();
+        let size = claim.size;
         let (path, file) = blocking(move || {
             let free = available(&store.staging)?;
             if free < size.saturating_add(store.min_free) {
@@ -163,24 +167,52 @@ impl Store for DiskStore {
         let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
         let store = self.clone();
         let writer = tokio::task::spawn_blocking(move || write_all_chunks(file, rx, store));
-        Ok(DiskStaged { path, chunks: Some(tx), writer: Some(writer) })
+        let device_dir = self.root.join(device.reveal());
+        Ok(DiskStaged { path, device_dir, claim: claim.clone(), chunks: Some(tx), writer: Some(writer) })
     }
 
-    async fn commit(
-        &self,
-        mut staged: DiskStaged,
-        device: &DeviceId,
-        claim: &UploadClaim,
-    ) -> Result<Committed, StoreError> {
+    async fn commit(&self, mut staged: DiskStaged) -> Result<Committed, StoreError> {
         staged.finish().await?;
         let store = self.clone();
-        let device_dir = self.root.join(device.reveal());
-        let claim = claim.clone();
-        let staged_path = staged.path.clone();
+        let (staged_path, device_dir, claim) = (staged.path.clone(), staged.device_dir.clone(), staged.claim.clone());
         let committed = blocking(move || store.place(&staged_path, &device_dir, &claim)).await;
         drop(staged);
         committed
     }
+
+    async fn inventory(&self) -> Result<Vec<StoredFile>, StoreError> {
+        let root = self.root.clone();
+        blocking(move || Ok(inventory(&root)?)).await
+    }
+}
+
+/// Walks every device folder without following links; a name that is not a
+/// valid device ID or relative path is not the store's and is skipped.
+fn inventory(root: &Path) -> io::Result<Vec<StoredFile>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let Some(device) = entry.file_name().to_str().and_then(|name| name.parse::<DeviceId>().ok()) else {
+            continue;
+        };
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        for found in walkdir::WalkDir::new(entry.path()).min_depth(1) {
+            let found = found.map_err(io::Error::other)?;
+            let is_checksum = found.file_name().to_string_lossy().ends_with(CHECKSUM_SUFFIX);
+            if !found.file_type().is_file() || is_checksum {
+                continue;
+            }
+            let Ok(path) = RelPath::from_local(found.path().strip_prefix(entry.path()).map_err(io::Error::other)?)
+            else {
+                continue;
+            };
+            let meta = found.metadata().map_err(io::Error::other)?;
+            files.push(StoredFile { device: device.clone(), path, size: meta.len(), stored_at: meta.modified()? });
+        }
+    }
+    Ok(files)
 }
 
 /// What one candidate name turned out to be.

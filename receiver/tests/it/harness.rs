@@ -75,7 +75,7 @@ impl Harness {
         Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             ids_file: self.dir.path().join("ids.txt"),
-            store_dir: self.store(),
+            store: logferry_receiver::StoreLocation::Disk(self.store()),
             limits: self.limits.clone(),
             tls: None,
         }
