@@ -114,9 +114,7 @@ fn open_bucket(settings: &S3Settings) -> Result<S3Store, StoreError> {
     let probe = S3Store::new(settings)?;
     std::thread::scope(|scope| {
         scope
-            .spawn(|| {
-                tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(probe.check())
-            })
+            .spawn(|| tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(probe.check()))
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the bucket check panicked").into()))
     })?;

@@ -66,8 +66,7 @@ pub trait Store: Send + Sync + 'static {
     /// Starts receiving the upload `claim` of `device`, refusing it at once
     /// when the store has no room for it. Knowing the name and checksum
     /// before the first byte lets a backend pick the final name up front.
-    fn stage(&self, device: &DeviceId, claim: &UploadClaim)
-    -> impl Future<Output = Result<Self::Staged, StoreError>>;
+    fn stage(&self, device: &DeviceId, claim: &UploadClaim) -> impl Future<Output = Result<Self::Staged, StoreError>>;
 
     /// Makes a staged upload visible under its device and path, durably,
     /// never replacing other content. The caller has verified that the staged

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use logferry_common::durable::{create_dirs, exists_no_follow, holds_exactly, sync_dir};
+use logferry_common::rel_path::CHECKSUM_SUFFIX;
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
-use logferry_common::rel_path::CHECKSUM_SUFFIX;
 use logferry_common::{DeviceId, RelPath, Sha256Digest};
 use rand::TryRng;
 use rand::rngs::SysRng;

@@ -34,8 +34,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions,
-    PutPayload, PutPayloadMut,
+    Attribute, Attributes, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions,
+    PutOptions, PutPayload, PutPayloadMut,
 };
 use tokio::task::JoinSet;
 
@@ -243,11 +243,12 @@ impl S3Store {
         Ok(matches!(self.occupant(key, &staged.claim, mask).await?, Occupant::Free))
     }
 
-    /// After another upload took `key` first: fine when it holds the same
-    /// bytes, otherwise the sender retries and is then given the conflict name.
-    async fn settle_race(&self, key: &Path, staged: &S3Staged) -> Result<UploadOutcome, StoreError> {
+    /// Judges what `key` holds after this upload wrote it, or found it taken:
+    /// `outcome` when it is these bytes, otherwise another upload won the
+    /// race, and the sender retries and is then given the conflict name.
+    async fn settle(&self, key: &Path, staged: &S3Staged, outcome: UploadOutcome) -> Result<UploadOutcome, StoreError> {
         match self.occupant(key, &staged.claim, &Mask(&staged.device)).await? {
-            Occupant::SameContent => Ok(UploadOutcome::AlreadyStored),
+            Occupant::SameContent => Ok(outcome),
             Occupant::Other | Occupant::Free => Err(StoreError::Raced("another upload of this path finished first")),
         }
     }
@@ -268,7 +269,7 @@ impl S3Store {
             Body::AlreadyThere => return Ok(UploadOutcome::AlreadyStored),
             Body::Small(_) | Body::Parts(_) if !self.still_free(&key, staged, &mask).await? => {
                 // Dropping the parts aborts them.
-                return self.settle_race(&key, staged).await;
+                return self.settle(&key, staged, UploadOutcome::AlreadyStored).await;
             }
             Body::Small(buffer) => {
                 let options = PutOptions {
@@ -281,9 +282,13 @@ impl S3Store {
             Body::Parts(parts) => parts.complete(&self.inner).await,
         };
         match created {
-            Ok(()) => Ok(UploadOutcome::Stored),
+            // Read back: on a store that ignores `If-None-Match`, a racing
+            // upload of other bytes may have completed just after this one.
+            // Answering 2xx only when these bytes are there means the loser
+            // of such a race is retried, never acknowledged and lost.
+            Ok(()) => self.settle(&key, staged, UploadOutcome::Stored).await,
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                self.settle_race(&key, staged).await
+                self.settle(&key, staged, UploadOutcome::AlreadyStored).await
             }
             Err(e) => Err(mask.failed("cannot store the object", e)),
         }
@@ -419,7 +424,6 @@ impl Parts {
         }
         completed.map(drop)
     }
-
 }
 
 impl Drop for Parts {

@@ -1,8 +1,9 @@
 //! Integration tests of the receiver: the HTTP API against an in-process
 //! server on 127.0.0.1:0 with a temporary store, and the `receiver` binary
-//! as a black box.
+//! as a black box. The storage rules run on both backends (see `store`).
 
 mod api;
 mod binary;
 mod harness;
 mod limits;
+mod store;
