@@ -6,7 +6,7 @@
 #                             11 minutes on 2 cores, once per machine), starts it,
 #                             applies a layout, creates a bucket and a key, and
 #                             prints the variables to use (as `env` does)
-#   scripts/garage.sh env     prints `export AWS_...` lines and LOGFERRY_STORE
+#   scripts/garage.sh env     prints `export AWS_...` lines and the --store value
 #   scripts/garage.sh stop    stops it and removes its data
 #
 # Use as:  eval "$(scripts/garage.sh start)"
@@ -110,8 +110,7 @@ export AWS_ENDPOINT_URL=http://127.0.0.1:$s3_port
 export AWS_REGION=$region
 export AWS_ACCESS_KEY_ID=$key_id
 export AWS_SECRET_ACCESS_KEY=$secret
-# receiver --store s3://$bucket/logs
-export LOGFERRY_STORE=s3://$bucket/logs
+# then: receiver --store s3://$bucket/logs
 EOF
     chmod 600 "$dir/env"
     echo "Garage $("$garage" --version 2>/dev/null | head -1) is serving S3 on 127.0.0.1:$s3_port (data in $dir)" >&2

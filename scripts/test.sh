@@ -2,6 +2,8 @@
 # The test suite: unit tests, the in-process receiver tests and the
 # black-box runs of both binaries. Needs cargo, coreutils' sha256sum (the
 # tests check the checksum files with it) and openssl (for make-cert.sh).
+# The storage rules also run against a real S3 store: a Garage started here
+# by scripts/garage.sh (which installs Garage the first time, ~11 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -14,4 +16,8 @@ fi
 # The fault tests run the receiver binary beside the sender's: build all
 # binaries first, so a partial earlier build cannot leave it missing or stale.
 cargo build --workspace --bins
+export GARAGE_DIR=${TMPDIR:-/tmp}/logferry-test-garage-$$
+trap 'scripts/garage.sh stop' EXIT
+eval "$(scripts/garage.sh start)"
+export LOGFERRY_TEST_S3=s3://logferry/test LOGFERRY_REQUIRE_S3=1
 cargo test --workspace --all-targets "$@"
