@@ -101,8 +101,8 @@ EOF
     "${g[@]}" bucket create "$bucket" >/dev/null
     local key key_id secret
     key=$("${g[@]}" key create logferry-key)
-    key_id=$(awk -F'\t' '/^Key ID:/ {print $2}' <<<"$key")
-    secret=$(awk -F'\t' '/^Secret key:/ {print $2}' <<<"$key")
+    key_id=$(awk '/^Key ID:/ {print $3}' <<<"$key")
+    secret=$(awk '/^Secret key:/ {print $3}' <<<"$key")
     [ -n "$key_id" ] && [ -n "$secret" ] || { echo "could not read the new key: $key" >&2; exit 1; }
     "${g[@]}" bucket allow --read --write --owner "$bucket" --key logferry-key >/dev/null
     cat >"$dir/env" <<EOF
@@ -113,7 +113,7 @@ export AWS_SECRET_ACCESS_KEY=$secret
 # then: receiver --store s3://$bucket/logs
 EOF
     chmod 600 "$dir/env"
-    echo "Garage $("$garage" --version 2>/dev/null | head -1) is serving S3 on 127.0.0.1:$s3_port (data in $dir)" >&2
+    echo "$("$garage" --version 2>/dev/null | head -1) is serving S3 on 127.0.0.1:$s3_port (data in $dir)" >&2
     print_env
 }
 

@@ -14,7 +14,10 @@ if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
 fi
 bucket=${BUCKET:-logferry}
 base="$AWS_ENDPOINT_URL/$bucket/conditional-check-$$"
-s3() { curl -sS --aws-sigv4 "aws:amz:${AWS_REGION:-us-east-1}:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@"; }
+s3() {
+    curl -sS --aws-sigv4 "aws:amz:${AWS_REGION:-us-east-1}:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+        -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"
+}
 status() { s3 -o /dev/null -w '%{http_code}' "$@"; }
 
 # Plain PUT: the second, with the header, must be refused (412) by a store
@@ -27,7 +30,7 @@ put_now=$(s3 "$base/put")
 # completed with the header, must be refused.
 multipart() {
     local key=$1 content=$2 header=$3 upload etag
-    upload=$(s3 -X POST "$base/$key?uploads" | sed -n 's:.*<UploadId>\(.*\)</UploadId>.*:\1:p')
+    upload=$(s3 -X POST "$base/$key?uploads=" | sed -n 's:.*<UploadId>\(.*\)</UploadId>.*:\1:p')
     etag=$(s3 -X PUT --data-binary "$content" -D - -o /dev/null "$base/$key?partNumber=1&uploadId=$upload" |
         tr -d '\r' | sed -n 's/^[Ee][Tt][Aa][Gg]: *//p')
     status -X POST ${header:+-H "$header"} \
@@ -38,7 +41,7 @@ multipart mp first "" >/dev/null
 complete_status=$(multipart mp second 'If-None-Match: *')
 complete_now=$(s3 "$base/mp")
 
-echo "store: $AWS_ENDPOINT_URL ($(s3 -o /dev/null -D - "$AWS_ENDPOINT_URL/" | tr -d '\r' | sed -n 's/^[Ss]erver: *//p' | head -1))"
+echo "store: $AWS_ENDPOINT_URL $(garage --version 2>/dev/null || "$HOME/.cargo/bin/garage" --version 2>/dev/null || true)"
 echo "| request with If-None-Match: * over an existing key | answer | object afterwards | honoured |"
 echo "| --- | --- | --- | --- |"
 verdict() { [ "$1" = first ] && echo yes || echo "no: replaced"; }

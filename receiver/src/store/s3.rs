@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use logferry_common::rel_path::CHECKSUM_SUFFIX;
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
-use logferry_common::{DeviceId, RelPath};
+use logferry_common::{DeviceId, RelPath, Sha256Digest};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
@@ -52,6 +52,9 @@ const MAX_PARTS: u64 = 10_000;
 const PARTS_IN_FLIGHT: usize = 2;
 /// User metadata naming the verified SHA-256 of an object's bytes.
 const SHA256_METADATA: &str = "logferry-sha256";
+/// Folder (beside the device folders) of the claims on names; see
+/// [`S3Store::claim`].
+const CLAIMS: &str = ".claims";
 
 /// Where and how to reach the bucket; built from flags and `AWS_*` variables.
 #[derive(Clone)]
@@ -116,7 +119,8 @@ struct Inner {
     /// only to complete multipart uploads (object_store has no per-call
     /// option for it there).
     create_only: AmazonS3,
-    prefix: String,
+    /// The prefix, `None` for the whole bucket.
+    root: Option<Path>,
 }
 
 impl S3Store {
@@ -143,7 +147,10 @@ impl S3Store {
             inner: Arc::new(Inner {
                 objects: builder(ClientOptions::new())?,
                 create_only: builder(ClientOptions::new().with_default_headers(create_only))?,
-                prefix: settings.prefix.clone(),
+                root: match settings.prefix.as_str() {
+                    "" => None,
+                    prefix => Some(Path::parse(prefix).map_err(|e| io::Error::other(format!("invalid prefix: {e}")))?),
+                },
             }),
         })
     }
@@ -160,20 +167,22 @@ impl S3Store {
     }
 
     fn root(&self) -> Option<Path> {
-        (!self.inner.prefix.is_empty()).then(|| Path::from(self.inner.prefix.as_str()))
+        self.inner.root.clone()
     }
 
     fn device_folder(&self, device: &DeviceId) -> String {
-        match self.inner.prefix.as_str() {
-            "" => device.reveal().to_owned(),
-            prefix => format!("{prefix}/{}", device.reveal()),
+        match &self.inner.root {
+            None => device.reveal().to_owned(),
+            Some(root) => format!("{root}/{}", device.reveal()),
         }
     }
 
-    fn key(&self, device: &DeviceId, name: &RelPath) -> Path {
-        // Every RelPath is a valid object path: no empty, '.', '..' or
-        // control-character parts.
-        Path::from_iter(self.device_folder(device).split('/').chain(name.components()))
+    // `parse` keeps the name as it is (building a path from parts would
+    // percent-encode non-ASCII names); every RelPath passes it: no empty,
+    // '.', '..' or control-character parts.
+    fn key(&self, device: &DeviceId, name: &RelPath) -> Result<Path, StoreError> {
+        Path::parse(format!("{}/{name}", self.device_folder(device)))
+            .map_err(|_| StoreError::Conflict(format!("{name} cannot be an object name")))
     }
 
     /// What `key` holds, judged against the claimed content.
@@ -196,14 +205,17 @@ impl S3Store {
     async fn choose(&self, device: &DeviceId, claim: &UploadClaim, mask: &Mask<'_>) -> Result<Choice, StoreError> {
         let conflict = claim.path.conflict_path(&claim.sha256);
         for candidate in [&claim.path, &conflict] {
-            match self.occupant(&self.key(device, candidate), claim, mask).await? {
+            match self.occupant(&self.key(device, candidate)?, claim, mask).await? {
                 Occupant::SameContent => return Ok(Choice::AlreadyThere(candidate.clone())),
                 Occupant::Other => continue,
                 Occupant::Free => {}
             }
-            let sidecar = self.key(device, &candidate.checksum_path());
+            let sidecar = self.key(device, &candidate.checksum_path())?;
             if self.exists(&sidecar, mask).await? {
                 // A file of the device's own occupies the checksum name.
+                continue;
+            }
+            if self.claimed_by_others(device, candidate, &claim.sha256, mask).await? {
                 continue;
             }
             return Ok(Choice::Upload(candidate.clone()));
@@ -212,6 +224,51 @@ impl S3Store {
             "both {} and {} are taken by other content on the receiver",
             claim.path, conflict
         )))
+    }
+
+    /// Where the claims on `name` are kept: outside every device folder, so
+    /// they never show in the layout or the inventory.
+    fn claims(&self, device: &DeviceId, name: &RelPath) -> Result<Path, StoreError> {
+        let root = self.root().map(|root| format!("{root}/")).unwrap_or_default();
+        Path::parse(format!("{root}{CLAIMS}/{}/{name}", device.reveal()))
+            .map_err(|_| StoreError::Conflict(format!("{name} cannot be an object name")))
+    }
+
+    async fn claimed_by_others(
+        &self,
+        device: &DeviceId,
+        name: &RelPath,
+        content: &Sha256Digest,
+        mask: &Mask<'_>,
+    ) -> Result<bool, StoreError> {
+        let folder = self.claims(device, name)?;
+        // Not recursive: the claims of `name/inner` are not claims of `name`.
+        let listed = self
+            .inner
+            .objects
+            .list_with_delimiter(Some(&folder))
+            .await
+            .map_err(|e| mask.failed("cannot list claims", e))?;
+        let own = content.to_hex();
+        Ok(listed.objects.iter().any(|claim| claim.location.filename() != Some(own.as_str())))
+    }
+
+    /// Claims `name` for bytes with SHA-256 `content`; true when no other
+    /// content has claimed it. Of two uploads of different bytes, at most one
+    /// wins, even on a store without conditional writes: each writes its
+    /// claim before listing, so the later lister always sees the earlier
+    /// claim (both may lose, and then both take their conflict names).
+    /// Claims are never removed: removing one would reopen the race.
+    async fn claim(
+        &self,
+        device: &DeviceId,
+        name: &RelPath,
+        content: &Sha256Digest,
+        mask: &Mask<'_>,
+    ) -> Result<bool, StoreError> {
+        let own = self.claims(device, name)?.join(content.to_hex());
+        self.inner.objects.put(&own, PutPayload::new()).await.map_err(|e| mask.failed("cannot write a claim", e))?;
+        Ok(!self.claimed_by_others(device, name, content, mask).await?)
     }
 
     async fn exists(&self, key: &Path, mask: &Mask<'_>) -> Result<bool, StoreError> {
@@ -227,11 +284,19 @@ impl S3Store {
     /// upload, or a device file of that name.
     async fn write_checksum_object(&self, staged: &S3Staged) -> Result<(), StoreError> {
         let mask = Mask(&staged.device);
-        let sidecar = self.key(&staged.device, &staged.name.checksum_path());
+        let sidecar = self.key(&staged.device, &staged.name.checksum_path())?;
         if self.exists(&sidecar, &mask).await? {
             return Ok(());
         }
         let line = staged.name.checksum_line(&staged.claim.sha256);
+        let line_digest = Sha256Digest::of_reader(line.as_bytes())?.0;
+        if !self.claim(&staged.device, &staged.name.checksum_path(), &line_digest, &mask).await? {
+            tracing::warn!(
+                device = %staged.device.masked(), file = %staged.name,
+                "checksum object name claimed by other content (a device file of that name); left to it"
+            );
+            return Ok(());
+        }
         let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
         match self.inner.objects.put_opts(&sidecar, PutPayload::from(line), options).await {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
@@ -243,12 +308,11 @@ impl S3Store {
         Ok(matches!(self.occupant(key, &staged.claim, mask).await?, Occupant::Free))
     }
 
-    /// Judges what `key` holds after this upload wrote it, or found it taken:
-    /// `outcome` when it is these bytes, otherwise another upload won the
-    /// race, and the sender retries and is then given the conflict name.
-    async fn settle(&self, key: &Path, staged: &S3Staged, outcome: UploadOutcome) -> Result<UploadOutcome, StoreError> {
+    /// After another upload took `key` first: fine when it holds the same
+    /// bytes, otherwise the sender retries and is then given the conflict name.
+    async fn settle(&self, key: &Path, staged: &S3Staged) -> Result<UploadOutcome, StoreError> {
         match self.occupant(key, &staged.claim, &Mask(&staged.device)).await? {
-            Occupant::SameContent => Ok(outcome),
+            Occupant::SameContent => Ok(UploadOutcome::AlreadyStored),
             Occupant::Other | Occupant::Free => Err(StoreError::Raced("another upload of this path finished first")),
         }
     }
@@ -261,7 +325,7 @@ impl S3Store {
 
     /// Places the verified bytes at the chosen key, never over other content.
     async fn place(&self, staged: &mut S3Staged) -> Result<UploadOutcome, StoreError> {
-        let key = self.key(&staged.device, &staged.name);
+        let key = self.key(&staged.device, &staged.name)?;
         let mask = Mask(&staged.device);
         // Each name is checked again right before it is created: a racing
         // upload may have finished since `stage`.
@@ -269,7 +333,13 @@ impl S3Store {
             Body::AlreadyThere => return Ok(UploadOutcome::AlreadyStored),
             Body::Small(_) | Body::Parts(_) if !self.still_free(&key, staged, &mask).await? => {
                 // Dropping the parts aborts them.
-                return self.settle(&key, staged, UploadOutcome::AlreadyStored).await;
+                return self.settle(&key, staged).await;
+            }
+            Body::Small(_) | Body::Parts(_)
+                if !self.claim(&staged.device, &staged.name, &staged.claim.sha256, &mask).await? =>
+            {
+                // A retry finds the claim in `stage` and takes the conflict name.
+                return Err(StoreError::Raced("another upload of other bytes claimed this path first"));
             }
             Body::Small(buffer) => {
                 let options = PutOptions {
@@ -282,13 +352,9 @@ impl S3Store {
             Body::Parts(parts) => parts.complete(&self.inner).await,
         };
         match created {
-            // Read back: on a store that ignores `If-None-Match`, a racing
-            // upload of other bytes may have completed just after this one.
-            // Answering 2xx only when these bytes are there means the loser
-            // of such a race is retried, never acknowledged and lost.
-            Ok(()) => self.settle(&key, staged, UploadOutcome::Stored).await,
+            Ok(()) => Ok(UploadOutcome::Stored),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                self.settle(&key, staged, UploadOutcome::AlreadyStored).await
+                self.settle(&key, staged).await
             }
             Err(e) => Err(mask.failed("cannot store the object", e)),
         }
@@ -470,7 +536,7 @@ impl Store for S3Store {
             Choice::AlreadyThere(name) => (name, Body::AlreadyThere),
             Choice::Upload(name) if claim.size <= MIN_PART_SIZE => (name, Body::Small(PutPayloadMut::new())),
             Choice::Upload(name) => {
-                let key = self.key(device, &name);
+                let key = self.key(device, &name)?;
                 let options = PutMultipartOptions { attributes: Self::metadata(claim), ..Default::default() };
                 let id = self
                     .inner

@@ -71,22 +71,30 @@ impl Backend {
             return None;
         };
         let (bucket, prefix) = parse_store_url(&url).expect("an s3:// URL").expect("a valid s3:// URL");
-        let mut nonce = [0u8; 8];
-        rand::TryRng::try_fill_bytes(&mut rand::rngs::SysRng, &mut nonce).expect("random");
         Some(Self::S3(S3Settings {
             bucket,
-            prefix: [prefix.as_str(), &hex::encode(nonce)]
-                .iter()
-                .filter(|p| !p.is_empty())
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("/"),
+            prefix,
             endpoint: var("AWS_ENDPOINT_URL"),
             region: var("AWS_REGION").unwrap_or_else(|| "garage".to_owned()),
             access_key_id: var("AWS_ACCESS_KEY_ID").expect("AWS_ACCESS_KEY_ID"),
             secret_access_key: var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY"),
             session_token: None,
         }))
+    }
+
+    /// The same backend in a prefix of its own, so tests never see each
+    /// other's objects.
+    fn fresh(self) -> Self {
+        match self {
+            Self::Disk => Self::Disk,
+            Self::S3(settings) => {
+                let mut nonce = [0u8; 8];
+                rand::TryRng::try_fill_bytes(&mut rand::rngs::SysRng, &mut nonce).expect("random");
+                let parts = [settings.prefix.as_str(), &hex::encode(nonce)];
+                let prefix = parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("/");
+                Self::S3(S3Settings { prefix, ..settings })
+            }
+        }
     }
 }
 
@@ -121,6 +129,7 @@ impl Harness {
     fn start_with_backend(dir: TempDir, limits: Limits, backend: Backend) -> Self {
         std::fs::write(dir.path().join("ids.txt"), format!("# test fleet\n{}  bench-pi\n", DEVICE.to_lowercase()))
             .expect("ids");
+        let backend = backend.fresh();
         let mut harness = Self { dir, receiver: None, limits, backend, http: reqwest::Client::new() };
         harness.restart();
         harness
@@ -230,8 +239,12 @@ impl Harness {
             Backend::S3(settings) => {
                 let root = Key::from(settings.prefix.as_str());
                 let listed: Vec<_> = bucket(settings).list(Some(&root)).try_collect().await.expect("list");
-                let mut keys: Vec<String> =
-                    listed.iter().map(|o| o.location.as_ref()[settings.prefix.len() + 1..].to_owned()).collect();
+                // The claims on names are the backend's bookkeeping, not layout.
+                let mut keys: Vec<String> = listed
+                    .iter()
+                    .map(|o| o.location.as_ref()[settings.prefix.len() + 1..].to_owned())
+                    .filter(|key| !key.starts_with(".claims/"))
+                    .collect();
                 keys.sort();
                 keys
             }
