@@ -6,16 +6,19 @@
 //! Nothing the receiver keeps in memory is needed for correctness: every
 //! decision is made from what the bucket holds at that moment.
 //!
-//! - The final name is chosen before the body arrives (the claim names the
-//!   path and checksum), so the bytes stream straight to it: one conditional
-//!   PUT for a small file, a multipart upload for a large one, with at most
-//!   [`PARTS_IN_FLIGHT`] parts in memory. Nothing is visible until the PUT or
+//! - The final name is chosen before the body arrives (the upload's fields
+//!   declare path and checksum first), so the bytes stream straight to it:
+//!   one PUT for a small file, a multipart upload for a large one, with one
+//!   part being filled and at most [`PARTS_IN_FLIGHT`] being sent. Nothing is visible until the PUT or
 //!   the completion succeeds, which happens only after the handler verified
 //!   size and SHA-256; dropping the staged upload aborts it.
-//! - Never overwrite: the name is checked again right before completion, and
-//!   the PUT and the completion carry `If-None-Match: *`, which a store that
-//!   honours it turns into an atomic create. See ARCHITECTURE.md for what
-//!   remains on a store that ignores it.
+//! - Never overwrite: before a name is written, it is claimed for the
+//!   content's SHA-256 (see [`S3Store::claim`]), so of several uploads of
+//!   different bytes at most one ever writes a given name, even on a store
+//!   that ignores `If-None-Match` (Garage 2.5 does). The PUT and the
+//!   completion also carry `If-None-Match: *`, which a store that honours it
+//!   turns into an atomic create. ARCHITECTURE.md ("Conditional create")
+//!   has the whole argument.
 //! - Same content: each object carries its SHA-256 as user metadata, set by
 //!   the receiver that verified it, so a HEAD tells whether a re-sent file is
 //!   already stored, even when its checksum object was never written.

@@ -118,7 +118,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "racing uploads of one path never clobber each other",
-            steps: vec![Step::Race(vec![("r.log", b"first version".to_vec()), ("r.log", b"second version".to_vec())])],
+            steps: vec![Step::Race((1..=4).map(|v| ("r.log", format!("version {v}").into_bytes())).collect())],
             afterwards: Vec::new(),
         },
         Case {

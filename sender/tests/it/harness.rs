@@ -39,7 +39,7 @@ impl Harness {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             ids_file: dir.path().join("ids.txt"),
-            store_dir: dir.path().join("store"),
+            store: logferry_receiver::StoreLocation::Disk(dir.path().join("store")),
             limits: Limits::default(),
             tls: None,
         };
