@@ -24,7 +24,8 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-eval "$("$root/scripts/garage.sh" start)"
+garage_env=$("$root/scripts/garage.sh" start)
+eval "$garage_env"
 cd "$work"
 install -m 600 /dev/null ids.txt
 "$bin/receiver" --ids ids.txt add-device --label bench >device-id 2>/dev/null

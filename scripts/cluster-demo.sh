@@ -38,7 +38,8 @@ trap cleanup EXIT
 cd "$work"
 
 echo "==> starting Garage"
-eval "$("$root/scripts/garage.sh" start)"
+garage_env=$("$root/scripts/garage.sh" start)
+eval "$garage_env"
 store=s3://logferry/cluster-demo
 
 echo "==> $devices devices"
@@ -71,7 +72,7 @@ a=$(start_receiver a)
 b=$(start_receiver b)
 echo "    receiver a on $a, receiver b on $b"
 
-port=$(for p in $(seq 38080 38280); do (: </dev/tcp/127.0.0.1/"$p") 2>/dev/null || { echo "$p"; break; }; done)
+port=$(for p in $(seq 18080 18280); do (: </dev/tcp/127.0.0.1/"$p") 2>/dev/null || { echo "$p"; break; }; done)
 mkdir -p nginx
 cat >nginx/nginx.conf <<EOF
 worker_processes 1;

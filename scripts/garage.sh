@@ -36,6 +36,8 @@ garage_bin() {
 }
 
 # A port nobody listens on yet (bash's /dev/tcp connect fails on a free one).
+# Searched below Linux's ephemeral range (32768 and up), where an outgoing
+# connection could hold the port without listening on it.
 free_port() {
     local port
     for port in $(seq "$1" $(($1 + 200))); do
@@ -63,7 +65,7 @@ start() {
     rm -rf "$dir"
     mkdir -p "$dir/meta" "$dir/data"
     chmod 700 "$dir"
-    s3_port=$(free_port 39000)
+    s3_port=$(free_port 13900)
     rpc_port=$(free_port $((s3_port + 1)))
     admin_port=$(free_port $((rpc_port + 1)))
     cat >"$dir/garage.toml" <<EOF

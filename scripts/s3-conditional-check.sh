@@ -10,7 +10,8 @@ command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq cur
 if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
     export GARAGE_DIR=${TMPDIR:-/tmp}/logferry-conditional-garage-$$
     trap 'scripts/garage.sh stop' EXIT
-    eval "$(scripts/garage.sh start)"
+    garage_env=$(scripts/garage.sh start)
+    eval "$garage_env"
 fi
 bucket=${BUCKET:-logferry}
 base="$AWS_ENDPOINT_URL/$bucket/conditional-check-$$"

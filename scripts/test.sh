@@ -18,6 +18,7 @@ fi
 cargo build --workspace --bins
 export GARAGE_DIR=${TMPDIR:-/tmp}/logferry-test-garage-$$
 trap 'scripts/garage.sh stop' EXIT
-eval "$(scripts/garage.sh start)"
+garage_env=$(scripts/garage.sh start)
+eval "$garage_env"
 export LOGFERRY_TEST_S3=s3://logferry/test LOGFERRY_REQUIRE_S3=1
 cargo test --workspace --all-targets "$@"
