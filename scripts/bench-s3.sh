@@ -38,7 +38,7 @@ start_receiver() {
     receiver_pid=$!
     address=""
     for _ in $(seq 100); do
-        address=$(sed -n 's/.*listening address=\([0-9.:]*\).*/\1/p' "receiver-$1.log" | head -n 1)
+        address=$(sed -n 's/.*listening.* address=\([0-9.:]*\).*/\1/p' "receiver-$1.log" | head -n 1)
         [ -n "$address" ] && return
         kill -0 "$receiver_pid" 2>/dev/null || { cat "receiver-$1.log" >&2; exit 1; }
         sleep 0.1
@@ -67,23 +67,11 @@ send() {
     echo "$ended - $started" | bc -l
 }
 
-# Counts the data objects (not checksum objects) the bucket holds for a case.
-stored_objects() {
-    curl -sS --aws-sigv4 "aws:amz:$AWS_REGION:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
-        "$AWS_ENDPOINT_URL/logferry?list-type=2&prefix=bench-$1/&max-keys=1000&continuation-token=$2"
-}
+# Counts the data objects (not checksum objects or claims) of a case.
 count_stored() {
-    local token="" total=0 page
-    while :; do
-        page=$(stored_objects "$1" "$token")
-        total=$((total + $(grep -o '<Key>[^<]*</Key>' <<<"$page" | grep -vc '\.sha256</Key>' || true)))
-        token=$(sed -n 's:.*<NextContinuationToken>\(.*\)</NextContinuationToken>.*:\1:p' <<<"$page" | jq -Rr @uri 2>/dev/null || true)
-        [ -n "$token" ] || break
-    done
-    echo "$total"
+    "$root/scripts/garage.sh" ls "bench-$1/" | grep -v '\.sha256$' | grep -vc "^bench-$1/\.claims/" || true
 }
-command -v bc >/dev/null && command -v curl >/dev/null && command -v jq >/dev/null ||
-    { apt-get update -qq && apt-get install -y -qq bc curl jq; }
+command -v bc >/dev/null && command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq bc curl; }
 
 echo "small files: $small_files x 4 KiB" >&2
 mkdir -p logs

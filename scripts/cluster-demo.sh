@@ -20,7 +20,6 @@ if ! command -v nginx >/dev/null; then
     apt-get update -qq && apt-get install -y -qq nginx >/dev/null
     [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
-command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 
 echo "==> building (cargo build --bins)"
 cargo build --quiet --bins --manifest-path "$root/Cargo.toml"
@@ -55,25 +54,31 @@ for d in $(seq "$devices"); do
 done
 expected=$((devices * (files_per_device + 1)))
 
+# Starts receiver $1 and sets $address (not through $(...): the receiver
+# would hold the substitution's pipe open and it would never end).
 start_receiver() {
-    "$bin/receiver" --bind 127.0.0.1 --port 0 --ids ids.txt --store "$store" 2>"receiver-$1.log" &
+    "$bin/receiver" --bind 127.0.0.1 --port 0 --ids ids.txt --store "$store" >/dev/null 2>"receiver-$1.log" &
     pids+=($!)
-    local address=""
+    address=""
     for _ in $(seq 100); do
-        address=$(sed -n 's/.*listening address=\([0-9.:]*\).*/\1/p' "receiver-$1.log" | head -n 1)
-        [ -n "$address" ] && { echo "$address"; return; }
+        address=$(sed -n 's/.*listening.* address=\([0-9.:]*\).*/\1/p' "receiver-$1.log" | head -n 1)
+        [ -n "$address" ] && return
         sleep 0.1
     done
     cat "receiver-$1.log" >&2
     exit 1
 }
 echo "==> two receivers, both with --store $store"
-a=$(start_receiver a)
-b=$(start_receiver b)
+start_receiver a
+a=$address
+start_receiver b
+b=$address
 echo "    receiver a on $a, receiver b on $b"
 
 port=$(for p in $(seq 18080 18280); do (: </dev/tcp/127.0.0.1/"$p") 2>/dev/null || { echo "$p"; break; }; done)
 mkdir -p nginx
+# nginx workers run as an unprivileged user: let them reach their folders.
+chmod 711 "$work"
 cat >nginx/nginx.conf <<EOF
 worker_processes 1;
 pid $work/nginx/nginx.pid;
@@ -126,16 +131,14 @@ for r in a b; do
 done
 
 echo "==> verifying the bucket"
-s3() { curl -sS --aws-sigv4 "aws:amz:$AWS_REGION:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" "$@"; }
-keys=$(s3 "$AWS_ENDPOINT_URL/logferry?list-type=2&prefix=cluster-demo/&max-keys=1000" |
-    grep -o '<Key>[^<]*</Key>' | sed 's:</\?Key>::g')
-data=$(grep -v '\.sha256$' <<<"$keys" || true)
+garage="$root/scripts/garage.sh"
+data=$("$garage" ls cluster-demo/ | grep -v '\.sha256$' | grep -v '^cluster-demo/\.claims/' || true)
 stored=$(grep -c . <<<"$data" || true)
 bad=0
 while read -r key; do
     [ -n "$key" ] || continue
-    want=$(s3 "$AWS_ENDPOINT_URL/logferry/$key.sha256" | cut -d' ' -f1)
-    got=$(s3 "$AWS_ENDPOINT_URL/logferry/$key" | sha256sum | cut -d' ' -f1)
+    want=$("$garage" get "$key.sha256" | cut -d' ' -f1)
+    got=$("$garage" get "$key" | sha256sum | cut -d' ' -f1)
     [ "$want" = "$got" ] || { echo "    MISMATCH: ${key##*/}"; bad=$((bad + 1)); }
 done <<<"$data"
 conflicts=$(grep -c 'conflict-' <<<"$data" || true)

@@ -8,6 +8,8 @@
 #                             prints the variables to use (as `env` does)
 #   scripts/garage.sh env     prints `export AWS_...` lines and the --store value
 #   scripts/garage.sh stop    stops it and removes its data
+#   scripts/garage.sh ls PREFIX   lists the keys under PREFIX in the bucket
+#   scripts/garage.sh get KEY     prints an object
 #
 # Use as:  eval "$(scripts/garage.sh start)"
 # Everything (RPC, S3 API, admin) listens on 127.0.0.1 only, on free ports.
@@ -119,6 +121,41 @@ EOF
     print_env
 }
 
+# One signed request to the bucket (curl's SigV4; Garage wants the payload
+# hash header, and curl 7.88 signs the query as written, so callers give it
+# sorted and encoded).
+request() {
+    command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; } >&2
+    # shellcheck disable=SC1091
+    source "$dir/env"
+    curl -sS --fail --aws-sigv4 "aws:amz:$AWS_REGION:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+        -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$AWS_ENDPOINT_URL/$bucket$1"
+}
+
+uri_encode() {
+    local LC_ALL=C text=$1 out="" c i
+    for ((i = 0; i < ${#text}; i++)); do
+        c=${text:i:1}
+        case $c in
+        [a-zA-Z0-9.~_-]) out+=$c ;;
+        *) out+=$(printf '%%%02X' "'$c") ;;
+        esac
+    done
+    echo "$out"
+}
+
+list() {
+    local token="" page query
+    while :; do
+        query="list-type=2&max-keys=1000&prefix=$(uri_encode "$1")"
+        [ -z "$token" ] || query="continuation-token=$(uri_encode "$token")&$query"
+        page=$(request "?$query")
+        grep -o '<Key>[^<]*</Key>' <<<"$page" | sed 's:</\?Key>::g' || true
+        token=$(sed -n 's:.*<NextContinuationToken>\(.*\)</NextContinuationToken>.*:\1:p' <<<"$page")
+        [ -n "$token" ] || break
+    done
+}
+
 stop() {
     if [ -f "$dir/pid" ]; then
         local pid
@@ -134,8 +171,10 @@ case "${1:-}" in
 start) start ;;
 stop) stop ;;
 env) print_env ;;
+ls) list "${2:-}" ;;
+get) request "/$2" ;;
 *)
-    echo "usage: $0 start|stop|env" >&2
+    echo "usage: $0 start|stop|env|ls PREFIX|get KEY" >&2
     exit 2
     ;;
 esac
