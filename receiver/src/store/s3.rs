@@ -578,3 +578,33 @@ impl Store for S3Store {
             .map_err(|e| StoreError::Io(io::Error::other(format!("cannot list the bucket: {e}"))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: Option<Result<(&str, &str), ()>>) {
+        let got = parse_store_url(input);
+        let got = got.as_ref().map(|r| r.as_ref().map(|(b, p)| (b.as_str(), p.as_str())).map_err(drop));
+        assert_eq!(got, expected, "{input:?}");
+    }
+
+    #[test]
+    fn store_urls() {
+        let cases: &[(&str, Option<Result<(&str, &str), ()>>)] = &[
+            ("received_files", None),
+            ("/srv/logs", None),
+            ("s3://logs", Some(Ok(("logs", "")))),
+            ("s3://logs/", Some(Ok(("logs", "")))),
+            ("s3://logs/lab/a", Some(Ok(("logs", "lab/a")))),
+            ("s3://logs/lab/", Some(Ok(("logs", "lab")))),
+            ("s3://", Some(Err(()))),
+            ("s3:///prefix", Some(Err(()))),
+            ("s3://logs/a//b", Some(Err(()))),
+            ("s3://logs/a/../b", Some(Err(()))),
+        ];
+        for (input, expected) in cases {
+            check(input, *expected);
+        }
+    }
+}

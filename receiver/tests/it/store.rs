@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use logferry_common::{DeviceId, RelPath};
+use logferry_receiver::store::s3::S3Settings;
 use logferry_receiver::store::{Store, StoredFile};
 use rand::RngExt;
 
@@ -283,4 +284,22 @@ async fn receivers_sharing_a_folder_store_every_file_once() {
 async fn receivers_sharing_a_bucket_store_every_file_once() {
     let Some(backend) = Backend::s3() else { return };
     check_shared_store(backend).await;
+}
+
+#[tokio::test]
+async fn a_bucket_that_refuses_the_key_stops_start_up() {
+    let Some(Backend::S3(settings)) = Backend::s3() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = logferry_receiver::Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ids_file: dir.path().join("ids.txt"),
+        store: logferry_receiver::StoreLocation::S3(S3Settings { secret_access_key: "wrong".to_owned(), ..settings }),
+        limits: Default::default(),
+        tls: None,
+    };
+    std::fs::write(&config.ids_file, format!("{DEVICE}\n")).expect("ids");
+    let err = logferry_receiver::open(&config).expect_err("a wrong secret is refused at start");
+    let text = err.to_string();
+    assert!(text.starts_with("cannot use the object store s3://"), "{text}");
+    assert!(!text.contains("wrong"), "the secret is never shown: {text}");
 }
