@@ -583,7 +583,10 @@ impl Store for S3Store {
 mod tests {
     use super::*;
 
-    fn check(input: &str, expected: Option<Result<(&str, &str), ()>>) {
+    /// `None`: not an S3 URL; `Err`: refused; `Ok`: bucket and prefix.
+    type Parsed = Option<Result<(&'static str, &'static str), ()>>;
+
+    fn check(input: &str, expected: Parsed) {
         let got = parse_store_url(input);
         let got = got.as_ref().map(|r| r.as_ref().map(|(b, p)| (b.as_str(), p.as_str())).map_err(drop));
         assert_eq!(got, expected, "{input:?}");
@@ -591,7 +594,7 @@ mod tests {
 
     #[test]
     fn store_urls() {
-        let cases: &[(&str, Option<Result<(&str, &str), ()>>)] = &[
+        let cases: &[(&str, Parsed)] = &[
             ("received_files", None),
             ("/srv/logs", None),
             ("s3://logs", Some(Ok(("logs", "")))),
