@@ -218,7 +218,7 @@ impl S3Store {
                 // A file of the device's own occupies the checksum name.
                 continue;
             }
-            if self.claimed_by_others(device, candidate, &claim.sha256, mask).await? {
+            if self.claimed_by_others(&Wanted { device, name: candidate, content: &claim.sha256 }, mask).await? {
                 continue;
             }
             return Ok(Choice::Upload(candidate.clone()));
@@ -237,14 +237,8 @@ impl S3Store {
             .map_err(|_| StoreError::Conflict(format!("{name} cannot be an object name")))
     }
 
-    async fn claimed_by_others(
-        &self,
-        device: &DeviceId,
-        name: &RelPath,
-        content: &Sha256Digest,
-        mask: &Mask<'_>,
-    ) -> Result<bool, StoreError> {
-        let folder = self.claims(device, name)?;
+    async fn claimed_by_others(&self, wanted: &Wanted<'_>, mask: &Mask<'_>) -> Result<bool, StoreError> {
+        let folder = self.claims(wanted.device, wanted.name)?;
         // Not recursive: the claims of `name/inner` are not claims of `name`.
         let listed = self
             .inner
@@ -252,7 +246,7 @@ impl S3Store {
             .list_with_delimiter(Some(&folder))
             .await
             .map_err(|e| mask.failed("cannot list claims", e))?;
-        let own = content.to_hex();
+        let own = wanted.content.to_hex();
         Ok(listed.objects.iter().any(|claim| claim.location.filename() != Some(own.as_str())))
     }
 
@@ -262,16 +256,10 @@ impl S3Store {
     /// claim before listing, so the later lister always sees the earlier
     /// claim (both may lose, and then both take their conflict names).
     /// Claims are never removed: removing one would reopen the race.
-    async fn claim(
-        &self,
-        device: &DeviceId,
-        name: &RelPath,
-        content: &Sha256Digest,
-        mask: &Mask<'_>,
-    ) -> Result<bool, StoreError> {
-        let own = self.claims(device, name)?.join(content.to_hex());
+    async fn claim(&self, wanted: &Wanted<'_>, mask: &Mask<'_>) -> Result<bool, StoreError> {
+        let own = self.claims(wanted.device, wanted.name)?.join(wanted.content.to_hex());
         self.inner.objects.put(&own, PutPayload::new()).await.map_err(|e| mask.failed("cannot write a claim", e))?;
-        Ok(!self.claimed_by_others(device, name, content, mask).await?)
+        Ok(!self.claimed_by_others(wanted, mask).await?)
     }
 
     async fn exists(&self, key: &Path, mask: &Mask<'_>) -> Result<bool, StoreError> {
@@ -293,7 +281,8 @@ impl S3Store {
         }
         let line = staged.name.checksum_line(&staged.claim.sha256);
         let line_digest = Sha256Digest::of_reader(line.as_bytes())?.0;
-        if !self.claim(&staged.device, &staged.name.checksum_path(), &line_digest, &mask).await? {
+        let sidecar_name = staged.name.checksum_path();
+        if !self.claim(&Wanted { device: &staged.device, name: &sidecar_name, content: &line_digest }, &mask).await? {
             tracing::warn!(
                 device = %staged.device.masked(), file = %staged.name,
                 "checksum object name claimed by other content (a device file of that name); left to it"
@@ -338,9 +327,7 @@ impl S3Store {
                 // Dropping the parts aborts them.
                 return self.settle(&key, staged).await;
             }
-            Body::Small(_) | Body::Parts(_)
-                if !self.claim(&staged.device, &staged.name, &staged.claim.sha256, &mask).await? =>
-            {
+            Body::Small(_) | Body::Parts(_) if !self.claim(&staged.wanted(), &mask).await? => {
                 // A retry finds the claim in `stage` and takes the conflict name.
                 return Err(StoreError::Raced("another upload of other bytes claimed this path first"));
             }
@@ -384,6 +371,13 @@ impl S3Store {
         }
         Ok(files)
     }
+}
+
+/// A name in a device's folder, wanted for the bytes with this SHA-256.
+struct Wanted<'a> {
+    device: &'a DeviceId,
+    name: &'a RelPath,
+    content: &'a Sha256Digest,
 }
 
 #[derive(Debug)]
@@ -512,6 +506,12 @@ impl Drop for Parts {
                 }
             });
         }
+    }
+}
+
+impl S3Staged {
+    fn wanted(&self) -> Wanted<'_> {
+        Wanted { device: &self.device, name: &self.name, content: &self.claim.sha256 }
     }
 }
 
