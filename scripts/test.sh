@@ -5,6 +5,8 @@
 # Debian's chromium (the status page is checked in a real browser),
 # prometheus and promtool (a real Prometheus scrapes /metrics) and
 # systemd-analyze (the installed unit is verified).
+# The storage rules also run against a real S3 store: a Garage started here
+# by scripts/garage.sh (which installs Garage the first time, ~11 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -20,4 +22,9 @@ fi
 # The fault tests run the receiver binary beside the sender's: build all
 # binaries first, so a partial earlier build cannot leave it missing or stale.
 cargo build --workspace --bins
+export GARAGE_DIR=${TMPDIR:-/tmp}/logferry-test-garage-$$
+trap 'scripts/garage.sh stop' EXIT
+garage_env=$(scripts/garage.sh start)
+eval "$garage_env"
+export LOGFERRY_TEST_S3=s3://logferry/test LOGFERRY_REQUIRE_S3=1
 cargo test --workspace --all-targets "$@"

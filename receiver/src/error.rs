@@ -13,7 +13,7 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error("the request is not signed: it needs an Authorization header")]
     MissingAuth,
-    #[error("{0}")]
+    #[error(transparent)]
     MalformedAuth(#[from] AuthHeaderError),
     #[error(
         "no device with this key is listed in the receiver's ids file; add it there, or check the device's ID file"
@@ -84,6 +84,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::Conflict(message) => Self::PathConflict(message),
             StoreError::Full(message) => Self::InsufficientStorage(message),
+            StoreError::Raced(what) => Self::Busy { what, retry_after: 1 },
             StoreError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
                 Self::InsufficientStorage("its disk is full".to_owned())
             }

@@ -133,7 +133,7 @@ async fn receive<S: Store>(
 
     let pace = Pace { limits, deadline: Some(limits.body_deadline(Instant::now(), size)) };
     let mut file = next_field(&mut form, field::FILE, pace).await?;
-    let mut staged = state.store.stage(size).await?;
+    let mut staged = state.store.stage(&verified.device.id, &claim).await?;
     let mut hasher = Sha256Hasher::default();
     while let Some(chunk) = pace.next(&mut file).await? {
         let chunk = chunk.map_err(malformed)?;
@@ -162,7 +162,7 @@ async fn receive<S: Store>(
     if received != claim.sha256 {
         return Err(ApiError::ChecksumMismatch { declared: claim.sha256, received });
     }
-    let committed = state.store.commit(staged, &verified.device.id, &claim).await?;
+    let committed = state.store.commit(staged).await?;
     let receipt = UploadReceipt {
         outcome: committed.outcome,
         stored_as: committed.stored_as.to_string(),

@@ -1,6 +1,7 @@
 //! The logferry receiver: accepts signed uploads from devices listed in the
 //! ids file, verifies each file's size and SHA-256 while streaming it to a
-//! staging file, and only then commits it durably under the device's folder.
+//! staging file (or into an object store), and only then commits it durably
+//! under the device's folder.
 //!
 //! `main.rs` turns the command line into a [`Config`]; everything here works
 //! from that and never sees the argument parser.
@@ -27,7 +28,8 @@ use ids::{IdsError, IdsFile};
 pub use limits::Limits;
 use limits::{AuthThrottle, UploadSlots};
 use store::disk::DiskStore;
-use store::{Store, StoreError};
+use store::s3::{S3Settings, S3Store};
+use store::{AnyStore, Store, StoreError, StoredFile};
 use tls::TlsError;
 pub use tls::TlsFiles;
 
@@ -36,7 +38,7 @@ pub use tls::TlsFiles;
 pub struct Config {
     pub listen: SocketAddr,
     pub ids_file: PathBuf,
-    pub store_dir: PathBuf,
+    pub store: StoreLocation,
     pub limits: Limits,
     /// Serve HTTPS with these instead of plain HTTP.
     pub tls: Option<TlsFiles>,
@@ -48,13 +50,33 @@ pub struct Config {
 /// uploaded for a day needs a look.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
+/// Where uploads are kept (`--store`).
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// A folder on local disk.
+    Disk(PathBuf),
+    /// A bucket (and prefix) of an S3-compatible object store.
+    S3(S3Settings),
+}
+
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Disk(path) => path.display().fmt(f),
+            Self::S3(settings) => settings.fmt(f),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("{0}")]
+    #[error(transparent)]
     Ids(#[from] IdsError),
     #[error("cannot use the store folder {}: {source}", path.display())]
     Store { path: PathBuf, source: std::io::Error },
-    #[error("{0}")]
+    #[error("cannot use the object store {location}: {source}")]
+    ObjectStore { location: String, source: StoreError },
+    #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot list what the store holds, for the fleet status: {0}")]
     Inventory(StoreError),
@@ -63,27 +85,38 @@ pub enum StartupError {
 /// Everything `run` needs: the request state and, for HTTPS, the TLS setup.
 #[derive(Debug)]
 pub struct Ready {
-    pub state: AppState<DiskStore>,
+    pub state: AppState<AnyStore>,
     pub tls: Option<rustls::ServerConfig>,
 }
 
 /// Loads the ids file (strictly: a malformed line stops start-up) and the
-/// TLS files, opens the store, clears staging files an earlier crash left
-/// behind, and rebuilds the fleet status from what the store holds.
-pub async fn open(config: &Config) -> Result<Ready, StartupError> {
+/// TLS files, opens the store (clearing staging files an earlier crash left
+/// behind, on disk; an object store's are its lifecycle rule's job), and
+/// rebuilds the fleet status from what the store holds.
+pub fn open(config: &Config) -> Result<Ready, StartupError> {
     let ids = IdsFile::load_strict(&config.ids_file)?;
     let tls = config.tls.as_ref().map(tls::load).transpose()?;
-    let (store, stale) = DiskStore::open(&config.store_dir, config.limits.min_free_space)
-        .map_err(|source| StartupError::Store { path: config.store_dir.clone(), source })?;
-    if stale > 0 {
-        tracing::warn!(removed = stale, "removed unfinished uploads left in staging by an earlier stop");
-    }
+    let (store, inventory) = match &config.store {
+        StoreLocation::Disk(dir) => {
+            let (store, stale) = DiskStore::open(dir, config.limits.min_free_space)
+                .map_err(|source| StartupError::Store { path: dir.clone(), source })?;
+            if stale > 0 {
+                tracing::warn!(removed = stale, "removed unfinished uploads left in staging by an earlier stop");
+            }
+            let inventory = on_own_runtime(|| store.inventory()).map_err(StartupError::Inventory)?;
+            (AnyStore::Disk(store), inventory)
+        }
+        StoreLocation::S3(settings) => {
+            let (store, inventory) = open_bucket(settings)
+                .map_err(|source| StartupError::ObjectStore { location: settings.to_string(), source })?;
+            (AnyStore::S3(store), inventory)
+        }
+    };
     let devices = ids.current().len();
     if devices == 0 {
         tracing::warn!(file = %config.ids_file.display(), "no devices are listed yet; add one with `receiver add-device`");
     }
-    tracing::info!(devices, ids = %config.ids_file.display(), store = %config.store_dir.display(), "receiver ready");
-    let inventory = store.inventory().await.map_err(StartupError::Inventory)?;
+    tracing::info!(devices, ids = %config.ids_file.display(), store = %config.store, "receiver ready");
     let fleet = FleetStatus::from_inventory(inventory, config.stale_after, SystemTime::now());
     let limits = config.limits.clone();
     let state = AppState {
@@ -98,19 +131,26 @@ pub async fn open(config: &Config) -> Result<Ready, StartupError> {
     Ok(Ready { state, tls })
 }
 
-/// [`open`] for callers outside an async runtime, or inside one they cannot
-/// block (tests): runs it on a thread of its own.
-pub fn open_blocking(config: &Config) -> Result<Ready, StartupError> {
+/// Runs one start-up step on a runtime and thread of its own, so that `open`
+/// works outside an async runtime and inside one it must not block (tests).
+fn on_own_runtime<T: Send, F: Future<Output = Result<T, StoreError>>>(
+    step: impl FnOnce() -> F + Send,
+) -> Result<T, StoreError> {
     std::thread::scope(|scope| {
         scope
-            .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|source| StartupError::Store { path: config.store_dir.clone(), source })?;
-                runtime.block_on(open(config))
-            })
+            .spawn(|| tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(step()))
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// Lists the bucket before serving, so that a wrong endpoint or key stops
+/// start-up instead of failing every upload, and the fleet status starts
+/// from what the bucket holds. The listing uses a client of its own:
+/// connections pooled on its short-lived runtime would not outlive it, so
+/// the serving client starts with none.
+fn open_bucket(settings: &S3Settings) -> Result<(S3Store, Vec<StoredFile>), StoreError> {
+    let probe = S3Store::new(settings)?;
+    let inventory = on_own_runtime(|| probe.inventory())?;
+    Ok((S3Store::new(settings)?, inventory))
 }

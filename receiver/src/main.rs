@@ -7,10 +7,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use logferry_common::wire::DEFAULT_PORT;
-use logferry_receiver::{Config, DEFAULT_STALE_AFTER, Limits, TlsFiles, ids, limits};
+use logferry_receiver::store::s3::{S3Settings, parse_store_url};
+use logferry_receiver::{Config, DEFAULT_STALE_AFTER, Limits, StoreLocation, TlsFiles, ids, limits};
 
 /// Receives log files from logferry senders and stores them, verified, under
-/// <store>/<DEVICE-ID>/ next to a sha256sum-compatible checksum file.
+/// <store>/<DEVICE-ID>/ next to a sha256sum-compatible checksum file; the
+/// store is a local folder or an S3-compatible bucket.
 #[derive(Debug, Parser)]
 #[command(name = "receiver", version, about)]
 struct Cli {
@@ -29,9 +31,31 @@ struct Cli {
     #[arg(long, env = "LOGFERRY_IDS", default_value = "ids.txt", global = true)]
     ids: PathBuf,
 
-    /// Folder where received files are stored (created if missing).
+    /// Where received files are stored: a folder (created if missing), or
+    /// s3://BUCKET/PREFIX for an S3-compatible object store shared by any
+    /// number of receivers (see README, "Scaling out").
     #[arg(long, env = "LOGFERRY_STORE", default_value = "received_files")]
-    store: PathBuf,
+    store: String,
+
+    /// URL of the S3-compatible server (Garage, MinIO, Ceph RGW); AWS S3 when unset.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    s3_endpoint: Option<String>,
+
+    /// Region of the bucket (Garage's default is "garage").
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    s3_region: String,
+
+    /// Access key id for the bucket.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    s3_access_key_id: Option<String>,
+
+    /// Secret key for the bucket (prefer the environment variable: arguments are visible to every local user).
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    s3_secret_access_key: Option<String>,
+
+    /// Session token, for temporary credentials.
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true)]
+    s3_session_token: Option<String>,
 
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "LOGFERRY_TLS_CERT", requires = "tls_key")]
@@ -104,7 +128,7 @@ impl Cli {
         Ok(Config {
             listen: SocketAddr::new(self.bind, self.port),
             ids_file: self.ids.clone(),
-            store_dir: self.store.clone(),
+            store: self.store_location()?,
             limits: Limits {
                 max_file_size: self.max_file_size,
                 max_uploads: self.max_uploads,
@@ -119,6 +143,31 @@ impl Cli {
             tls,
             stale_after: self.stale_after.into(),
         })
+    }
+}
+
+impl Cli {
+    fn store_location(&self) -> anyhow::Result<StoreLocation> {
+        let Some(bucket) = parse_store_url(&self.store) else {
+            return Ok(StoreLocation::Disk(PathBuf::from(&self.store)));
+        };
+        let (bucket, prefix) = bucket.map_err(|reason| anyhow::anyhow!("--store: {reason}"))?;
+        let (Some(access_key_id), Some(secret_access_key)) = (&self.s3_access_key_id, &self.s3_secret_access_key)
+        else {
+            anyhow::bail!(
+                "an s3:// store needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                 (or --s3-access-key-id and --s3-secret-access-key)"
+            );
+        };
+        Ok(StoreLocation::S3(S3Settings {
+            bucket,
+            prefix,
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            access_key_id: access_key_id.clone(),
+            secret_access_key: secret_access_key.clone(),
+            session_token: self.s3_session_token.clone(),
+        }))
     }
 }
 
@@ -189,7 +238,7 @@ fn add_device(ids_file: &std::path::Path, label: Option<&str>) -> anyhow::Result
 }
 
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let ready = logferry_receiver::open_blocking(&config)?;
+    let ready = logferry_receiver::open(&config)?;
     let listener = TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
     let scheme = if ready.tls.is_some() { "https" } else { "http" };

@@ -1,11 +1,12 @@
 //! Where verified uploads are kept.
 //!
-//! Handlers see only the [`Store`] trait: stage the bytes, then commit them
-//! under a device and path once size and checksum are verified. The disk
-//! backend lives in [`disk`]; another backend (an object store) implements
-//! the same two steps.
+//! Handlers see only the [`Store`] trait: stage the bytes of one claimed
+//! upload, then commit them once size and checksum are verified. The disk
+//! backend lives in [`disk`], the S3-compatible object store in [`s3`];
+//! [`AnyStore`] is whichever one the configuration chose.
 
 pub mod disk;
+pub mod s3;
 
 use std::future::Future;
 use std::io;
@@ -15,6 +16,9 @@ use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
 use logferry_common::{DeviceId, RelPath};
 
+use disk::{DiskStaged, DiskStore};
+use s3::{S3Staged, S3Store};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The path cannot be used, for example because a folder on it is a file.
@@ -23,6 +27,10 @@ pub enum StoreError {
     /// The store has no room for this upload.
     #[error("{0}")]
     Full(String),
+    /// Another upload of the same name finished first; a retry sees what it
+    /// stored and answers accordingly.
+    #[error("{0}")]
+    Raced(&'static str),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -55,23 +63,67 @@ pub trait Staged {
 pub trait Store: Send + Sync + 'static {
     type Staged: Staged;
 
-    /// Starts receiving one upload of `size` bytes, refusing it at once when
-    /// the store has no room for it.
-    fn stage(&self, size: u64) -> impl Future<Output = Result<Self::Staged, StoreError>>;
+    /// Starts receiving the upload `claim` of `device`, refusing it at once
+    /// when the store has no room for it. Knowing the name and checksum
+    /// before the first byte lets a backend pick the final name up front.
+    fn stage(&self, device: &DeviceId, claim: &UploadClaim) -> impl Future<Output = Result<Self::Staged, StoreError>>;
 
-    /// Makes a staged upload visible under `device`/`claim.path`, durably,
+    /// Makes a staged upload visible under its device and path, durably,
     /// never replacing other content. The caller has verified that the staged
-    /// bytes have exactly `claim.size` bytes and hash to `claim.sha256`.
-    fn commit(
-        &self,
-        staged: Self::Staged,
-        device: &DeviceId,
-        claim: &UploadClaim,
-    ) -> impl Future<Output = Result<Committed, StoreError>>;
+    /// bytes have exactly the claimed size and hash to the claimed SHA-256.
+    fn commit(&self, staged: Self::Staged) -> impl Future<Output = Result<Committed, StoreError>>;
 
     /// Every committed data file under every device folder; anything that is
     /// not a valid device folder, a checksum file or staging is skipped. The
     /// fleet status is rebuilt from this, so it survives restarts and is the
     /// same on every receiver sharing a store.
     fn inventory(&self) -> impl Future<Output = Result<Vec<StoredFile>, StoreError>>;
+}
+
+/// The backend chosen at start-up (`--store`).
+#[derive(Debug)]
+pub enum AnyStore {
+    Disk(DiskStore),
+    S3(S3Store),
+}
+
+#[derive(Debug)]
+pub enum AnyStaged {
+    Disk(DiskStaged),
+    S3(S3Staged),
+}
+
+impl Staged for AnyStaged {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        match self {
+            Self::Disk(staged) => staged.write(chunk).await,
+            Self::S3(staged) => staged.write(chunk).await,
+        }
+    }
+}
+
+impl Store for AnyStore {
+    type Staged = AnyStaged;
+
+    async fn stage(&self, device: &DeviceId, claim: &UploadClaim) -> Result<AnyStaged, StoreError> {
+        Ok(match self {
+            Self::Disk(store) => AnyStaged::Disk(store.stage(device, claim).await?),
+            Self::S3(store) => AnyStaged::S3(store.stage(device, claim).await?),
+        })
+    }
+
+    async fn commit(&self, staged: AnyStaged) -> Result<Committed, StoreError> {
+        match (self, staged) {
+            (Self::Disk(store), AnyStaged::Disk(staged)) => store.commit(staged).await,
+            (Self::S3(store), AnyStaged::S3(staged)) => store.commit(staged).await,
+            _ => Err(io::Error::other("an upload staged by one backend was committed to another").into()),
+        }
+    }
+
+    async fn inventory(&self) -> Result<Vec<StoredFile>, StoreError> {
+        match self {
+            Self::Disk(store) => store.inventory().await,
+            Self::S3(store) => store.inventory().await,
+        }
+    }
 }

@@ -18,7 +18,7 @@ use crate::{exit, sent, walk};
 /// What stops a run before or during the walk.
 #[derive(Debug, thiserror::Error)]
 pub enum Fatal {
-    #[error("{0}")]
+    #[error(transparent)]
     IdFile(#[from] IdFileError),
     #[error("receiver unreachable: {0}; files not yet sent stay for the next run")]
     Unreachable(RequestError),

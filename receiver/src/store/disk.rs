@@ -80,6 +80,8 @@ impl DiskStore {
 #[derive(Debug)]
 pub struct DiskStaged {
     path: PathBuf,
+    device_dir: PathBuf,
+    claim: UploadClaim,
     chunks: Option<mpsc::Sender<Bytes>>,
     writer: Option<JoinHandle<Result<(), StoreError>>>,
 }
@@ -151,8 +153,9 @@ fn write_all_chunks(file: File, mut chunks: mpsc::Receiver<Bytes>, store: DiskSt
 impl Store for DiskStore {
     type Staged = DiskStaged;
 
-    async fn stage(&self, size: u64) -> Result<DiskStaged, StoreError> {
+    async fn stage(&self, device: &DeviceId, claim: &UploadClaim) -> Result<DiskStaged, StoreError> {
         let store = self.clone();
+        let size = claim.size;
         let (path, file) = blocking(move || {
             let free = available(&store.staging)?;
             if free < size.saturating_add(store.min_free) {
@@ -164,20 +167,14 @@ impl Store for DiskStore {
         let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
         let store = self.clone();
         let writer = tokio::task::spawn_blocking(move || write_all_chunks(file, rx, store));
-        Ok(DiskStaged { path, chunks: Some(tx), writer: Some(writer) })
+        let device_dir = self.root.join(device.reveal());
+        Ok(DiskStaged { path, device_dir, claim: claim.clone(), chunks: Some(tx), writer: Some(writer) })
     }
 
-    async fn commit(
-        &self,
-        mut staged: DiskStaged,
-        device: &DeviceId,
-        claim: &UploadClaim,
-    ) -> Result<Committed, StoreError> {
+    async fn commit(&self, mut staged: DiskStaged) -> Result<Committed, StoreError> {
         staged.finish().await?;
         let store = self.clone();
-        let device_dir = self.root.join(device.reveal());
-        let claim = claim.clone();
-        let staged_path = staged.path.clone();
+        let (staged_path, device_dir, claim) = (staged.path.clone(), staged.device_dir.clone(), staged.claim.clone());
         let committed = blocking(move || store.place(&staged_path, &device_dir, &claim)).await;
         drop(staged);
         committed

@@ -467,48 +467,6 @@ async fn a_verified_upload_is_stored_with_a_checksum_file_that_sha256sum_accepts
 }
 
 #[tokio::test]
-async fn resending_the_same_bytes_is_idempotent_and_repairs_a_missing_checksum_file() {
-    let h = Harness::start();
-    assert_eq!(h.upload("a.log", CONTENT).await.0, 201);
-    let before = h.stored_files();
-    let (status, body) = h.upload("a.log", CONTENT).await;
-    assert_eq!(
-        (status, body["outcome"].as_str(), body["stored_as"].as_str()),
-        (200, Some("already_stored"), Some("a.log"))
-    );
-    assert_eq!(h.stored_files(), before);
-
-    // As if the receiver died between placing the file and its checksum file.
-    std::fs::remove_file(h.device_dir().join("a.log.sha256")).expect("remove");
-    assert_eq!(h.upload("a.log", CONTENT).await.0, 200);
-    assert_eq!(h.stored_files(), before);
-}
-
-#[tokio::test]
-async fn other_content_under_a_taken_name_is_kept_under_a_conflict_name_and_nothing_is_overwritten() {
-    let h = Harness::start();
-    let second = b"sensor,value\n9,9\n";
-    let conflict = format!("data/day.conflict-{}.csv", &digest(second).to_hex()[..16]);
-    assert_eq!(h.upload("data/day.csv", CONTENT).await.0, 201);
-
-    let (status, body) = h.upload("data/day.csv", second).await;
-    assert_eq!((status, body["stored_as"].as_str()), (201, Some(conflict.as_str())), "{body}");
-    assert_eq!(std::fs::read(h.device_dir().join("data/day.csv")).expect("first"), CONTENT);
-    assert_eq!(std::fs::read(h.device_dir().join(&conflict)).expect("second"), second);
-
-    // Retrying the second one finds it where it was put.
-    let (status, body) = h.upload("data/day.csv", second).await;
-    assert_eq!((status, body["stored_as"].as_str()), (200, Some(conflict.as_str())), "{body}");
-    assert_eq!(h.stored_files().len(), 4);
-
-    // A device file that happens to use a checksum file's name is kept too.
-    let (status, body) = h.upload("data/day.csv.sha256", b"not a checksum").await;
-    assert_eq!(status, 201, "{body}");
-    assert_ne!(body["stored_as"], "data/day.csv.sha256");
-    assert_eq!(h.stored_files().len(), 6);
-}
-
-#[tokio::test]
 async fn a_file_in_the_way_of_a_folder_is_a_conflict() {
     let h = Harness::start();
     assert_eq!(h.upload("a", CONTENT).await.0, 201);
@@ -531,23 +489,6 @@ async fn a_symbolic_link_planted_in_the_store_is_never_followed() {
     assert_eq!(status, 201, "a link at the name is 'taken', so the upload goes to the conflict name: {body}");
     assert_ne!(body["stored_as"], "f.log");
     assert_eq!(std::fs::read_dir(outside.path()).expect("list").count(), 0, "nothing written outside the store");
-}
-
-#[tokio::test]
-async fn racing_uploads_of_one_path_never_clobber_each_other() {
-    let h = Harness::start();
-    let (one, two) = (b"first version".as_slice(), b"second version".as_slice());
-    let ((s1, b1), (s2, b2), (s3, b3)) =
-        tokio::join!(h.upload("r.log", one), h.upload("r.log", two), h.upload("r.log", one));
-    let mut statuses = [s1, s2, s3];
-    statuses.sort();
-    assert_eq!(statuses, [200, 201, 201], "one of the two identical uploads finds the other's copy: {b1} {b2} {b3}");
-    let stored: Vec<Vec<u8>> = [&b1, &b2, &b3]
-        .iter()
-        .map(|b| std::fs::read(h.device_dir().join(b["stored_as"].as_str().expect("name"))).expect("read"))
-        .collect();
-    assert_eq!(stored, vec![one.to_vec(), two.to_vec(), one.to_vec()]);
-    assert_eq!(h.stored_files().len(), 4, "two files, two checksum files");
 }
 
 #[tokio::test]

@@ -1,13 +1,19 @@
-//! A receiver in a temporary folder, and requests signed like a device's.
+//! A receiver in a temporary folder (storing there, or in a fresh prefix of
+//! the test bucket), and requests signed like a device's.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures_util::TryStreamExt;
 use logferry_common::signing::{SignedRequest, UploadClaim};
 use logferry_common::wire::endpoint;
 use logferry_common::{DeviceId, RelPath, Sha256Digest};
-use logferry_receiver::{BackgroundReceiver, Config, Limits};
+use logferry_receiver::store::s3::{S3Settings, parse_store_url};
+use logferry_receiver::{BackgroundReceiver, Config, Limits, StoreLocation};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -45,10 +51,58 @@ pub fn authorization(
     SignedRequest { method, path: endpoint, timestamp, upload }.authorization(id).to_string()
 }
 
+/// Where a test receiver keeps uploads.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Disk,
+    /// A bucket; each harness uses its own random prefix inside it.
+    S3(S3Settings),
+}
+
+impl Backend {
+    /// The test bucket that scripts/test.sh starts (LOGFERRY_TEST_S3 and the
+    /// AWS_* variables of scripts/garage.sh). Without it the S3 tests are
+    /// skipped, unless LOGFERRY_REQUIRE_S3 says they must run.
+    pub fn s3() -> Option<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let Some(url) = var("LOGFERRY_TEST_S3") else {
+            assert!(var("LOGFERRY_REQUIRE_S3").is_none(), "LOGFERRY_REQUIRE_S3 is set but LOGFERRY_TEST_S3 is not");
+            eprintln!("skipped: no test bucket (run scripts/test.sh, which starts Garage)");
+            return None;
+        };
+        let (bucket, prefix) = parse_store_url(&url).expect("an s3:// URL").expect("a valid s3:// URL");
+        Some(Self::S3(S3Settings {
+            bucket,
+            prefix,
+            endpoint: var("AWS_ENDPOINT_URL"),
+            region: var("AWS_REGION").unwrap_or_else(|| "garage".to_owned()),
+            access_key_id: var("AWS_ACCESS_KEY_ID").expect("AWS_ACCESS_KEY_ID"),
+            secret_access_key: var("AWS_SECRET_ACCESS_KEY").expect("AWS_SECRET_ACCESS_KEY"),
+            session_token: None,
+        }))
+    }
+
+    /// The same backend in a prefix of its own, so tests never see each
+    /// other's objects.
+    fn fresh(self) -> Self {
+        match self {
+            Self::Disk => Self::Disk,
+            Self::S3(settings) => {
+                let mut nonce = [0u8; 8];
+                rand::TryRng::try_fill_bytes(&mut rand::rngs::SysRng, &mut nonce).expect("random");
+                let parts = [settings.prefix.as_str(), &hex::encode(nonce)];
+                let prefix = parts.iter().filter(|p| !p.is_empty()).copied().collect::<Vec<_>>().join("/");
+                Self::S3(S3Settings { prefix, ..settings })
+            }
+        }
+    }
+}
+
 pub struct Harness {
     pub dir: TempDir,
     receiver: Option<BackgroundReceiver>,
     limits: Limits,
+    backend: Backend,
     pub http: reqwest::Client,
 }
 
@@ -64,9 +118,19 @@ impl Harness {
 
     /// A receiver in `dir`, whose `store` folder may already exist.
     pub fn start_in(dir: TempDir, limits: Limits) -> Self {
+        Self::start_with_backend(dir, limits, Backend::Disk)
+    }
+
+    /// A receiver storing on `backend`.
+    pub fn start_on(backend: Backend) -> Self {
+        Self::start_with_backend(tempfile::tempdir().expect("tempdir"), Limits::default(), backend)
+    }
+
+    fn start_with_backend(dir: TempDir, limits: Limits, backend: Backend) -> Self {
         std::fs::write(dir.path().join("ids.txt"), format!("# test fleet\n{}  bench-pi\n", DEVICE.to_lowercase()))
             .expect("ids");
-        let mut harness = Self { dir, receiver: None, limits, http: reqwest::Client::new() };
+        let backend = backend.fresh();
+        let mut harness = Self { dir, receiver: None, limits, backend, http: reqwest::Client::new() };
         harness.restart();
         harness
     }
@@ -75,7 +139,10 @@ impl Harness {
         Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             ids_file: self.dir.path().join("ids.txt"),
-            store_dir: self.store(),
+            store: match &self.backend {
+                Backend::Disk => StoreLocation::Disk(self.store()),
+                Backend::S3(settings) => StoreLocation::S3(settings.clone()),
+            },
             limits: self.limits.clone(),
             tls: None,
             stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
@@ -87,9 +154,14 @@ impl Harness {
         if let Some(old) = self.receiver.take() {
             old.stop().expect("stopped");
         }
-        let ready = logferry_receiver::open_blocking(&self.config()).expect("receiver opens");
+        self.receiver = Some(self.start_another());
+    }
+
+    /// One more receiver on the same ids file and store.
+    pub fn start_another(&self) -> BackgroundReceiver {
+        let ready = logferry_receiver::open(&self.config()).expect("receiver opens");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        self.receiver = Some(BackgroundReceiver::start(listener, ready.state, ready.tls).expect("started"));
+        BackgroundReceiver::start(listener, ready.state, ready.tls).expect("started")
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
@@ -119,9 +191,42 @@ impl Harness {
 
     /// Sends an upload of `content` as `path`, signed by `id`.
     pub async fn upload_as(&self, id: &DeviceId, path: &str, content: &[u8]) -> (u16, Value) {
+        self.upload_to(self.addr(), id, path, content).await
+    }
+
+    /// Sends a correctly signed upload by `id` to the receiver at `addr`.
+    pub async fn upload_to(
+        &self,
+        addr: std::net::SocketAddr,
+        id: &DeviceId,
+        path: &str,
+        content: &[u8],
+    ) -> (u16, Value) {
         let claim = claim(path, content);
         let auth = authorization(id, "POST", endpoint::UPLOAD, now(), Some(&claim));
-        self.send_form(Some(auth), upload_form(path, &claim.sha256.to_hex(), &claim.size.to_string(), content)).await
+        let form = upload_form(path, &claim.sha256.to_hex(), &claim.size.to_string(), content);
+        let request = self.http.post(format!("http://{addr}{}", endpoint::UPLOAD)).multipart(form);
+        answer(request.header("Authorization", auth).send().await.expect("receiver answers")).await
+    }
+
+    /// As [`Harness::upload_to`], retrying a 429 after its Retry-After as the
+    /// sender does (a bounded number of times).
+    pub async fn upload_retrying(
+        &self,
+        addr: std::net::SocketAddr,
+        id: &DeviceId,
+        path: &str,
+        content: &[u8],
+    ) -> (u16, Value) {
+        let mut answer = self.upload_to(addr, id, path, content).await;
+        for _ in 0..10 {
+            if answer.0 != 429 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            answer = self.upload_to(addr, id, path, content).await;
+        }
+        answer
     }
 
     /// The body of `GET endpoint`, which must answer 200.
@@ -137,6 +242,45 @@ impl Harness {
             request = request.header("Authorization", auth);
         }
         answer(request.send().await.expect("receiver answers")).await
+    }
+
+    /// Every object or file in the store, relative to it (`<ID>/<path>`),
+    /// on either backend.
+    pub async fn objects(&self) -> Vec<String> {
+        match &self.backend {
+            Backend::Disk => self.stored_files(),
+            Backend::S3(settings) => {
+                let root = Key::from(settings.prefix.as_str());
+                let listed: Vec<_> = bucket(settings).list(Some(&root)).try_collect().await.expect("list");
+                // The claims on names are the backend's bookkeeping, not layout.
+                let mut keys: Vec<String> = listed
+                    .iter()
+                    .map(|o| o.location.as_ref()[settings.prefix.len() + 1..].to_owned())
+                    .filter(|key| !key.starts_with(".claims/"))
+                    .collect();
+                keys.sort();
+                keys
+            }
+        }
+    }
+
+    /// The bytes stored at `name` (relative to the store), on either backend.
+    pub async fn read(&self, name: &str) -> Vec<u8> {
+        match &self.backend {
+            Backend::Disk => std::fs::read(self.store().join(name)).expect("stored file"),
+            Backend::S3(settings) => {
+                let got = bucket(settings).get(&s3_key(settings, name)).await.expect("stored object");
+                got.bytes().await.expect("object body").to_vec()
+            }
+        }
+    }
+
+    /// Deletes what is stored at `name`, as a crash or an admin might.
+    pub async fn remove(&self, name: &str) {
+        match &self.backend {
+            Backend::Disk => std::fs::remove_file(self.store().join(name)).expect("remove"),
+            Backend::S3(settings) => bucket(settings).delete(&s3_key(settings, name)).await.expect("delete"),
+        }
     }
 
     /// Every file under the store, relative to it, except the staging folder
@@ -181,4 +325,20 @@ pub async fn answer(response: reqwest::Response) -> (u16, Value) {
     let body = response.bytes().await.expect("body");
     assert!(is_json, "HTTP {status} answer is not JSON: {}", String::from_utf8_lossy(&body));
     (status, serde_json::from_slice(&body).expect("JSON body"))
+}
+
+fn bucket(settings: &S3Settings) -> AmazonS3 {
+    let mut builder = AmazonS3Builder::new()
+        .with_bucket_name(&settings.bucket)
+        .with_region(&settings.region)
+        .with_access_key_id(&settings.access_key_id)
+        .with_secret_access_key(&settings.secret_access_key);
+    if let Some(endpoint) = &settings.endpoint {
+        builder = builder.with_endpoint(endpoint).with_allow_http(true);
+    }
+    builder.build().expect("S3 client")
+}
+
+fn s3_key(settings: &S3Settings, name: &str) -> Key {
+    Key::parse(format!("{}/{name}", settings.prefix)).expect("valid key")
 }

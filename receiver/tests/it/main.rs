@@ -1,6 +1,6 @@
 //! Integration tests of the receiver: the HTTP API against an in-process
 //! server on 127.0.0.1:0 with a temporary store, and the `receiver` binary
-//! as a black box.
+//! as a black box. The storage rules run on both backends (see `store`).
 
 mod api;
 mod binary;
@@ -10,3 +10,4 @@ mod install;
 mod limits;
 mod prometheus;
 mod status;
+mod store;

@@ -39,13 +39,13 @@ impl Harness {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("addr"),
             ids_file: dir.path().join("ids.txt"),
-            store_dir: dir.path().join("store"),
+            store: logferry_receiver::StoreLocation::Disk(dir.path().join("store")),
             limits: Limits::default(),
             tls: None,
             stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
         };
         adjust(dir.path(), &mut config);
-        let ready = logferry_receiver::open_blocking(&config).expect("receiver opens");
+        let ready = logferry_receiver::open(&config).expect("receiver opens");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let receiver = BackgroundReceiver::start(listener, ready.state, ready.tls).expect("receiver starts");
         Self { dir, receiver: Some(receiver) }
