@@ -4,7 +4,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::thread::JoinHandle;
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
@@ -33,6 +33,8 @@ pub struct AppState<S> {
     pub slots: Arc<UploadSlots>,
     pub throttle: AuthThrottle,
     pub fleet: FleetStatus,
+    /// How often the fleet status is re-read from the store (never: `None`).
+    pub fleet_refresh: Option<Duration>,
     pub metrics: Metrics,
 }
 
@@ -69,7 +71,11 @@ pub fn configure<S: Store>(cfg: &mut web::ServiceConfig, state: web::Data<AppSta
 /// know the address before the first request; HTTPS when `tls` is given.
 pub fn run<S: Store>(listener: TcpListener, state: AppState<S>, tls: Option<ServerConfig>) -> io::Result<Server> {
     let header_timeout = state.limits.header_timeout;
+    let fleet_refresh = state.fleet_refresh;
     let state = web::Data::new(state);
+    if let Some(every) = fleet_refresh {
+        actix_web::rt::spawn(refresh_fleet(state.clone(), every));
+    }
     let server = HttpServer::new(move || {
         let state = state.clone();
         App::new().wrap(from_fn(timed::<S>)).configure(move |cfg| configure(cfg, state))
@@ -96,6 +102,18 @@ async fn timed<S: Store>(
         state.metrics.request_done(&route, started.elapsed());
     }
     Ok(response)
+}
+
+/// Re-reads the store now and then, so that receivers sharing one store all
+/// show every device's uploads; it ends with the server's runtime.
+async fn refresh_fleet<S: Store>(state: web::Data<AppState<S>>, every: Duration) {
+    loop {
+        actix_web::rt::time::sleep(every).await;
+        match state.store.inventory().await {
+            Ok(files) => state.fleet.refresh(files, SystemTime::now()),
+            Err(err) => tracing::warn!("cannot re-read the store for the fleet status: {err}"),
+        }
+    }
 }
 
 /// A receiver serving on its own thread, for tests and embedding.

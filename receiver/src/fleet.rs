@@ -74,18 +74,10 @@ struct FleetState {
     recent: VecDeque<RecentUpload>,
 }
 
-/// The live fleet status, shared by every request.
-#[derive(Debug)]
-pub struct FleetStatus {
-    stale_after: Duration,
-    state: Mutex<FleetState>,
-}
-
-impl FleetStatus {
-    /// Rebuilds the status from what the store holds.
-    pub fn from_inventory(mut files: Vec<StoredFile>, stale_after: Duration, now: SystemTime) -> Self {
+impl FleetState {
+    fn tally(mut files: Vec<StoredFile>, now: SystemTime) -> Self {
         files.sort_by_key(|file| file.stored_at);
-        let mut state = FleetState::default();
+        let mut state = Self::default();
         // Deriving a key id costs an HMAC: once per device, not per file.
         let mut keys: HashMap<String, KeyId> = HashMap::new();
         for file in &files {
@@ -106,7 +98,38 @@ impl FleetStatus {
                 outcome: UploadOutcome::Stored,
             })
             .collect();
-        Self { stale_after, state: Mutex::new(state) }
+        state
+    }
+}
+
+/// The live fleet status, shared by every request.
+#[derive(Debug)]
+pub struct FleetStatus {
+    stale_after: Duration,
+    state: Mutex<FleetState>,
+}
+
+impl FleetStatus {
+    /// Rebuilds the status from what the store holds.
+    pub fn from_inventory(files: Vec<StoredFile>, stale_after: Duration, now: SystemTime) -> Self {
+        Self { stale_after, state: Mutex::new(FleetState::tally(files, now)) }
+    }
+
+    /// Takes what the store shows (files, bytes, last uploads, recent
+    /// uploads) from a fresh inventory, so that receivers sharing one store
+    /// show the uploads the others took. Rejections are known only to the
+    /// receiver that answered them, and stay.
+    pub fn refresh(&self, files: Vec<StoredFile>, now: SystemTime) {
+        let mut fresh = FleetState::tally(files, now);
+        let mut state = self.state();
+        for (key, known) in state.devices.drain() {
+            let record = fresh.devices.entry(key).or_default();
+            record.rejections = known.rejections;
+            record.last_rejection = known.last_rejection;
+            // An "already stored" answer shows a live device but leaves no trace in the store.
+            record.last_upload = record.last_upload.max(known.last_upload);
+        }
+        *state = fresh;
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, FleetState> {

@@ -44,11 +44,18 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// A device silent for longer than this is marked stale.
     pub stale_after: Duration,
+    /// How often the fleet status is re-read from the store, for receivers
+    /// that share one; `None`: only at start.
+    pub fleet_refresh: Option<Duration>,
 }
 
 /// The status page's default for `stale_after`: a device that has not
 /// uploaded for a day needs a look.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// The default for `fleet_refresh`: often enough for a page that speaks in
+/// hours, rarely enough that listing a large store costs little.
+pub const DEFAULT_FLEET_REFRESH: Duration = Duration::from_secs(5 * 60);
 
 /// Where uploads are kept (`--store`).
 #[derive(Debug, Clone)]
@@ -126,6 +133,7 @@ pub fn open(config: &Config) -> Result<Ready, StartupError> {
         throttle: AuthThrottle::new(&limits),
         limits,
         fleet,
+        fleet_refresh: config.fleet_refresh,
         metrics: Default::default(),
     };
     Ok(Ready { state, tls })

@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use logferry_common::wire::DEFAULT_PORT;
 use logferry_receiver::store::s3::{S3Settings, parse_store_url};
-use logferry_receiver::{Config, DEFAULT_STALE_AFTER, Limits, StoreLocation, TlsFiles, ids, limits};
+use logferry_receiver::{
+    Config, DEFAULT_FLEET_REFRESH, DEFAULT_STALE_AFTER, Limits, StoreLocation, TlsFiles, ids, limits,
+};
 
 /// Receives log files from logferry senders and stores them, verified, under
 /// <store>/<DEVICE-ID>/ next to a sha256sum-compatible checksum file; the
@@ -105,6 +107,11 @@ struct Cli {
     #[arg(long, env = "LOGFERRY_STALE_AFTER", default_value_t = DEFAULT_STALE_AFTER.into())]
     stale_after: humantime::Duration,
 
+    /// How often the status page re-reads the store, so that receivers sharing
+    /// one show every upload (5m, 1h; 0 = only at start).
+    #[arg(long, env = "LOGFERRY_FLEET_REFRESH", default_value_t = DEFAULT_FLEET_REFRESH.into())]
+    fleet_refresh: humantime::Duration,
+
     /// Log lines for people (human) or one JSON object per line for a log collector (json).
     #[arg(long, env = "LOGFERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
     log_format: LogFormat,
@@ -142,6 +149,7 @@ impl Cli {
             },
             tls,
             stale_after: self.stale_after.into(),
+            fleet_refresh: Some(self.fleet_refresh.into()).filter(|every: &Duration| !every.is_zero()),
         })
     }
 }

@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt;
 use logferry_common::signing::{SignedRequest, UploadClaim};
@@ -103,6 +103,7 @@ pub struct Harness {
     receiver: Option<BackgroundReceiver>,
     limits: Limits,
     backend: Backend,
+    fleet_refresh: Option<Duration>,
     pub http: reqwest::Client,
 }
 
@@ -130,7 +131,8 @@ impl Harness {
         std::fs::write(dir.path().join("ids.txt"), format!("# test fleet\n{}  bench-pi\n", DEVICE.to_lowercase()))
             .expect("ids");
         let backend = backend.fresh();
-        let mut harness = Self { dir, receiver: None, limits, backend, http: reqwest::Client::new() };
+        let mut harness =
+            Self { dir, receiver: None, limits, backend, fleet_refresh: None, http: reqwest::Client::new() };
         harness.restart();
         harness
     }
@@ -146,7 +148,15 @@ impl Harness {
             limits: self.limits.clone(),
             tls: None,
             stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
+            fleet_refresh: self.fleet_refresh,
         }
+    }
+
+    /// Restarts the receiver so that it, and those started after, re-read the
+    /// store for the fleet status this often.
+    pub fn refresh_fleet_every(&mut self, every: Duration) {
+        self.fleet_refresh = Some(every);
+        self.restart();
     }
 
     /// Stops the receiver (if running) and starts a new one on the same folder.
@@ -223,7 +233,7 @@ impl Harness {
             if answer.0 != 429 {
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
             answer = self.upload_to(addr, id, path, content).await;
         }
         answer

@@ -4,7 +4,9 @@
 //! at random.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use logferry_common::wire::endpoint;
 use logferry_common::{DeviceId, RelPath};
 use logferry_receiver::store::s3::S3Settings;
 use logferry_receiver::store::{Store, StoredFile};
@@ -181,7 +183,7 @@ async fn check(backend: &Backend, case: Case) {
 /// An upload of `bytes` that claims the checksum of `claimed`.
 async fn send_claiming(h: &Harness, path: &str, bytes: &[u8], claimed: &[u8]) -> (u16, serde_json::Value) {
     let claim = claim(path, claimed);
-    let auth = authorization(&device(), "POST", logferry_common::wire::endpoint::UPLOAD, now(), Some(&claim));
+    let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim));
     h.send_form(Some(auth), upload_form(path, &claim.sha256.to_hex(), &claim.size.to_string(), bytes)).await
 }
 
@@ -206,10 +208,11 @@ const FILES_PER_DEVICE: usize = 12;
 /// Two receivers on one store; every device sends each of its files to one
 /// of them at random, and a third of them to both at once (as a retry after
 /// a lost answer through a load balancer would). Every file must be stored
-/// exactly once under its own name, and both receivers' inventories must
-/// list exactly those files.
+/// exactly once under its own name, both receivers' inventories must list
+/// exactly those files, and both status pages must come to show them all.
 async fn check_shared_store(backend: Backend) {
-    let h = Harness::start_on(backend);
+    let mut h = Harness::start_on(backend);
+    h.refresh_fleet_every(Duration::from_millis(300));
     let ids: Vec<DeviceId> = (0..DEVICES).map(|i| format!("{:016X}", 0xA000 + i).parse().expect("valid ID")).collect();
     let listing: String = ids.iter().map(|id| format!("{}\n", id.reveal())).collect();
     std::fs::write(h.ids_file(), listing).expect("ids");
@@ -272,7 +275,26 @@ async fn check_shared_store(backend: Backend) {
         listed.sort();
         assert_eq!(listed, files, "the inventory is rebuilt from the store alone");
     }
+    for addr in receivers {
+        let mut shown = 0;
+        // Bounded: a few refreshes' worth.
+        for _ in 0..50 {
+            shown = files_on_status(&h, addr).await;
+            if shown == files.len() as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(shown, files.len() as u64, "{addr}'s status shows the uploads the other receiver took too");
+    }
     other.stop().expect("stopped");
+}
+
+/// Files over all devices, as `GET /v1/devices` of the receiver at `addr` shows them.
+async fn files_on_status(h: &Harness, addr: std::net::SocketAddr) -> u64 {
+    let url = format!("http://{addr}{}", endpoint::DEVICES);
+    let report: serde_json::Value = h.http.get(url).send().await.expect("answers").json().await.expect("JSON");
+    report["devices"].as_array().expect("devices").iter().map(|d| d["files"].as_u64().expect("files")).sum()
 }
 
 #[tokio::test]
@@ -297,6 +319,7 @@ async fn a_bucket_that_refuses_the_key_stops_start_up() {
         limits: Default::default(),
         tls: None,
         stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
+        fleet_refresh: None,
     };
     std::fs::write(&config.ids_file, format!("{DEVICE}\n")).expect("ids");
     let err = logferry_receiver::open(&config).expect_err("a wrong secret is refused at start");

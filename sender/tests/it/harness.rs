@@ -43,6 +43,7 @@ impl Harness {
             limits: Limits::default(),
             tls: None,
             stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
+            fleet_refresh: None,
         };
         adjust(dir.path(), &mut config);
         let ready = logferry_receiver::open(&config).expect("receiver opens");
