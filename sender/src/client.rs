@@ -135,7 +135,8 @@ impl Client {
                 cause: format!("cannot open {}: {e}", file.display()),
             })?;
             // Never more than declared: bytes appended meanwhile wait for the next run.
-            let body = Body::wrap_stream(ReaderStream::with_capacity(local.take(claim.size), UPLOAD_CHUNK));
+            let chunk = usize::try_from(claim.size).unwrap_or(UPLOAD_CHUNK).clamp(1, UPLOAD_CHUNK);
+            let body = Body::wrap_stream(ReaderStream::with_capacity(local.take(claim.size), chunk));
             let form = Form::new()
                 .text(field::PATH, claim.path.to_string())
                 .text(field::SHA256, claim.sha256.to_hex())

@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use futures_util::StreamExt;
 use logferry_common::Sha256Digest;
+use logferry_common::digest::HASH_BUFFER_SIZE;
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
 
@@ -232,10 +233,15 @@ async fn deliver_one(
         return Err(Undelivered::NotYet);
     }
     let owned = path.to_owned();
-    let (sha256, size) = tokio::task::spawn_blocking(move || Sha256Digest::of_reader(std::fs::File::open(owned)?))
-        .await
-        .map_err(|e| Undelivered::Stop(Fatal::Internal(e.to_string())))?
-        .map_err(|e| kept("cannot read it", e))?;
+    // One byte more than the file holds lets the read that finds its end
+    // share the buffer; small files need no large one.
+    let buffer_len = before.len.saturating_add(1).min(HASH_BUFFER_SIZE as u64) as usize;
+    let (sha256, size) = tokio::task::spawn_blocking(move || {
+        Sha256Digest::of_reader_with(std::fs::File::open(owned)?, &mut vec![0u8; buffer_len])
+    })
+    .await
+    .map_err(|e| Undelivered::Stop(Fatal::Internal(e.to_string())))?
+    .map_err(|e| kept("cannot read it", e))?;
     if size != before.len {
         return Err(Undelivered::NotYet);
     }

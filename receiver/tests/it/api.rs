@@ -482,6 +482,13 @@ async fn resending_the_same_bytes_is_idempotent_and_repairs_a_missing_checksum_f
     std::fs::remove_file(h.device_dir().join("a.log.sha256")).expect("remove");
     assert_eq!(h.upload("a.log", CONTENT).await.0, 200);
     assert_eq!(h.stored_files(), before);
+
+    // As if it died after linking both, with only the checksum file's name
+    // reaching the disk: that checksum file is for exactly these bytes.
+    std::fs::remove_file(h.device_dir().join("a.log")).expect("remove");
+    let (status, body) = h.upload("a.log", CONTENT).await;
+    assert_eq!((status, body["stored_as"].as_str()), (201, Some("a.log")), "{body}");
+    assert_eq!(h.stored_files(), before);
 }
 
 #[tokio::test]
@@ -506,6 +513,13 @@ async fn other_content_under_a_taken_name_is_kept_under_a_conflict_name_and_noth
     assert_eq!(status, 201, "{body}");
     assert_ne!(body["stored_as"], "data/day.csv.sha256");
     assert_eq!(h.stored_files().len(), 6);
+
+    // A file whose checksum file's name a device file holds goes elsewhere.
+    assert_eq!(h.upload("data/night.csv.sha256", b"not a checksum").await.0, 201);
+    let (status, body) = h.upload("data/night.csv", CONTENT).await;
+    assert_eq!(status, 201, "{body}");
+    assert_ne!(body["stored_as"], "data/night.csv");
+    assert_eq!(std::fs::read(h.device_dir().join("data/night.csv.sha256")).expect("kept"), b"not a checksum");
 }
 
 #[tokio::test]
