@@ -19,7 +19,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the receiver may go silent mid-request. Generous: it fsyncs a
 /// large file before it answers.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
-const UPLOAD_CHUNK: usize = 256 * 1024;
+const UPLOAD_CHUNK: usize = 128 * 1024;
 /// First pause before a retry; each further retry doubles it, up to the cap.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);

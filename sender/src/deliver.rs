@@ -6,7 +6,6 @@ use std::time::{Instant, SystemTime};
 
 use futures_util::StreamExt;
 use logferry_common::Sha256Digest;
-use logferry_common::digest::HASH_BUFFER_SIZE;
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
 
@@ -217,6 +216,10 @@ fn stamp(path: &Path) -> io::Result<Stamp> {
     Ok(Stamp { len: meta.len(), modified: meta.modified().ok() })
 }
 
+/// Read size when hashing: hashing is no faster with larger reads, and each
+/// upload in flight holds one such buffer on a blocking thread.
+const HASH_BUFFER: usize = 64 * 1024;
+
 /// Hashes, uploads, checks the receipt, and moves the file aside only if the
 /// receiver confirmed exactly these bytes and the file did not change since
 /// it was hashed.
@@ -235,7 +238,7 @@ async fn deliver_one(
     let owned = path.to_owned();
     // One byte more than the file holds lets the read that finds its end
     // share the buffer; small files need no large one.
-    let buffer_len = before.len.saturating_add(1).min(HASH_BUFFER_SIZE as u64) as usize;
+    let buffer_len = before.len.saturating_add(1).min(HASH_BUFFER as u64) as usize;
     let (sha256, size) = tokio::task::spawn_blocking(move || {
         Sha256Digest::of_reader_with(std::fs::File::open(owned)?, &mut vec![0u8; buffer_len])
     })
