@@ -306,8 +306,9 @@ def main():
         "in `scripts/bench-notes.md`.",
         "",
         f"- Command: `{os.environ.get('BENCH_COMMAND', 'scripts/bench.sh')}`",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; the benchmark took {elapsed / 60:.1f} min "
-        f"(plus the release build)",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; the release build took "
+        f"{int(os.environ.get('BENCH_BUILD_SECONDS', '0')) / 60:.1f} min (none when already built), "
+        f"the benchmark {elapsed / 60:.1f} min",
         f"- Machine: {os.cpu_count()} cores, {cpu_model()}, {platform.system()} {platform.release()}",
         f"- Disk: the one under {BENCH_DIR}; loopback network; release builds; receiver upload limits raised "
         "(`--max-uploads 1024 --max-uploads-per-device 64`) so that they never decide a figure",

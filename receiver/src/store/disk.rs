@@ -4,10 +4,11 @@
 //! Durability: the staged file and its checksum file are fsynced before
 //! they are linked into place, every folder that gains an entry is fsynced,
 //! and only then does commit return. Data and checksum file share a folder,
-//! so one folder fsync makes both names durable. No-overwrite: files are placed with `link(2)`, which fails rather
-//! than replace an existing name, so even two racing uploads cannot clobber
-//! each other. Containment: every folder on the way is checked to be a real
-//! folder, not a symlink, so a link planted in the store cannot lead out.
+//! so one folder fsync makes both names durable. No-overwrite: files are
+//! placed with `link(2)`, which fails rather than replace an existing name,
+//! so even two racing uploads cannot clobber each other. Containment: every
+//! folder on the way is checked to be a real folder, not a symlink, so a
+//! link planted in the store cannot lead out.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
