@@ -21,11 +21,16 @@ pub struct DigestParseError;
 impl Sha256Digest {
     /// Hashes everything `reader` yields, streaming; returns the digest and
     /// the number of bytes read.
-    pub fn of_reader(mut reader: impl Read) -> io::Result<(Self, u64)> {
+    pub fn of_reader(reader: impl Read) -> io::Result<(Self, u64)> {
+        Self::of_reader_with(reader, &mut vec![0u8; HASH_BUFFER_SIZE])
+    }
+
+    /// As [`Self::of_reader`], reading into `buf`: a caller hashing a file
+    /// it knows to be small need not allocate (and keep) a large buffer.
+    pub fn of_reader_with(mut reader: impl Read, buf: &mut [u8]) -> io::Result<(Self, u64)> {
         let mut hasher = Sha256Hasher::default();
-        let mut buf = vec![0u8; HASH_BUFFER_SIZE];
         loop {
-            match reader.read(&mut buf) {
+            match reader.read(buf) {
                 Ok(0) => return Ok(hasher.finish()),
                 Ok(n) => hasher.update(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

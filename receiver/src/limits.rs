@@ -43,7 +43,8 @@ impl Default for Limits {
         Self {
             max_file_size: 4 << 30,
             max_uploads: 64,
-            max_uploads_per_device: 8,
+            // As many as the sender sends at once by default.
+            max_uploads_per_device: 16,
             queue_wait: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),

@@ -1,6 +1,7 @@
 //! Talking to the receiver: signed requests, streamed uploads, retries of
 //! transient failures, and errors turned into sentences.
 
+use std::io::{self, Read};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +19,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the receiver may go silent mid-request. Generous: it fsyncs a
 /// large file before it answers.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
-const UPLOAD_CHUNK: usize = 256 * 1024;
+const UPLOAD_CHUNK: usize = 128 * 1024;
 /// First pause before a retry; each further retry doubles it, up to the cap.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -130,12 +131,26 @@ impl Client {
     /// Uploads the first `claim.size` bytes of `file`, streamed.
     pub async fn upload(&self, file: &Path, claim: &UploadClaim) -> Result<(StatusCode, UploadReceipt), RequestError> {
         self.with_retries(|| async {
-            let local = tokio::fs::File::open(file).await.map_err(|e| RequestError::Transport {
+            let cannot_read = |e: io::Error| RequestError::Transport {
                 url: self.url(endpoint::UPLOAD).to_string(),
-                cause: format!("cannot open {}: {e}", file.display()),
-            })?;
+                cause: format!("cannot read {}: {e}", file.display()),
+            };
             // Never more than declared: bytes appended meanwhile wait for the next run.
-            let body = Body::wrap_stream(ReaderStream::with_capacity(local.take(claim.size), UPLOAD_CHUNK));
+            let body = if claim.size <= UPLOAD_CHUNK as u64 {
+                // One trip to the blocking pool, not one for the open and
+                // one for each read: a burst of small files is bound by such
+                // per-file costs. The file fits in one read buffer anyway.
+                let (owned, size) = (file.to_owned(), claim.size);
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut bytes = Vec::with_capacity(size as usize);
+                    std::fs::File::open(owned)?.take(size).read_to_end(&mut bytes)?;
+                    Ok(bytes)
+                });
+                Body::from(read.await.map_err(io::Error::other).and_then(|read| read).map_err(cannot_read)?)
+            } else {
+                let local = tokio::fs::File::open(file).await.map_err(cannot_read)?;
+                Body::wrap_stream(ReaderStream::with_capacity(local.take(claim.size), UPLOAD_CHUNK))
+            };
             let form = Form::new()
                 .text(field::PATH, claim.path.to_string())
                 .text(field::SHA256, claim.sha256.to_hex())
@@ -263,7 +278,7 @@ fn tls_failure(err: &reqwest::Error) -> Option<String> {
         if let Some(rustls_error) = current.downcast_ref::<rustls::Error>() {
             return Some(rustls_error.to_string());
         }
-        if let Some(inner) = current.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        if let Some(inner) = current.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
             pending.push(inner);
         }
         pending.extend(current.source());

@@ -25,7 +25,7 @@ pub fn move_aside(
             return Ok(target);
         }
         if holds_exactly(&target, digest, size)? {
-            remove_durably(source)?;
+            remove_delivered(source)?;
             return Ok(target);
         }
     }
@@ -49,7 +49,7 @@ fn move_no_replace(source: &Path, target: &Path) -> io::Result<bool> {
         }
     }
     sync_dir(target.parent().unwrap_or(Path::new(".")))?;
-    remove_durably(source)?;
+    remove_delivered(source)?;
     Ok(true)
 }
 
@@ -74,9 +74,12 @@ fn copy_no_replace(source: &Path, target: &Path) -> io::Result<bool> {
     result
 }
 
-fn remove_durably(path: &Path) -> io::Result<()> {
-    fs::remove_file(path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+/// Removes the delivered original. Its folder is not fsynced: should a
+/// crash bring the name back, the next run sends the file again, the
+/// receiver answers "already stored", and the copy is removed then. Nothing
+/// can be lost that way, and a burst of small files saves an fsync each.
+fn remove_delivered(path: &Path) -> io::Result<()> {
+    fs::remove_file(path)
 }
 
 #[cfg(test)]

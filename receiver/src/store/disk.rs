@@ -1,15 +1,18 @@
 //! The local-disk store: `<root>/<DEVICE-ID>/<relative path>` plus
 //! `<relative path>.sha256`, staged in `<root>/.staging/`.
 //!
-//! Durability: the staged file is fsynced before it is linked into place,
-//! every folder that gains an entry is fsynced, and only then does commit
-//! return. No-overwrite: files are placed with `link(2)`, which fails rather
-//! than replace an existing name, so even two racing uploads cannot clobber
-//! each other. Containment: every folder on the way is checked to be a real
-//! folder, not a symlink, so a link planted in the store cannot lead out.
+//! Durability: the staged file and its checksum file are fsynced before
+//! they are linked into place, every folder that gains an entry is fsynced,
+//! and only then does commit return. Data and checksum file share a folder,
+//! so one folder fsync makes both names durable. No-overwrite: files are
+//! placed with `link(2)`, which fails rather than replace an existing name,
+//! so even two racing uploads cannot clobber each other. Containment: every
+//! folder on the way is checked to be a real folder, not a symlink, so a
+//! link planted in the store cannot lead out.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
+use std::num::NonZeroU64;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -32,7 +35,13 @@ const STAGING_DIR: &str = ".staging";
 /// Chunks queued between the network and the disk writer per upload: enough
 /// to keep both busy, little enough to keep memory flat.
 const QUEUED_CHUNKS: usize = 16;
-const WRITE_BUFFER: usize = 256 * 1024;
+/// Network chunks (typically 128 KiB) at least this big go to the disk as
+/// they are, without a copy; smaller ones are gathered to this size.
+const WRITE_BUFFER: usize = 64 * 1024;
+/// Uploads up to this size are held in memory until their body is complete,
+/// then written, fsynced and placed by one blocking task: a burst of small
+/// files costs one hand-off to the blocking pool each, not a writer thread.
+const HELD_UPLOAD_MAX: u64 = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct DiskStore {
@@ -66,32 +75,67 @@ impl DiskStore {
         Ok((Self { root: root.to_owned(), staging, min_free }, removed))
     }
 
-    fn new_staging_file(&self, purpose: &str) -> io::Result<(PathBuf, File)> {
+    fn new_staging_file(&self, purpose: &str) -> io::Result<(StagingName, File)> {
         let mut nonce = [0u8; 12];
         SysRng.try_fill_bytes(&mut nonce).map_err(io::Error::other)?;
         let path = self.staging.join(format!("{purpose}-{}", hex::encode(nonce)));
         let file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path)?;
-        Ok((path, file))
+        Ok((StagingName(path), file))
+    }
+
+    fn check_room(&self, size: u64) -> Result<(), StoreError> {
+        let free = available(&self.staging)?;
+        if free < size.saturating_add(self.min_free) {
+            return Err(no_room(free, size, self.min_free));
+        }
+        Ok(())
     }
 }
 
-/// An upload being written to a staging file by a blocking writer task, so
-/// that disk latency never stalls the async workers.
+/// A file's name in staging, removed when this is dropped: once the file is
+/// linked into place that removes only the staging name, otherwise (an
+/// abandoned upload, a failure) the whole file.
 #[derive(Debug)]
-pub struct DiskStaged {
-    path: PathBuf,
-    device_dir: PathBuf,
-    claim: UploadClaim,
-    chunks: Option<mpsc::Sender<Bytes>>,
-    writer: Option<JoinHandle<Result<(), StoreError>>>,
+struct StagingName(PathBuf);
+
+impl Drop for StagingName {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
 }
 
-impl DiskStaged {
+/// An upload on its way into the store. Disk work happens on blocking
+/// threads, so that disk latency never stalls the async workers.
+#[derive(Debug)]
+pub struct DiskStaged {
+    store: DiskStore,
+    device_dir: PathBuf,
+    claim: UploadClaim,
+    body: Body,
+}
+
+#[derive(Debug)]
+enum Body {
+    /// A small upload's chunks, at most [`HELD_UPLOAD_MAX`] bytes in all (the
+    /// handler never passes on more than the declared size).
+    Held(Vec<Bytes>),
+    /// A larger upload, streamed to a staging file by its own writer task.
+    Streamed(Writer),
+}
+
+#[derive(Debug)]
+struct Writer {
+    name: StagingName,
+    chunks: Option<mpsc::Sender<Bytes>>,
+    task: Option<JoinHandle<Result<(), StoreError>>>,
+}
+
+impl Writer {
     /// Waits for the writer to flush and fsync everything sent so far.
     async fn finish(&mut self) -> Result<(), StoreError> {
         self.chunks = None;
-        match self.writer.take() {
-            Some(writer) => writer.await.map_err(io::Error::other)?,
+        match self.task.take() {
+            Some(task) => task.await.map_err(io::Error::other)?,
             None => Err(io::Error::other("staged upload already finished").into()),
         }
     }
@@ -99,7 +143,14 @@ impl DiskStaged {
 
 impl Staged for DiskStaged {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
-        let sent = match &self.chunks {
+        let writer = match &mut self.body {
+            Body::Held(chunks) => {
+                chunks.push(chunk);
+                return Ok(());
+            }
+            Body::Streamed(writer) => writer,
+        };
+        let sent = match &writer.chunks {
             Some(chunks) => chunks.send(chunk).await.is_ok(),
             None => false,
         };
@@ -107,16 +158,8 @@ impl Staged for DiskStaged {
             return Ok(());
         }
         // The writer stopped early: its result says why.
-        self.finish().await?;
+        writer.finish().await?;
         Err(io::Error::other("the staging writer stopped unexpectedly").into())
-    }
-}
-
-impl Drop for DiskStaged {
-    fn drop(&mut self) {
-        // Committed uploads are linked elsewhere; this removes only the
-        // staging name (or the whole file when the upload was abandoned).
-        let _ = fs::remove_file(&self.path);
     }
 }
 
@@ -134,7 +177,7 @@ fn no_room(free: u64, needed: u64, reserve: u64) -> StoreError {
 
 fn write_all_chunks(file: File, mut chunks: mpsc::Receiver<Bytes>, store: DiskStore) -> Result<(), StoreError> {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
-    let (mut written, mut next_check) = (0u64, SPACE_CHECK_EVERY);
+    let (mut written, mut next_check, mut flushing_from) = (0u64, SPACE_CHECK_EVERY, 0u64);
     while let Some(chunk) = chunks.blocking_recv() {
         out.write_all(&chunk)?;
         written += chunk.len() as u64;
@@ -143,6 +186,16 @@ fn write_all_chunks(file: File, mut chunks: mpsc::Receiver<Bytes>, store: DiskSt
             let free = available(&store.staging)?;
             if free < store.min_free {
                 return Err(no_room(free, 0, store.min_free));
+            }
+            // Start writing back what reached the file so far, so that the
+            // disk works while the rest arrives and the final fsync waits
+            // only for the last few MiB. (The advice also drops those pages
+            // from the cache once written: nothing reads them again.)
+            let in_file = written - out.buffer().len() as u64;
+            if let Some(len) = NonZeroU64::new(in_file - flushing_from) {
+                rustix::fs::fadvise(out.get_ref(), flushing_from, Some(len), rustix::fs::Advice::DontNeed)
+                    .map_err(io::Error::from)?;
+                flushing_from = in_file;
             }
         }
     }
@@ -153,31 +206,48 @@ fn write_all_chunks(file: File, mut chunks: mpsc::Receiver<Bytes>, store: DiskSt
 impl Store for DiskStore {
     type Staged = DiskStaged;
 
+    /// A small upload is refused for want of room when it is committed,
+    /// which is as soon as its body is in; a larger one at once.
     async fn stage(&self, device: &DeviceId, claim: &UploadClaim) -> Result<DiskStaged, StoreError> {
-        let store = self.clone();
         let size = claim.size;
-        let (path, file) = blocking(move || {
-            let free = available(&store.staging)?;
-            if free < size.saturating_add(store.min_free) {
-                return Err(no_room(free, size, store.min_free));
-            }
-            Ok(store.new_staging_file("upload")?)
-        })
-        .await?;
-        let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
-        let store = self.clone();
-        let writer = tokio::task::spawn_blocking(move || write_all_chunks(file, rx, store));
+        let body = if size <= HELD_UPLOAD_MAX {
+            Body::Held(Vec::new())
+        } else {
+            let store = self.clone();
+            let (name, file) = blocking(move || {
+                store.check_room(size)?;
+                Ok(store.new_staging_file("upload")?)
+            })
+            .await?;
+            let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
+            let store = self.clone();
+            let task = tokio::task::spawn_blocking(move || write_all_chunks(file, rx, store));
+            Body::Streamed(Writer { name, chunks: Some(tx), task: Some(task) })
+        };
         let device_dir = self.root.join(device.reveal());
-        Ok(DiskStaged { path, device_dir, claim: claim.clone(), chunks: Some(tx), writer: Some(writer) })
+        Ok(DiskStaged { store: self.clone(), device_dir, claim: claim.clone(), body })
     }
 
-    async fn commit(&self, mut staged: DiskStaged) -> Result<Committed, StoreError> {
-        staged.finish().await?;
-        let store = self.clone();
-        let (staged_path, device_dir, claim) = (staged.path.clone(), staged.device_dir.clone(), staged.claim.clone());
-        let committed = blocking(move || store.place(&staged_path, &device_dir, &claim)).await;
-        drop(staged);
-        committed
+    async fn commit(&self, staged: DiskStaged) -> Result<Committed, StoreError> {
+        let DiskStaged { store, device_dir, claim, body } = staged;
+        match body {
+            Body::Held(chunks) => {
+                blocking(move || {
+                    store.check_room(claim.size)?;
+                    let (name, mut file) = store.new_staging_file("upload")?;
+                    for chunk in &chunks {
+                        file.write_all(chunk)?;
+                    }
+                    file.sync_all()?;
+                    store.place(&name.0, &device_dir, &claim)
+                })
+                .await
+            }
+            Body::Streamed(mut writer) => {
+                writer.finish().await?;
+                blocking(move || store.place(&writer.name.0, &device_dir, &claim)).await
+            }
+        }
     }
 
     async fn inventory(&self) -> Result<Vec<StoredFile>, StoreError> {
@@ -279,6 +349,10 @@ impl DiskStore {
         )))
     }
 
+    /// Links the (fsynced) staged file to `target` and its checksum file
+    /// beside it, then fsyncs their folder once; only then is either name
+    /// counted on. Every path that answers fsyncs the folder, because the
+    /// names it found may come from a racing upload that has not yet.
     fn place_at(
         &self,
         staged: &Path,
@@ -288,15 +362,19 @@ impl DiskStore {
     ) -> Result<Placement, StoreError> {
         let sidecar = target.with_file_name(name.checksum_path().file_name());
         let folder = target.parent().ok_or_else(|| io::Error::other("target has no folder"))?;
+        let line = name.checksum_line(&claim.sha256);
         if !exists_no_follow(target)? {
-            if exists_no_follow(&sidecar)? {
-                // A file of the device's own occupies the checksum name.
+            // The checksum file may be there alone: after a crash between the
+            // links and the folder fsync, or as a file of the device's own.
+            // Only the line for exactly these bytes may stay beside them.
+            if exists_no_follow(&sidecar)? && !holds_line(&sidecar, &line)? {
                 return Ok(Placement::Taken);
             }
+            let checksum = self.staged_checksum_file(&line)?;
             match fs::hard_link(staged, target) {
                 Ok(()) => {
+                    link_checksum_file(&checksum.0, &sidecar, &line)?;
                     sync_dir(folder)?;
-                    self.write_checksum_file(&sidecar, name, &claim.sha256)?;
                     return Ok(Placement::Placed);
                 }
                 // Another upload got there first; judge what it put there.
@@ -310,35 +388,43 @@ impl DiskStore {
         // Same bytes already there: an earlier answer was lost, or a crash
         // came between placing the file and its checksum file.
         if !exists_no_follow(&sidecar)? {
-            self.write_checksum_file(&sidecar, name, &claim.sha256)?;
+            let checksum = self.staged_checksum_file(&line)?;
+            link_checksum_file(&checksum.0, &sidecar, &line)?;
         }
+        sync_dir(folder)?;
         Ok(Placement::SameContentThere)
     }
 
-    /// Writes `<name>.sha256` by the same stage, fsync and link steps as data.
-    fn write_checksum_file(&self, sidecar: &Path, name: &RelPath, digest: &Sha256Digest) -> io::Result<()> {
-        let line = name.checksum_line(digest);
-        let (temp, mut file) = self.new_staging_file("checksum")?;
-        let result = (|| {
-            file.write_all(line.as_bytes())?;
-            file.sync_all()?;
-            match fs::hard_link(&temp, sidecar) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    // Written meanwhile by a racing upload of the same bytes,
-                    // or a device file of that name: either way it stays.
-                    let there = fs::read(sidecar).unwrap_or_default();
-                    if there != line.as_bytes() {
-                        tracing::warn!(file = %sidecar.display(), "checksum file name already used by other content; left as it is");
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-            sync_dir(sidecar.parent().unwrap_or(Path::new(".")))
-        })();
-        let _ = fs::remove_file(&temp);
-        result
+    /// A checksum file in staging, written and fsynced like data.
+    fn staged_checksum_file(&self, line: &str) -> io::Result<StagingName> {
+        let (name, mut file) = self.new_staging_file("checksum")?;
+        file.write_all(line.as_bytes())?;
+        file.sync_all()?;
+        Ok(name)
     }
+}
+
+/// Puts the staged checksum file `staged` in place as `sidecar`; the caller
+/// fsyncs the folder.
+fn link_checksum_file(staged: &Path, sidecar: &Path, line: &str) -> io::Result<()> {
+    match fs::hard_link(staged, sidecar) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // Written meanwhile by a racing upload of the same bytes, or a
+            // device file of that name: either way it stays.
+            if !holds_line(sidecar, line)? {
+                tracing::warn!(file = %sidecar.display(), "checksum file name already used by other content; left as it is");
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `path` is a regular file (not a link) holding exactly `line`.
+fn holds_line(path: &Path, line: &str) -> io::Result<bool> {
+    let (digest, size) = Sha256Digest::of_reader(line.as_bytes())?;
+    holds_exactly(path, &digest, size)
 }
 
 async fn blocking<T: Send + 'static>(

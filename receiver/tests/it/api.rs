@@ -466,6 +466,20 @@ async fn a_verified_upload_is_stored_with_a_checksum_file_that_sha256sum_accepts
     assert_eq!((status, body["size"].as_u64()), (201, Some(0)), "{body}");
 }
 
+/// On disk, data and checksum file are placed with one folder fsync, so a
+/// crash may keep either name; a re-send of the same bytes then finds a
+/// checksum file for exactly them and gives them their name back.
+#[tokio::test]
+async fn a_resend_restores_a_data_file_whose_checksum_file_alone_survived_a_crash() {
+    let h = Harness::start();
+    assert_eq!(h.upload("a.log", CONTENT).await.0, 201);
+    let before = h.stored_files();
+    std::fs::remove_file(h.device_dir().join("a.log")).expect("remove");
+    let (status, body) = h.upload("a.log", CONTENT).await;
+    assert_eq!((status, body["stored_as"].as_str()), (201, Some("a.log")), "{body}");
+    assert_eq!(h.stored_files(), before);
+}
+
 #[tokio::test]
 async fn a_file_in_the_way_of_a_folder_is_a_conflict() {
     let h = Harness::start();
