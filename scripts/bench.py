@@ -334,6 +334,9 @@ def main():
         "|---|---|---|---|---|",
     ]
     lines += [f"| {' | '.join(row)} |" for row in rows]
+    # Measured by scripts/bench-s3.sh just before, in the same bench.sh run.
+    s3_rows = os.environ.get("BENCH_S3_ROWS", "").strip()
+    lines += s3_rows.splitlines() if s3_rows else ["| S3 (Garage): skipped, Garage not installed |  |  |  |  |"]
     lines += [
         "",
         f"`--jobs` sweep over case 1 (median of {RUNS} runs each); the fastest is {fastest}, "
