@@ -7,9 +7,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-/// Read size when hashing a file: large enough to keep syscalls rare,
-/// small enough that memory stays flat whatever the file size.
-pub const HASH_BUFFER_SIZE: usize = 256 * 1024;
+/// Read size when hashing a file: large enough to keep syscalls rare (larger
+/// reads hash no faster, BENCHMARKS.md), small enough that memory stays flat
+/// whatever the file size and however many files are hashed at once.
+pub const HASH_BUFFER_SIZE: usize = 64 * 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Sha256Digest([u8; 32]);
@@ -25,9 +26,22 @@ impl Sha256Digest {
         Self::of_reader_with(reader, &mut vec![0u8; HASH_BUFFER_SIZE])
     }
 
-    /// As [`Self::of_reader`], reading into `buf`: a caller hashing a file
-    /// it knows to be small need not allocate (and keep) a large buffer.
-    pub fn of_reader_with(mut reader: impl Read, buf: &mut [u8]) -> io::Result<(Self, u64)> {
+    /// As [`Self::of_reader`], for a reader expected to yield `expected`
+    /// bytes: a small file gets a buffer just large enough (one byte more, so
+    /// that the read finding its end shares it), not a full-size one.
+    pub fn of_reader_expecting(reader: impl Read, expected: u64) -> io::Result<(Self, u64)> {
+        let len = expected.saturating_add(1).min(HASH_BUFFER_SIZE as u64) as usize;
+        Self::of_reader_with(reader, &mut vec![0u8; len])
+    }
+
+    /// The digest of bytes already in memory.
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        let mut hasher = Sha256Hasher::default();
+        hasher.update(bytes);
+        hasher.finish().0
+    }
+
+    fn of_reader_with(mut reader: impl Read, buf: &mut [u8]) -> io::Result<(Self, u64)> {
         let mut hasher = Sha256Hasher::default();
         loop {
             match reader.read(buf) {
@@ -130,6 +144,12 @@ mod tests {
             let (digest, len) = Sha256Digest::of_reader(input).expect("reading a slice");
             assert_eq!(digest.to_hex(), expected);
             assert_eq!(len, input.len() as u64);
+            assert_eq!(Sha256Digest::of_bytes(input).to_hex(), expected);
+            // A wrong expectation only sizes the buffer: everything is hashed.
+            for expected_len in [0, 1, 3, 1 << 40] {
+                let (sized, sized_len) = Sha256Digest::of_reader_expecting(input, expected_len).expect("reading");
+                assert_eq!((sized.to_hex().as_str(), sized_len), (expected, input.len() as u64), "{expected_len}");
+            }
         }
     }
 

@@ -246,10 +246,6 @@ impl Stamp {
     }
 }
 
-/// Read size when hashing: hashing is no faster with larger reads, and each
-/// upload in flight holds one such buffer on a blocking thread.
-const HASH_BUFFER: usize = 64 * 1024;
-
 /// Hashes, uploads, checks the receipt, and moves the file aside only if the
 /// receiver confirmed exactly these bytes and the file did not change since
 /// it was hashed.
@@ -265,15 +261,12 @@ async fn deliver_one(
         return Err(Undelivered::NotYet);
     }
     let owned = path.to_owned();
-    // One byte more than the file holds lets the read that finds its end
-    // share the buffer; small files need no large one.
-    let buffer_len = before.len.saturating_add(1).min(HASH_BUFFER as u64) as usize;
-    let (sha256, size) = tokio::task::spawn_blocking(move || {
-        Sha256Digest::of_reader_with(std::fs::File::open(owned)?, &mut vec![0u8; buffer_len])
-    })
-    .await
-    .map_err(|e| Undelivered::Stop(Fatal::Internal(e.to_string())))?
-    .map_err(|e| kept("cannot read it", e))?;
+    let expected = before.len;
+    let (sha256, size) =
+        tokio::task::spawn_blocking(move || Sha256Digest::of_reader_expecting(std::fs::File::open(owned)?, expected))
+            .await
+            .map_err(|e| Undelivered::Stop(Fatal::Internal(e.to_string())))?
+            .map_err(|e| kept("cannot read it", e))?;
     if size != before.len {
         return Err(Undelivered::NotYet);
     }

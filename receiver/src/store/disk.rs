@@ -423,8 +423,7 @@ fn link_checksum_file(staged: &Path, sidecar: &Path, line: &str) -> io::Result<(
 
 /// Whether `path` is a regular file (not a link) holding exactly `line`.
 fn holds_line(path: &Path, line: &str) -> io::Result<bool> {
-    let (digest, size) = Sha256Digest::of_reader(line.as_bytes())?;
-    holds_exactly(path, &digest, size)
+    holds_exactly(path, &Sha256Digest::of_bytes(line.as_bytes()), line.len() as u64)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -269,7 +269,7 @@ impl S3Store {
             return Ok(());
         }
         let line = staged.name.checksum_line(&staged.claim.sha256);
-        let line_digest = Sha256Digest::of_reader(line.as_bytes())?.0;
+        let line_digest = Sha256Digest::of_bytes(line.as_bytes());
         let sidecar_name = staged.name.checksum_path();
         if !self.claim(&Wanted { device: &staged.device, name: &sidecar_name, content: &line_digest }, &mask).await? {
             tracing::warn!(
