@@ -14,8 +14,22 @@ pub const DEVICE_ID_HEX_LEN: usize = 16;
 const VISIBLE_CHARS: usize = 4;
 
 /// Domain-separation label for key ids, so a key id can never be confused
-/// with a request signature made with the same secret.
-const KEY_ID_LABEL: &[u8] = b"logferry key id v1";
+/// with a request signature made with the same key.
+const KEY_ID_LABEL: &[u8] = b"logferry key id v2";
+
+/// Argon2id's cost for turning an ID into its key. Every request and key id
+/// is an HMAC keyed by that key, so whoever captured one and wants to test
+/// candidate IDs offline pays this for each candidate: about 20 ms and
+/// 8 MiB of memory on a 2-core x86 VM, some 60,000 times one HMAC-SHA256
+/// (BENCHMARKS.md), and the memory keeps GPUs from running many at once.
+/// 8 MiB also keeps the sender, which derives its key once per run, within
+/// its memory budget on a Pi.
+const KDF_MEMORY_KIB: u32 = 8 * 1024;
+const KDF_PASSES: u32 = 2;
+/// Argon2 needs a salt. It is fixed, as both sides must derive the same key
+/// from the ID alone; with 2^64 possible IDs a table over all of them is out
+/// of reach anyway, so a per-deployment salt would add little.
+const KDF_SALT: &[u8] = b"logferry device key v2";
 
 /// A validated device ID, kept in canonical (uppercase) form.
 ///
@@ -53,21 +67,53 @@ impl DeviceId {
         format!("{}{}", "*".repeat(hidden), &self.canonical[hidden..])
     }
 
-    /// The public, one-way name of this ID that travels in requests instead
-    /// of the ID itself.
-    pub fn key_id(&self) -> KeyId {
-        let mut mac = self.mac();
+    /// Derives the key that signs this device's requests and names it in
+    /// them. Deliberately slow (Argon2id, see `KDF_MEMORY_KIB`): derive it
+    /// once and keep it, never on a request path.
+    pub fn derive_key(&self) -> DeviceKey {
+        let params = argon2::Params::new(KDF_MEMORY_KIB, KDF_PASSES, 1, Some(32))
+            .unwrap_or_else(|e| unreachable!("constant Argon2 parameters are valid: {e}"));
+        let mut secret = [0u8; 32];
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password_into(self.canonical.as_bytes(), KDF_SALT, &mut secret)
+            .unwrap_or_else(|e| unreachable!("an ID and the constant salt fit Argon2's limits: {e}"));
+        let mut mac = hmac_keyed(&secret);
         mac.update(KEY_ID_LABEL);
-        let full = mac.finalize().into_bytes();
-        KeyId(hex::encode(&full[..16]))
+        let key_id = KeyId(hex::encode(&mac.finalize().into_bytes()[..16]));
+        DeviceKey { secret, key_id }
+    }
+}
+
+/// The key derived from a device ID: what signs requests and answers. As
+/// secret as the ID (it is all a forger needs), so `Debug` shows only the
+/// key id.
+#[derive(Clone)]
+pub struct DeviceKey {
+    secret: [u8; 32],
+    key_id: KeyId,
+}
+
+impl DeviceKey {
+    /// The public, one-way name of this key that travels in requests instead
+    /// of the ID.
+    pub fn key_id(&self) -> &KeyId {
+        &self.key_id
     }
 
-    /// An HMAC-SHA256 keyed by this ID.
+    /// An HMAC-SHA256 keyed by this key.
     pub(crate) fn mac(&self) -> Hmac<Sha256> {
-        // HMAC takes keys of any length, so this cannot fail.
-        <Hmac<Sha256> as KeyInit>::new_from_slice(self.canonical.as_bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"))
+        hmac_keyed(&self.secret)
     }
+}
+
+impl fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceKey").field("key_id", &self.key_id.short()).finish_non_exhaustive()
+    }
+}
+
+fn hmac_keyed(key: &[u8]) -> Hmac<Sha256> {
+    <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"))
 }
 
 impl FromStr for DeviceId {
@@ -156,13 +202,14 @@ mod tests {
 
     #[test]
     fn key_id_is_stable_case_insensitive_and_not_the_id() {
-        let upper: DeviceId = "0123456789ABCDEF".parse().expect("valid");
-        let lower: DeviceId = "0123456789abcdef".parse().expect("valid");
-        let other: DeviceId = "0123456789ABCDEE".parse().expect("valid");
+        let upper = "0123456789ABCDEF".parse::<DeviceId>().expect("valid").derive_key();
+        let lower = "0123456789abcdef".parse::<DeviceId>().expect("valid").derive_key();
+        let other = "0123456789ABCDEE".parse::<DeviceId>().expect("valid").derive_key();
         assert_eq!(upper.key_id(), lower.key_id());
         assert_ne!(upper.key_id(), other.key_id());
         assert!(KeyId::parse(upper.key_id().as_str()).is_some());
         assert!(!upper.key_id().as_str().to_uppercase().contains("0123456789ABCDEF"));
+        assert!(!format!("{upper:?}").contains(&hex::encode(upper.secret)), "Debug hides the key");
     }
 
     #[test]

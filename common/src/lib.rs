@@ -2,7 +2,7 @@
 //!
 //! Everything that crosses the wire, or decides where bytes land, is defined
 //! here once so the two binaries cannot drift apart: the device ID and the key
-//! id derived from it, SHA-256 digests, the request-signing scheme, the rules
+//! (and key id) derived from it, SHA-256 digests, the request-signing scheme, the rules
 //! for relative paths, and the JSON bodies and header names of the protocol.
 //! PROTOCOL.md describes the same things for people writing another client.
 
@@ -14,7 +14,7 @@ pub mod rel_path;
 pub mod signing;
 pub mod wire;
 
-pub use device_id::{DeviceId, DeviceIdError, KeyId};
+pub use device_id::{DeviceId, DeviceIdError, DeviceKey, KeyId};
 pub use digest::{Sha256Digest, Sha256Hasher};
 pub use human::human_bytes;
 pub use rel_path::{PathError, RelPath};

@@ -2,8 +2,9 @@
 //!
 //! Every request carries
 //! `Authorization: LOGFERRY-HMAC-SHA256 KeyId=<key id>, Timestamp=<unix seconds>, Signature=<hex>`
-//! where the signature is HMAC-SHA256, keyed by the device ID (canonical
-//! uppercase ASCII), over the newline-joined canonical string built by
+//! where the signature is HMAC-SHA256, keyed by the device's key (derived
+//! from its ID by [`DeviceId::derive_key`](crate::DeviceId::derive_key)),
+//! over the newline-joined canonical string built by
 //! [`SignedRequest::canonical_string`]. PROTOCOL.md spells out the same.
 
 use std::fmt;
@@ -11,12 +12,12 @@ use std::str::FromStr;
 
 use hmac::Mac;
 
-use crate::{DeviceId, KeyId, RelPath, Sha256Digest};
+use crate::{DeviceKey, KeyId, RelPath, Sha256Digest};
 
 /// The `Authorization` scheme name.
 pub const AUTH_SCHEME: &str = "LOGFERRY-HMAC-SHA256";
 /// First line of every canonical string; a new scheme gets a new version.
-pub const CANONICAL_VERSION: &str = "LOGFERRY-HMAC-SHA256-V1";
+pub const CANONICAL_VERSION: &str = "LOGFERRY-HMAC-SHA256-V2";
 /// How far a request's timestamp may be from the receiver's clock, either way.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 
@@ -29,26 +30,46 @@ pub struct UploadClaim {
     pub size: u64,
 }
 
+/// An upload's declared fields as the text that travels, which is what the
+/// signature covers: the receiver checks the signature over exactly what
+/// it read before it judges any of it, so every later refusal is one it
+/// can sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadHead {
+    pub path: String,
+    pub sha256: String,
+    pub size: String,
+}
+
+impl From<&UploadClaim> for UploadHead {
+    /// The one spelling a valid claim has on the wire.
+    fn from(claim: &UploadClaim) -> Self {
+        Self { path: claim.path.to_string(), sha256: claim.sha256.to_hex(), size: claim.size.to_string() }
+    }
+}
+
 /// The parts of a request that the signature covers.
 #[derive(Debug, Clone, Copy)]
 pub struct SignedRequest<'a> {
     pub method: &'a str,
-    /// The protocol's endpoint path (e.g. `/v1/upload`), without any prefix a
-    /// reverse proxy might add, and without a query string.
+    /// The protocol's endpoint path (e.g. `/v1/upload`) as PROTOCOL.md lists
+    /// it: not the request line's spelling of it (percent-encoding), without
+    /// any prefix a reverse proxy might add, and without a query string.
     pub path: &'a str,
     pub timestamp: u64,
-    pub upload: Option<&'a UploadClaim>,
+    pub upload: Option<&'a UploadHead>,
 }
 
 impl SignedRequest<'_> {
     /// The exact bytes that are signed: seven lines joined by `\n`, with
     /// empty lines for the upload fields of a request that uploads nothing.
-    /// The relative path comes last and cannot contain a newline, so the
-    /// string always splits back into the same fields.
+    /// The relative path comes last; a valid one cannot contain a newline,
+    /// so the string splits back into the same fields.
     pub fn canonical_string(&self) -> String {
         let (sha256, size, path) = match self.upload {
-            Some(claim) => (claim.sha256.to_hex(), claim.size.to_string(), claim.path.as_str()),
-            None => (String::new(), String::new(), ""),
+            // Hex may be sent in either case; it is signed in lowercase.
+            Some(head) => (head.sha256.to_ascii_lowercase(), head.size.as_str(), head.path.as_str()),
+            None => (String::new(), "", ""),
         };
         [
             CANONICAL_VERSION,
@@ -56,52 +77,61 @@ impl SignedRequest<'_> {
             self.path,
             &self.timestamp.to_string(),
             &sha256,
-            &size,
+            size,
             path,
         ]
         .join("\n")
     }
 
-    /// Signs the request with `id`, returning the `Authorization` header.
-    pub fn authorization(&self, id: &DeviceId) -> AuthHeader {
-        let mut mac = id.mac();
+    /// Signs the request with `key`, returning the `Authorization` header.
+    pub fn authorization(&self, key: &DeviceKey) -> AuthHeader {
+        let mut mac = key.mac();
         mac.update(self.canonical_string().as_bytes());
-        AuthHeader { key_id: id.key_id(), timestamp: self.timestamp, signature: mac.finalize().into_bytes().into() }
+        AuthHeader {
+            key_id: key.key_id().clone(),
+            timestamp: self.timestamp,
+            signature: mac.finalize().into_bytes().into(),
+        }
     }
 
     /// Checks `signature` in constant time.
-    pub fn verify(&self, id: &DeviceId, signature: &[u8; 32]) -> bool {
-        let mut mac = id.mac();
+    pub fn verify(&self, key: &DeviceKey, signature: &[u8; 32]) -> bool {
+        let mut mac = key.mac();
         mac.update(self.canonical_string().as_bytes());
         mac.verify_slice(signature).is_ok()
     }
 }
 
 /// Response header carrying the receiver's proof that it holds the device's
-/// ID: an HMAC over the request's own signature and the answer's body.
+/// key: an HMAC over the answer's status, the request's own signature and
+/// the answer's body.
 pub const RECEIPT_HEADER: &str = "X-Logferry-Receipt";
 /// First line of the string a receipt signs.
-pub const RECEIPT_VERSION: &str = "LOGFERRY-RECEIPT-V1";
+pub const RECEIPT_VERSION: &str = "LOGFERRY-RECEIPT-V2";
 
-/// Signs a 2xx answer for the request that carried `request_signature`:
-/// only a receiver that knows the ID can make it, and it cannot be reused
-/// for another request or another answer. Without TLS this is what stops an
-/// impostor on the network from "accepting" files the device then moves aside.
-pub fn receipt(id: &DeviceId, request_signature: &[u8; 32], body: &[u8]) -> String {
-    hex::encode(receipt_mac(id, request_signature, body).finalize().into_bytes())
+/// Signs an answer with HTTP `status` to the request that carried
+/// `request_signature`: only a receiver that knows the key can make it, and
+/// it cannot be reused for another request, another status or another
+/// answer. Without TLS this is what stops an impostor on the network from
+/// "accepting" files the device then moves aside, or from refusing them so
+/// that the device gives up on them.
+pub fn receipt(key: &DeviceKey, status: u16, request_signature: &[u8; 32], body: &[u8]) -> String {
+    hex::encode(receipt_mac(key, status, request_signature, body).finalize().into_bytes())
 }
 
 /// Checks a receipt from [`receipt`] in constant time.
-pub fn verify_receipt(id: &DeviceId, request_signature: &[u8; 32], body: &[u8], tag: &str) -> bool {
+pub fn verify_receipt(key: &DeviceKey, status: u16, request_signature: &[u8; 32], body: &[u8], tag: &str) -> bool {
     let mut bytes = [0u8; 32];
     tag.len() == 64
         && hex::decode_to_slice(tag, &mut bytes).is_ok()
-        && receipt_mac(id, request_signature, body).verify_slice(&bytes).is_ok()
+        && receipt_mac(key, status, request_signature, body).verify_slice(&bytes).is_ok()
 }
 
-fn receipt_mac(id: &DeviceId, request_signature: &[u8; 32], body: &[u8]) -> hmac::Hmac<sha2::Sha256> {
-    let mut mac = id.mac();
+fn receipt_mac(key: &DeviceKey, status: u16, request_signature: &[u8; 32], body: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+    let mut mac = key.mac();
     mac.update(RECEIPT_VERSION.as_bytes());
+    mac.update(b"\n");
+    mac.update(status.to_string().as_bytes());
     mac.update(b"\n");
     mac.update(hex::encode(request_signature).as_bytes());
     mac.update(b"\n");
@@ -128,6 +158,15 @@ pub fn freshness(timestamp: u64, now: u64) -> Freshness {
     } else {
         Freshness::Fresh
     }
+}
+
+/// Parses a number as the protocol writes it: decimal digits without a
+/// sign, spaces or leading zeros ("0" itself is fine). Being the only
+/// spelling, it is the same text as the number in the canonical string.
+pub fn parse_decimal(text: &str) -> Option<u64> {
+    let canonical =
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
 }
 
 /// A parsed `Authorization` header value.
@@ -180,10 +219,7 @@ impl FromStr for AuthHeader {
         let mut sig_bytes = [0u8; 32];
         Ok(Self {
             key_id: KeyId::parse(key_id).ok_or(AuthHeaderError::Malformed("KeyId"))?,
-            timestamp: (timestamp.len() <= 20 && timestamp.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| timestamp.parse().ok())
-                .flatten()
-                .ok_or(AuthHeaderError::Malformed("Timestamp"))?,
+            timestamp: parse_decimal(timestamp).ok_or(AuthHeaderError::Malformed("Timestamp"))?,
             signature: (signature.len() == 64 && hex::decode_to_slice(signature, &mut sig_bytes).is_ok())
                 .then_some(sig_bytes)
                 .ok_or(AuthHeaderError::Malformed("Signature"))?,
@@ -216,8 +252,15 @@ impl fmt::Debug for AuthHeader {
 mod tests {
     use super::*;
 
-    fn device() -> DeviceId {
-        "0123456789ABCDEF".parse().expect("valid")
+    use std::sync::LazyLock;
+
+    use crate::DeviceId;
+
+    static KEY: LazyLock<DeviceKey> = LazyLock::new(|| derive("0123456789ABCDEF"));
+    static OTHER_KEY: LazyLock<DeviceKey> = LazyLock::new(|| derive("0123456789ABCDEE"));
+
+    fn derive(id: &str) -> DeviceKey {
+        id.parse::<DeviceId>().expect("valid").derive_key()
     }
 
     fn claim() -> UploadClaim {
@@ -230,32 +273,34 @@ mod tests {
 
     #[test]
     fn canonical_string_layout() {
-        let claim = claim();
-        let req = SignedRequest { method: "post", path: "/v1/upload", timestamp: 1_700_000_000, upload: Some(&claim) };
+        let head = UploadHead::from(&claim());
+        let req = SignedRequest { method: "post", path: "/v1/upload", timestamp: 1_700_000_000, upload: Some(&head) };
         assert_eq!(
             req.canonical_string(),
-            "LOGFERRY-HMAC-SHA256-V1\nPOST\n/v1/upload\n1700000000\n\
+            "LOGFERRY-HMAC-SHA256-V2\nPOST\n/v1/upload\n1700000000\n\
              ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n3\nsub/été.log"
         );
+        let shouted = UploadHead { sha256: head.sha256.to_ascii_uppercase(), ..head.clone() };
+        assert_eq!(SignedRequest { upload: Some(&shouted), ..req }.canonical_string(), req.canonical_string());
         let bare = SignedRequest { method: "GET", path: "/v1/auth-check", timestamp: 5, upload: None };
-        assert_eq!(bare.canonical_string(), "LOGFERRY-HMAC-SHA256-V1\nGET\n/v1/auth-check\n5\n\n\n");
+        assert_eq!(bare.canonical_string(), "LOGFERRY-HMAC-SHA256-V2\nGET\n/v1/auth-check\n5\n\n\n");
     }
 
     #[test]
     fn sign_round_trips_through_the_header_and_any_change_breaks_it() {
-        let id = device();
+        let key = &*KEY;
         let claim = claim();
-        let req = SignedRequest { method: "POST", path: "/v1/upload", timestamp: 42, upload: Some(&claim) };
-        let header: AuthHeader = req.authorization(&id).to_string().parse().expect("own header parses");
-        assert_eq!(header.key_id, id.key_id());
-        assert!(req.verify(&id, &header.signature));
-
-        let other_id: DeviceId = "0123456789ABCDEE".parse().expect("valid");
-        assert!(!req.verify(&other_id, &header.signature));
+        let head = UploadHead::from(&claim);
+        let req = SignedRequest { method: "POST", path: "/v1/upload", timestamp: 42, upload: Some(&head) };
+        let header: AuthHeader = req.authorization(key).to_string().parse().expect("own header parses");
+        assert_eq!(&header.key_id, key.key_id());
+        assert!(req.verify(key, &header.signature));
+        assert!(!req.verify(&OTHER_KEY, &header.signature));
         let mut bigger = claim.clone();
         bigger.size = 4;
         let mut renamed = claim.clone();
         renamed.path = RelPath::parse("sub/other.log").expect("valid");
+        let (bigger, renamed) = (UploadHead::from(&bigger), UploadHead::from(&renamed));
         let variants = [
             SignedRequest { method: "PUT", ..req },
             SignedRequest { path: "/v1/auth-check", ..req },
@@ -265,13 +310,13 @@ mod tests {
             SignedRequest { upload: None, ..req },
         ];
         for variant in variants {
-            assert!(!variant.verify(&id, &header.signature), "{variant:?}");
+            assert!(!variant.verify(key, &header.signature), "{variant:?}");
         }
     }
 
     #[test]
     fn header_parsing() {
-        let good = device().key_id();
+        let good = KEY.key_id();
         let sig = "ab".repeat(32);
         let check = |input: String, expected: Result<(), AuthHeaderError>| {
             assert_eq!(input.parse::<AuthHeader>().map(|_| ()), expected, "{input:?}");
@@ -305,46 +350,75 @@ mod tests {
             format!("{AUTH_SCHEME} KeyId={good}, Timestamp=1, Signature={sig}, Extra=1"),
             Err(AuthHeaderError::Unknown("Extra".into())),
         );
+        check(
+            format!("{AUTH_SCHEME} KeyId={good}, Timestamp=01, Signature={sig}"),
+            Err(AuthHeaderError::Malformed("Timestamp")),
+        );
+        check(format!("{AUTH_SCHEME} KeyId={good}, Timestamp=0, Signature={sig}"), Ok(()));
         check(format!("{AUTH_SCHEME} garbage"), Err(AuthHeaderError::Unknown("garbage".into())));
     }
 
     #[test]
-    fn receipts_bind_the_answer_to_the_request_and_the_id() {
-        let id = device();
+    fn decimals_have_one_spelling() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("0", Some(0)),
+            ("1700000000", Some(1_700_000_000)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("007", None),
+            ("00", None),
+            ("", None),
+            ("+1", None),
+            ("-1", None),
+            (" 1", None),
+            ("1e3", None),
+            ("١٢", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_decimal(text), *expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn receipts_bind_the_answer_to_the_request_the_status_and_the_key() {
+        let key = &*KEY;
         let (sig, other_sig) = ([1u8; 32], [2u8; 32]);
-        let tag = receipt(&id, &sig, b"{\"outcome\":\"stored\"}");
-        assert!(verify_receipt(&id, &sig, b"{\"outcome\":\"stored\"}", &tag));
-        assert!(!verify_receipt(&id, &other_sig, b"{\"outcome\":\"stored\"}", &tag), "replayed for another request");
-        assert!(!verify_receipt(&id, &sig, b"{\"outcome\":\"already_stored\"}", &tag), "another answer");
-        let other_id: DeviceId = "0123456789ABCDEE".parse().expect("valid");
-        assert!(!verify_receipt(&other_id, &sig, b"{\"outcome\":\"stored\"}", &tag), "made without the ID");
-        assert!(!verify_receipt(&id, &sig, b"{\"outcome\":\"stored\"}", "zz"));
+        let body = b"{\"outcome\":\"stored\"}";
+        let tag = receipt(key, 201, &sig, body);
+        assert!(verify_receipt(key, 201, &sig, body, &tag));
+        assert!(!verify_receipt(key, 201, &other_sig, body, &tag), "replayed for another request");
+        assert!(!verify_receipt(key, 200, &sig, body, &tag), "another status");
+        assert!(!verify_receipt(key, 201, &sig, b"{\"outcome\":\"already_stored\"}", &tag), "another answer");
+        assert!(!verify_receipt(&OTHER_KEY, 201, &sig, body, &tag), "made without the key");
+        assert!(!verify_receipt(key, 201, &sig, body, "zz"));
     }
 
     /// The worked example of PROTOCOL.md, computed there independently (with
-    /// Python's hmac module): the two implementations must agree.
+    /// Python's argon2-cffi and hmac modules): the two implementations must
+    /// agree.
     #[test]
     fn protocol_md_worked_example() {
-        let id: DeviceId = "0123456789ABCDEF".parse().expect("valid");
-        assert_eq!(id.key_id().as_str(), "59475830a56536e98dfcf60e424f8414");
+        let key = &*KEY;
+        assert_eq!(key.key_id().as_str(), "fae1a7e5c836dd72ac4df54fe64964aa");
         let claim = UploadClaim {
             path: RelPath::parse("sub/a.log").expect("valid"),
             sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".parse().expect("valid"),
             size: 3,
         };
+        let head = UploadHead::from(&claim);
         let upload =
-            SignedRequest { method: "POST", path: "/v1/upload", timestamp: 1_700_000_000, upload: Some(&claim) };
-        let header = upload.authorization(&id);
-        assert_eq!(hex::encode(header.signature), "5ae3923bee269ecc20a65edebf20f93eb7f5c0315200620062e84423d6dc1e32");
+            SignedRequest { method: "POST", path: "/v1/upload", timestamp: 1_700_000_000, upload: Some(&head) };
+        let header = upload.authorization(key);
+        assert_eq!(hex::encode(header.signature), "9106a4b8b15016ed5ea908132c72a016cafa1595c0b941d74d36df8df9946286");
         let body = br#"{"outcome":"stored","stored_as":"sub/a.log","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","size":3}"#;
         assert_eq!(
-            receipt(&id, &header.signature, body),
-            "3540987dbeb0a377eca747c37b89feaeefeaa74233881fab89ff1dedae9f8a01"
+            receipt(key, 201, &header.signature, body),
+            "98810f3cbb10e23c4e62aa508d6643b880cadfa7612aa2c342be3782cf705fad"
         );
         let check = SignedRequest { method: "GET", path: "/v1/auth-check", timestamp: 1_700_000_000, upload: None };
         assert_eq!(
-            hex::encode(check.authorization(&id).signature),
-            "427205ad3081f5e68d1b9b44915c9ea18b9101dd75f8581f593d59c10a948705"
+            hex::encode(check.authorization(key).signature),
+            "a87d9db00b53204748a795a39455933729f6ac42896526d76ba0241af9668f6a"
         );
     }
 

@@ -7,6 +7,10 @@ use crate::Sha256Digest;
 /// The receiver's port unless told otherwise, as in the tool logferry replaces.
 pub const DEFAULT_PORT: u16 = 3500;
 
+/// The protocol version PROTOCOL.md describes; the health check reports it.
+/// Version 2 derived keys with Argon2id and signed every answer's status.
+pub const PROTOCOL_VERSION: u32 = 2;
+
 /// Endpoint paths. These are also what requests sign.
 pub mod endpoint {
     /// `GET`, unauthenticated: is the receiver up?
@@ -66,7 +70,10 @@ pub struct AuthCheckReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
     pub status: String,
+    /// The receiver's release.
     pub version: String,
+    /// [`PROTOCOL_VERSION`] of the receiver.
+    pub protocol: u32,
 }
 
 /// Body of every answer that is not 2xx.
@@ -99,6 +106,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The request was too slow to arrive.
     Timeout,
+    /// The body has a `Content-Encoding` the receiver does not decode.
+    UnsupportedEncoding,
     /// The receiver's disk is full or below its free-space reserve.
     InsufficientStorage,
     NotFound,

@@ -70,9 +70,10 @@ pub fn configure<S: Store>(cfg: &mut web::ServiceConfig, state: web::Data<AppSta
 /// Serves on an already-bound listener, so callers (and tests binding port 0)
 /// know the address before the first request; HTTPS when `tls` is given.
 pub fn run<S: Store>(listener: TcpListener, state: AppState<S>, tls: Option<ServerConfig>) -> io::Result<Server> {
-    let header_timeout = state.limits.header_timeout;
+    let head_timeout = state.limits.head_timeout;
     let fleet_refresh = state.fleet_refresh;
     let state = web::Data::new(state);
+    actix_web::rt::spawn(watch_ids(state.clone()));
     if let Some(every) = fleet_refresh {
         actix_web::rt::spawn(refresh_fleet(state.clone(), every));
     }
@@ -80,7 +81,7 @@ pub fn run<S: Store>(listener: TcpListener, state: AppState<S>, tls: Option<Serv
         let state = state.clone();
         App::new().wrap(from_fn(timed::<S>)).configure(move |cfg| configure(cfg, state))
     })
-    .client_request_timeout(header_timeout);
+    .client_request_timeout(head_timeout);
     let server = match tls {
         Some(tls) => server.listen_rustls_0_23(listener, tls)?,
         None => server.listen(listener)?,
@@ -102,6 +103,23 @@ async fn timed<S: Store>(
         state.metrics.request_done(&route, started.elapsed());
     }
     Ok(response)
+}
+
+/// How often the ids file is checked for edits.
+const IDS_POLL: Duration = Duration::from_secs(1);
+
+/// Applies edits of the ids file, deriving new devices' keys on a blocking
+/// thread, so that no request ever waits for a derivation; it ends with the
+/// server's runtime.
+async fn watch_ids<S: Store>(state: web::Data<AppState<S>>) {
+    loop {
+        actix_web::rt::time::sleep(IDS_POLL).await;
+        let state = state.clone();
+        if web::block(move || state.ids.refresh()).await.is_err() {
+            tracing::error!("checking the ids file for edits failed; edits apply after a restart");
+            return;
+        }
+    }
 }
 
 /// Re-reads the store now and then, so that receivers sharing one store all

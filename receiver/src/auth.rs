@@ -1,73 +1,119 @@
-//! Checking a request's signature against the ids file.
+//! Checking a request's signature against the ids file, and signing the
+//! answers to requests that passed.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{AUTHORIZATION, ContentType};
-use actix_web::{HttpRequest, HttpResponse};
-use logferry_common::signing::{AuthHeader, Freshness, RECEIPT_HEADER, SignedRequest, UploadClaim, freshness, receipt};
+use actix_web::http::header::{AUTHORIZATION, ContentType, RETRY_AFTER};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use logferry_common::signing::{
+    AuthHeader, AuthHeaderError, Freshness, RECEIPT_HEADER, SignedRequest, UploadHead, freshness, receipt,
+};
+use logferry_common::wire::ErrorBody;
 use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::ids::{Device, IdsFile};
-use crate::limits::AuthThrottle;
 
-/// A request whose key is known and whose timestamp is fresh, but whose
-/// signature has not been checked yet: for uploads, that needs the declared
-/// fields from the body.
+/// A request whose key id is listed, but whose signature has not been
+/// checked yet: for uploads, that needs the declared fields from the body.
+/// Nothing scarce may be spent on it.
 #[derive(Debug)]
 pub struct Claimed {
-    pub device: Device,
+    device: Device,
     header: AuthHeader,
     method: String,
-    path: String,
+    endpoint: &'static str,
 }
 
-/// First step, before any body is read: an address that failed too often,
-/// a missing, garbled or stale header, or an unknown key, is refused at once.
-pub fn claim(req: &HttpRequest, ids: &IdsFile, throttle: &AuthThrottle) -> Result<Claimed, ApiError> {
-    throttle.check(req.peer_addr().map(|a| a.ip()), Instant::now())?;
+/// First step, before any body is read: a missing or garbled header, or an
+/// unknown key, is refused at once. `endpoint` is the path the request was
+/// routed to, as PROTOCOL.md spells it: that is what the device signed,
+/// whatever percent-encoding the request line used.
+pub fn claim(req: &HttpRequest, endpoint: &'static str, ids: &IdsFile) -> Result<Claimed, ApiError> {
     let value = req.headers().get(AUTHORIZATION).ok_or(ApiError::MissingAuth)?;
-    let header: AuthHeader = value
-        .to_str()
-        .map_err(|_| ApiError::MalformedAuth(logferry_common::signing::AuthHeaderError::WrongScheme))?
-        .parse()?;
+    let header: AuthHeader =
+        value.to_str().map_err(|_| ApiError::MalformedAuth(AuthHeaderError::WrongScheme))?.parse()?;
     let device = ids.current().get(&header.key_id).cloned().ok_or(ApiError::UnknownDevice)?;
-    match freshness(header.timestamp, unix_now()) {
-        Freshness::Fresh => {}
-        Freshness::Ahead(seconds) => return Err(ApiError::ClockSkew { seconds, direction: "ahead of" }),
-        Freshness::Behind(seconds) => return Err(ApiError::ClockSkew { seconds, direction: "behind" }),
-    }
-    Ok(Claimed { device, header, method: req.method().as_str().to_owned(), path: req.path().to_owned() })
+    Ok(Claimed { device, header, method: req.method().as_str().to_owned(), endpoint })
 }
 
 impl Claimed {
+    /// The first eight characters of the key id the request named, for logs.
+    pub fn key_short(&self) -> &str {
+        self.header.key_id.short()
+    }
+
     /// Second step: the signature over the request line and, for uploads,
-    /// the declared path, checksum and size.
-    pub fn verify(self, upload: Option<&UploadClaim>) -> Result<Verified, ApiError> {
-        let signed = SignedRequest { method: &self.method, path: &self.path, timestamp: self.header.timestamp, upload };
-        if signed.verify(&self.device.id, &self.header.signature) {
-            Ok(Verified { device: self.device, request_signature: self.header.signature })
-        } else {
-            Err(ApiError::BadSignature)
+    /// the declared fields exactly as they were read; then the timestamp.
+    /// A stale timestamp is refused only after the signature checked out,
+    /// so that refusal is signed: the device can trust what it says about
+    /// the receiver's clock.
+    pub fn verify(self, upload: Option<&UploadHead>) -> Result<Verified, ApiError> {
+        let signed =
+            SignedRequest { method: &self.method, path: self.endpoint, timestamp: self.header.timestamp, upload };
+        if !signed.verify(&self.device.key, &self.header.signature) {
+            return Err(ApiError::BadSignature);
+        }
+        let verified = Verified(Signer { device: self.device, request_signature: self.header.signature });
+        match freshness(self.header.timestamp, unix_now()) {
+            Freshness::Fresh => Ok(verified),
+            Freshness::Ahead(seconds) => Err(verified.refuse(ApiError::ClockSkew { seconds, direction: "ahead of" })),
+            Freshness::Behind(seconds) => Err(verified.refuse(ApiError::ClockSkew { seconds, direction: "behind" })),
         }
     }
 }
 
-/// A request whose signature checked out.
+/// A request whose signature checked out: whatever is answered to it is
+/// signed, refusals included, so that nobody in the path can make a device
+/// believe the receiver refused a file.
 #[derive(Debug)]
-pub struct Verified {
-    pub device: Device,
+pub struct Verified(Signer);
+
+impl Verified {
+    pub fn device(&self) -> &Device {
+        &self.0.device
+    }
+
+    /// A JSON answer carrying a receipt that proves to the device that this
+    /// receiver knows its key (see `signing::receipt`).
+    pub fn answer(&self, status: StatusCode, body: &impl Serialize) -> HttpResponse {
+        self.0.signed(status, body, None)
+    }
+
+    /// A refusal of this request, to be answered signed.
+    pub fn refuse(&self, error: ApiError) -> ApiError {
+        ApiError::Signed { error: Box::new(error), signer: Box::new(self.0.clone()) }
+    }
+}
+
+/// What signs the answers to a verified request: its device's key and the
+/// request's own signature, to which every receipt is bound.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    device: Device,
     request_signature: [u8; 32],
 }
 
-impl Verified {
-    /// A JSON answer carrying a receipt that proves to the device that this
-    /// receiver knows its ID (see `signing::receipt`).
-    pub fn answer(&self, status: StatusCode, body: &impl Serialize) -> HttpResponse {
+impl Signer {
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The error answer for `error`, signed like any other answer.
+    pub fn refusal(&self, error: &ApiError) -> HttpResponse {
+        let body = ErrorBody { error: error.to_string(), code: error.code() };
+        self.signed(error.status_code(), &body, error.retry_after())
+    }
+
+    fn signed(&self, status: StatusCode, body: &impl Serialize, retry_after: Option<u64>) -> HttpResponse {
         let bytes = serde_json::to_vec(body).unwrap_or_default();
-        let tag = receipt(&self.device.id, &self.request_signature, &bytes);
-        HttpResponse::build(status).insert_header((RECEIPT_HEADER, tag)).content_type(ContentType::json()).body(bytes)
+        let tag = receipt(&self.device.key, status.as_u16(), &self.request_signature, &bytes);
+        let mut response = HttpResponse::build(status);
+        if let Some(seconds) = retry_after {
+            response.insert_header((RETRY_AFTER, seconds.to_string()));
+        }
+        response.insert_header((RECEIPT_HEADER, tag)).content_type(ContentType::json()).body(bytes)
     }
 }
 

@@ -7,10 +7,14 @@ use logferry_common::signing::{AuthHeaderError, MAX_CLOCK_SKEW_SECS};
 use logferry_common::wire::{ErrorBody, ErrorCode};
 use logferry_common::{PathError, Sha256Digest};
 
+use crate::auth::Signer;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// A refusal of a verified request, answered with a receipt.
+    #[error("{error}")]
+    Signed { error: Box<ApiError>, signer: Box<Signer> },
     #[error("the request is not signed: it needs an Authorization header")]
     MissingAuth,
     #[error(transparent)]
@@ -44,6 +48,13 @@ pub enum ApiError {
     RateLimited { retry_after: u64 },
     #[error("the request was too slow: {0}")]
     Timeout(String),
+    #[error(
+        "the upload's signed head (its headers and the path, sha256 and size fields) did not arrive within \
+         {0} s (the receiver's --head-timeout)"
+    )]
+    HeadTimeout(u64),
+    #[error("the request body is sent with Content-Encoding {0:?}; this receiver takes uploads only unencoded")]
+    UnsupportedEncoding(String),
     #[error("no such endpoint; see PROTOCOL.md")]
     NotFound,
     #[error("this endpoint does not accept that method; see PROTOCOL.md")]
@@ -57,6 +68,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn code(&self) -> ErrorCode {
         match self {
+            Self::Signed { error, .. } => error.code(),
             Self::MissingAuth => ErrorCode::MissingAuth,
             Self::MalformedAuth(_) => ErrorCode::MalformedAuth,
             Self::UnknownDevice => ErrorCode::UnknownDevice,
@@ -70,11 +82,40 @@ impl ApiError {
             Self::TooLarge { .. } => ErrorCode::TooLarge,
             Self::Busy { .. } => ErrorCode::Busy,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
-            Self::Timeout(_) => ErrorCode::Timeout,
+            Self::Timeout(_) | Self::HeadTimeout(_) => ErrorCode::Timeout,
+            Self::UnsupportedEncoding(_) => ErrorCode::UnsupportedEncoding,
             Self::NotFound => ErrorCode::NotFound,
             Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Self::Storage(_) => ErrorCode::StorageError,
             Self::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
+        }
+    }
+
+    /// Whether this counts against the client's address in the throttle: a
+    /// failed authentication, or a signed head that never completed (which
+    /// is how a client would hold a connection without proving anything).
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            Self::Signed { error, .. } => error.is_auth_failure(),
+            Self::HeadTimeout(_) => true,
+            other => other.code().is_auth_failure(),
+        }
+    }
+
+    /// Seconds the client is asked to wait before trying again.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Signed { error, .. } => error.retry_after(),
+            Self::Busy { retry_after, .. } | Self::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The verified device a refusal was for, if it was signed.
+    pub fn signer(&self) -> Option<&Signer> {
+        match self {
+            Self::Signed { signer, .. } => Some(signer),
+            _ => None,
         }
     }
 }
@@ -109,16 +150,22 @@ impl ResponseError for ApiError {
             ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::StorageError | ErrorCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
+    /// Refusals of verified requests are signed; the rest cannot be, as
+    /// whoever sent them has proven nothing the answer could be bound to.
     fn error_response(&self) -> HttpResponse {
+        if let Self::Signed { error, signer } = self {
+            return signer.refusal(error);
+        }
         let mut response = HttpResponse::build(self.status_code());
-        if let Self::Busy { retry_after, .. } | Self::RateLimited { retry_after } = self {
-            response.insert_header((RETRY_AFTER, retry_after.to_string()));
+        if let Some(seconds) = self.retry_after() {
+            response.insert_header((RETRY_AFTER, seconds.to_string()));
         }
         response.json(ErrorBody { error: self.to_string(), code: self.code() })
     }

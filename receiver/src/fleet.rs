@@ -11,11 +11,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use logferry_common::KeyId;
 use logferry_common::wire::{ErrorCode, UploadOutcome, UploadReceipt};
 use serde::Serialize;
 
-use crate::ids::Device;
+use crate::ids::{Device, Devices};
 use crate::store::StoredFile;
 
 /// The window of the "last 24 h" columns.
@@ -59,7 +58,7 @@ struct Rejection {
 
 #[derive(Debug, Clone)]
 struct RecentUpload {
-    key: KeyId,
+    device: DeviceFolder,
     masked: String,
     path: String,
     size: u64,
@@ -67,9 +66,14 @@ struct RecentUpload {
     outcome: UploadOutcome,
 }
 
+/// Records are kept by the device's folder name in the store, its ID:
+/// deriving the key ids of the store's folders would cost an Argon2id each.
+/// Never shown; only masked IDs leave this module.
+type DeviceFolder = String;
+
 #[derive(Debug, Default)]
 struct FleetState {
-    devices: HashMap<KeyId, DeviceRecord>,
+    devices: HashMap<DeviceFolder, DeviceRecord>,
     /// Newest first.
     recent: VecDeque<RecentUpload>,
 }
@@ -78,11 +82,8 @@ impl FleetState {
     fn tally(mut files: Vec<StoredFile>, now: SystemTime) -> Self {
         files.sort_by_key(|file| file.stored_at);
         let mut state = Self::default();
-        // Deriving a key id costs an HMAC: once per device, not per file.
-        let mut keys: HashMap<String, KeyId> = HashMap::new();
         for file in &files {
-            let key = keys.entry(file.device.reveal().to_owned()).or_insert_with(|| file.device.key_id()).clone();
-            state.devices.entry(key).or_default().add(file.stored_at, file.size);
+            state.devices.entry(file.device.reveal().to_owned()).or_default().add(file.stored_at, file.size);
         }
         for record in state.devices.values_mut() {
             record.prune(now);
@@ -90,7 +91,7 @@ impl FleetState {
         let newest = files.iter().rev().take(RECENT_UPLOADS);
         state.recent = newest
             .map(|file| RecentUpload {
-                key: keys[file.device.reveal()].clone(),
+                device: file.device.reveal().to_owned(),
                 masked: file.device.masked(),
                 path: file.path.to_string(),
                 size: file.size,
@@ -139,7 +140,7 @@ impl FleetStatus {
     /// Counts a committed upload. Same bytes already stored count as an
     /// upload (the device is alive) but not as another file.
     pub fn record_commit(&self, device: &Device, receipt: &UploadReceipt, at: SystemTime) {
-        let key = device.id.key_id();
+        let key = device.id.reveal().to_owned();
         let mut state = self.state();
         let record = state.devices.entry(key.clone()).or_default();
         match receipt.outcome {
@@ -148,7 +149,7 @@ impl FleetStatus {
         }
         record.prune(at);
         state.recent.push_front(RecentUpload {
-            key,
+            device: key,
             masked: device.id.masked(),
             path: receipt.stored_as.clone(),
             size: receipt.size,
@@ -161,7 +162,7 @@ impl FleetStatus {
     /// Keeps the latest rejection of an authenticated device's upload.
     pub fn record_rejection(&self, device: &Device, code: ErrorCode, message: String, at: SystemTime) {
         let mut state = self.state();
-        let record = state.devices.entry(device.id.key_id()).or_default();
+        let record = state.devices.entry(device.id.reveal().to_owned()).or_default();
         record.rejections += 1;
         record.last_rejection = Some(Rejection { at, code, message });
     }
@@ -169,12 +170,13 @@ impl FleetStatus {
     /// The status of every device listed in the ids file, those that went
     /// quiet first, then those that never uploaded, then the rest, each by
     /// label.
-    pub fn report(&self, listed: &HashMap<KeyId, Device>, now: SystemTime) -> FleetReport {
+    pub fn report(&self, listed: &Devices, now: SystemTime) -> FleetReport {
         let mut state = self.state();
-        let mut devices: Vec<DeviceReport> = listed
+        let by_id: HashMap<&str, &Device> = listed.values().map(|d| (d.id.reveal(), d)).collect();
+        let mut devices: Vec<DeviceReport> = by_id
             .iter()
-            .map(|(key, device)| {
-                let record = state.devices.get_mut(key);
+            .map(|(id, device)| {
+                let record = state.devices.get_mut(*id);
                 let masked = device.id.masked();
                 let label = device.label.clone();
                 match record {
@@ -192,7 +194,7 @@ impl FleetStatus {
             .iter()
             .map(|upload| RecentReport {
                 device: upload.masked.clone(),
-                label: listed.get(&upload.key).and_then(|d| d.label.clone()),
+                label: by_id.get(upload.device.as_str()).and_then(|d| d.label.clone()),
                 path: upload.path.clone(),
                 size: upload.size,
                 at: timestamp(upload.at),
@@ -325,7 +327,8 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn device(id: &str, label: &str) -> Device {
-        Device { id: id.parse::<DeviceId>().expect("valid"), label: Some(label.to_owned()) }
+        let id = id.parse::<DeviceId>().expect("valid");
+        Device { key: id.derive_key(), id, label: Some(label.to_owned()) }
     }
 
     fn stored(device: &Device, path: &str, size: u64, at: SystemTime) -> StoredFile {
@@ -356,8 +359,8 @@ mod tests {
             device("FEDCBA9876543210", "quiet"),
             device("00000000000000AA", "never"),
         );
-        let listed: HashMap<KeyId, Device> =
-            [&fresh, &quiet, &never].into_iter().map(|d| (d.id.key_id(), d.clone())).collect();
+        let listed: Devices =
+            [&fresh, &quiet, &never].into_iter().map(|d| (d.key.key_id().clone(), d.clone())).collect();
         let inventory = vec![
             stored(&fresh, "a.log", 10, now - 30 * HOUR),
             stored(&fresh, "b.log", 20, now - 2 * HOUR),

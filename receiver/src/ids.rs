@@ -1,8 +1,13 @@
 //! The ids file: which devices the receiver accepts.
 //!
 //! Format: one device per line, `<16 hex ID> [label]`; `#` starts a comment;
-//! blank lines are ignored. The file is re-read whenever it changes on disk,
-//! so adding or removing a device needs no restart.
+//! blank lines are ignored. The file is re-read when it changes on disk
+//! ([`IdsFile::refresh`], run every second off the request path), so adding
+//! or removing a device needs no restart.
+//!
+//! Each device's key is derived from its ID when the file is loaded (a
+//! deliberately slow Argon2id, so on all cores at once) and kept: a request
+//! only looks its key id up.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use logferry_common::{DeviceId, KeyId};
+use logferry_common::{DeviceId, DeviceKey, KeyId};
 use rand::TryRng;
 use rand::rngs::SysRng;
 
@@ -23,6 +28,15 @@ const MAX_LABEL_CHARS: usize = 64;
 /// One accepted device.
 #[derive(Debug, Clone)]
 pub struct Device {
+    pub id: DeviceId,
+    /// Derived from `id` once, when the ids file was loaded.
+    pub key: DeviceKey,
+    pub label: Option<String>,
+}
+
+/// A valid line of the ids file, before its key is derived.
+#[derive(Debug, Clone)]
+pub struct Entry {
     pub id: DeviceId,
     pub label: Option<String>,
 }
@@ -54,8 +68,8 @@ fn format_line_errors(path: &Path, errors: &[LineError]) -> String {
 
 /// Parses the whole file. Valid lines are returned even when others are
 /// malformed, so a running receiver can keep serving every correct entry.
-pub fn parse(text: &str) -> (Vec<Device>, Vec<LineError>) {
-    let mut devices: Vec<Device> = Vec::new();
+pub fn parse(text: &str) -> (Vec<Entry>, Vec<LineError>) {
+    let mut devices: Vec<Entry> = Vec::new();
     let mut first_seen: HashMap<String, usize> = HashMap::new();
     let mut errors = Vec::new();
     for (index, raw) in text.lines().enumerate() {
@@ -83,7 +97,7 @@ pub fn parse(text: &str) -> (Vec<Device>, Vec<LineError>) {
             errors.push(LineError { line, message: format!("this device ID is already listed on line {first}") });
             continue;
         }
-        devices.push(Device { id, label: label.map(str::to_owned) });
+        devices.push(Entry { id, label: label.map(str::to_owned) });
     }
     (devices, errors)
 }
@@ -118,10 +132,13 @@ impl Stamp {
     }
 }
 
+/// The devices by key id, as requests look them up.
+pub type Devices = HashMap<KeyId, Device>;
+
 #[derive(Debug)]
 struct Loaded {
     stamp: Option<Stamp>,
-    by_key: Arc<HashMap<KeyId, Device>>,
+    by_key: Arc<Devices>,
 }
 
 /// The ids file, re-read whenever it changes.
@@ -141,55 +158,85 @@ impl IdsFile {
     /// watching, so a typo should stop the receiver rather than lock out a device.
     pub fn load_strict(path: &Path) -> Result<Self, IdsError> {
         let (stamp, text) = read(path)?;
-        let (devices, errors) = parse(&text);
+        let (entries, errors) = parse(&text);
         if !errors.is_empty() {
             return Err(IdsError::Malformed { path: path.to_owned(), errors });
         }
-        Ok(Self {
-            path: path.to_owned(),
-            loaded: Mutex::new(Loaded { stamp: Some(stamp), by_key: Arc::new(index(devices)) }),
-        })
+        let by_key = Arc::new(derive_keys(entries, &Devices::new()));
+        Ok(Self { path: path.to_owned(), loaded: Mutex::new(Loaded { stamp: Some(stamp), by_key }) })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The devices as loaded last: no file system access, no derivation.
+    pub fn current(&self) -> Arc<Devices> {
+        Arc::clone(&self.loaded.lock().unwrap_or_else(PoisonError::into_inner).by_key)
     }
 
-    /// The devices as of now, re-reading the file if it changed.
-    pub fn current(&self) -> Arc<HashMap<KeyId, Device>> {
-        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Re-reads the file if it changed since it was last read, deriving the
+    /// keys of devices that are new to it (the others keep theirs). A
+    /// malformed line is logged and skipped, so the rest of the fleet keeps
+    /// working; a file that cannot be read at all leaves the previous list
+    /// in force (an editor may be mid-save). Blocking, and slow when many
+    /// devices were added: run it off the request path.
+    pub fn refresh(&self) {
+        let (stamp, known) = {
+            let loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+            (loaded.stamp, Arc::clone(&loaded.by_key))
+        };
         let now = fs::metadata(&self.path).map(|m| Stamp::of(&m)).ok();
-        if now != loaded.stamp {
-            self.reload(&mut loaded);
+        if now.is_some() && now == stamp {
+            return;
         }
-        Arc::clone(&loaded.by_key)
-    }
-
-    /// Applies an edited file. A malformed line is logged and skipped, so the
-    /// rest of the fleet keeps working; a file that cannot be read at all
-    /// leaves the previous list in force (an editor may be mid-save).
-    fn reload(&self, loaded: &mut Loaded) {
-        match read(&self.path) {
-            Ok((stamp, text)) => {
-                let (devices, errors) = parse(&text);
-                if !errors.is_empty() {
-                    let err = IdsError::Malformed { path: self.path.clone(), errors };
-                    tracing::error!("ignoring malformed lines of the edited ids file:\n{err}");
-                }
+        let outcome = read(&self.path).map(|(stamp, text)| {
+            let (entries, errors) = parse(&text);
+            if !errors.is_empty() {
+                let err = IdsError::Malformed { path: self.path.clone(), errors };
+                tracing::error!("ignoring malformed lines of the edited ids file:\n{err}");
+            }
+            (stamp, derive_keys(entries, &known))
+        });
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        match outcome {
+            Ok((stamp, devices)) => {
                 tracing::info!(devices = devices.len(), file = %self.path.display(), "ids file changed; reloaded");
                 loaded.stamp = Some(stamp);
-                loaded.by_key = Arc::new(index(devices));
+                loaded.by_key = Arc::new(devices);
             }
-            Err(err) => {
+            // Said once, not every second until the file is back.
+            Err(err) if loaded.stamp.is_some() => {
                 tracing::error!("{err}; keeping the {} devices loaded before", loaded.by_key.len());
                 loaded.stamp = None;
             }
+            Err(_) => {}
         }
     }
 }
 
-fn index(devices: Vec<Device>) -> HashMap<KeyId, Device> {
-    devices.into_iter().map(|d| (d.id.key_id(), d)).collect()
+/// Pairs each entry with its key: taken from `known` when the ID was loaded
+/// before, else derived, the derivations spread over every core.
+fn derive_keys(entries: Vec<Entry>, known: &Devices) -> Devices {
+    let known: HashMap<&str, &DeviceKey> = known.values().map(|d| (d.id.reveal(), &d.key)).collect();
+    let (reused, fresh): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| known.contains_key(e.id.reveal()));
+    let mut devices: Vec<Device> =
+        reused.into_iter().map(|Entry { id, label }| Device { key: known[id.reveal()].clone(), id, label }).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = fresh.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = fresh
+            .chunks(per_thread)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|e| Device { key: e.id.derive_key(), id: e.id.clone(), label: e.label.clone() })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for worker in workers {
+            devices.extend(worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        }
+    });
+    devices.into_iter().map(|d| (d.key.key_id().clone(), d)).collect()
 }
 
 fn read(path: &Path) -> Result<(Stamp, String), IdsError> {

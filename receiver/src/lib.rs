@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod status;
 pub mod store;
 pub mod tls;
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! What keeps one client from taking the receiver for itself: a size limit,
-//! upload slots overall and per device, deadlines for slow clients, and a
-//! throttle on failed authentications per address.
+//! upload slots overall and per device (for verified uploads only),
+//! deadlines for slow clients, and a throttle on failed authentications per
+//! client address.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,8 +25,10 @@ pub struct Limits {
     pub max_uploads_per_device: usize,
     /// How long an upload waits for a free slot before it gets 429.
     pub queue_wait: Duration,
-    /// How long the receiver waits for the request head.
-    pub header_timeout: Duration,
+    /// How long the receiver waits for the request's headers, and then again
+    /// for an upload's signed fields (path, sha256, size): one hard deadline
+    /// for what it must read before it knows who is asking.
+    pub head_timeout: Duration,
     /// How long the body may stall without a single byte arriving.
     pub idle_timeout: Duration,
     /// Slowest average rate tolerated for a body, after a grace period of
@@ -46,7 +49,7 @@ impl Default for Limits {
             // As many as the sender sends at once by default.
             max_uploads_per_device: 16,
             queue_wait: Duration::from_secs(10),
-            header_timeout: Duration::from_secs(10),
+            head_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             min_bytes_per_sec: 8 << 10,
             auth_failures_per_minute: 30,
@@ -144,7 +147,12 @@ impl UploadSlots {
     }
 }
 
-/// Counts failed authentications per address in one-minute windows.
+/// Counts failed authentications per client address in one-minute windows.
+/// It is there against guessing and log floods, not against devices: an
+/// address over its limit gets 429 instead of 401 for its *failures*, and
+/// they are no longer logged one by one, but a request from it whose
+/// signature verifies is served as usual, so one misbehaving client behind
+/// a NAT or a proxy cannot lock out the devices beside it.
 #[derive(Debug)]
 pub struct AuthThrottle {
     per_minute: u32,
@@ -160,30 +168,36 @@ impl AuthThrottle {
         Self { per_minute: limits.auth_failures_per_minute, windows: Mutex::default() }
     }
 
-    /// Refuses an address that used up its failures for this window.
-    pub fn check(&self, peer: Option<IpAddr>, now: Instant) -> Result<(), ApiError> {
-        let Some(peer) = peer else { return Ok(()) };
+    /// The 429 that replaces a failure's own answer once the client's
+    /// address used up its failures for this window; `None` while it has not.
+    pub fn answer(&self, client: Option<IpAddr>, now: Instant) -> Option<ApiError> {
+        self.throttled_for(client, now).map(|retry_after| ApiError::RateLimited { retry_after })
+    }
+
+    fn throttled_for(&self, client: Option<IpAddr>, now: Instant) -> Option<u64> {
         let windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        match windows.get(&peer) {
+        match windows.get(&client?) {
             Some(&(start, failures)) if failures >= self.per_minute && now < start + WINDOW => {
-                let retry_after = (start + WINDOW - now).as_secs().max(1);
-                Err(ApiError::RateLimited { retry_after })
+                Some((start + WINDOW - now).as_secs().max(1))
             }
-            _ => Ok(()),
+            _ => None,
         }
     }
 
-    pub fn record_failure(&self, peer: Option<IpAddr>, now: Instant) {
-        let Some(peer) = peer else { return };
+    /// Counts a failure; tells whether the address was still within its
+    /// limit before it (so whether the failure is worth a log line).
+    pub fn record_failure(&self, client: Option<IpAddr>, now: Instant) -> bool {
+        let Some(client) = client else { return true };
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         if windows.len() > SWEEP_ABOVE {
             windows.retain(|_, (start, _)| now < *start + WINDOW);
         }
-        let window = windows.entry(peer).or_insert((now, 0));
+        let window = windows.entry(client).or_insert((now, 0));
         if now >= window.0 + WINDOW {
             *window = (now, 0);
         }
         window.1 += 1;
+        window.1 <= self.per_minute
     }
 }
 
@@ -212,7 +226,7 @@ mod tests {
     }
 
     fn key(n: u8) -> KeyId {
-        logferry_common::DeviceId::from_bytes([n; 8]).key_id()
+        logferry_common::DeviceId::from_bytes([n; 8]).derive_key().key_id().clone()
     }
 
     #[tokio::test]
@@ -246,13 +260,15 @@ mod tests {
     fn throttle_counts_failures_per_address_per_minute() {
         let throttle = AuthThrottle::new(&Limits { auth_failures_per_minute: 2, ..Limits::default() });
         let (bad, good): (IpAddr, IpAddr) = ("10.9.9.9".parse().expect("ip"), "10.1.1.1".parse().expect("ip"));
+        let answer = |client, at| throttle.answer(Some(client), at);
         let t0 = Instant::now();
         for _ in 0..2 {
-            assert!(throttle.check(Some(bad), t0).is_ok());
-            throttle.record_failure(Some(bad), t0);
+            assert!(answer(bad, t0).is_none());
+            assert!(throttle.record_failure(Some(bad), t0), "within the limit: logged");
         }
-        assert!(matches!(throttle.check(Some(bad), t0), Err(ApiError::RateLimited { retry_after: 60 })));
-        assert!(throttle.check(Some(good), t0).is_ok(), "other addresses unaffected");
-        assert!(throttle.check(Some(bad), t0 + WINDOW).is_ok(), "a new window starts afresh");
+        assert!(matches!(answer(bad, t0), Some(ApiError::RateLimited { retry_after: 60 })));
+        assert!(!throttle.record_failure(Some(bad), t0), "over the limit: not logged");
+        assert!(answer(good, t0).is_none(), "other addresses unaffected");
+        assert!(answer(bad, t0 + WINDOW).is_none(), "a new window starts afresh");
     }
 }

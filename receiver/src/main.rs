@@ -83,9 +83,10 @@ struct Cli {
     #[arg(long, env = "LOGFERRY_QUEUE_WAIT", default_value_t = Limits::default().queue_wait.as_secs())]
     queue_wait: u64,
 
-    /// Seconds a client may take to send its request headers.
-    #[arg(long, env = "LOGFERRY_HEADER_TIMEOUT", default_value_t = Limits::default().header_timeout.as_secs())]
-    header_timeout: u64,
+    /// Seconds a client may take to send its request headers, and then an
+    /// upload's signed fields; past it, 408 and a failed authentication.
+    #[arg(long, env = "LOGFERRY_HEAD_TIMEOUT", default_value_t = Limits::default().head_timeout.as_secs())]
+    head_timeout: u64,
 
     /// Seconds a request body may stall without any byte arriving (408).
     #[arg(long, env = "LOGFERRY_IDLE_TIMEOUT", default_value_t = Limits::default().idle_timeout.as_secs())]
@@ -127,7 +128,7 @@ impl Cli {
     /// The server's validated configuration; clap types stop here.
     fn config(&self) -> anyhow::Result<Config> {
         anyhow::ensure!(self.max_uploads > 0 && self.max_uploads_per_device > 0, "upload limits must be at least 1");
-        anyhow::ensure!(self.idle_timeout > 0 && self.header_timeout > 0, "timeouts must be at least 1 second");
+        anyhow::ensure!(self.idle_timeout > 0 && self.head_timeout > 0, "timeouts must be at least 1 second");
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
@@ -141,7 +142,7 @@ impl Cli {
                 max_uploads: self.max_uploads,
                 max_uploads_per_device: self.max_uploads_per_device,
                 queue_wait: Duration::from_secs(self.queue_wait),
-                header_timeout: Duration::from_secs(self.header_timeout),
+                head_timeout: Duration::from_secs(self.head_timeout),
                 idle_timeout: Duration::from_secs(self.idle_timeout),
                 min_bytes_per_sec: self.min_rate.max(1),
                 auth_failures_per_minute: self.auth_failures_per_minute,

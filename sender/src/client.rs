@@ -5,8 +5,8 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use logferry_common::DeviceId;
-use logferry_common::signing::{RECEIPT_HEADER, SignedRequest, UploadClaim, verify_receipt};
+use logferry_common::DeviceKey;
+use logferry_common::signing::{RECEIPT_HEADER, SignedRequest, UploadClaim, UploadHead, verify_receipt};
 use logferry_common::wire::{AuthCheckReply, ErrorBody, UploadReceipt, endpoint, field};
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
@@ -42,7 +42,7 @@ pub struct ClientOptions {
 pub struct Client {
     http: reqwest::Client,
     base: Url,
-    id: DeviceId,
+    key: DeviceKey,
     options: ClientOptions,
 }
 
@@ -58,9 +58,13 @@ pub enum RequestError {
     /// The connection failed part-way (reset, timeout).
     #[error("the connection to {url} failed: {cause}")]
     Transport { url: String, cause: String },
-    /// The receiver answered with an error.
-    #[error("{}", describe_refusal(*status, body.as_ref()))]
-    Refused { status: StatusCode, body: Option<ErrorBody>, retry_after: Option<Duration> },
+    /// The receiver answered with an error. `signed`: with a valid receipt,
+    /// so it surely came from a receiver that knows this device's key; an
+    /// unsigned refusal may come from anyone in the path (or from the
+    /// receiver, before it could tell who was asking), so it is retried
+    /// like a network failure instead of being taken as a verdict.
+    #[error("{}", describe_refusal(*status, body.as_ref(), *signed))]
+    Refused { status: StatusCode, body: Option<ErrorBody>, retry_after: Option<Duration>, signed: bool },
     /// A 2xx answer whose body is not what the protocol says.
     #[error("the receiver's answer could not be understood: {0}")]
     Garbled(String),
@@ -86,11 +90,13 @@ impl RequestError {
     }
 
     /// Whether trying again later may succeed: no connection, a broken one,
-    /// or an answer that says "not now" (408, 429, 5xx). A verdict on the
-    /// request itself (401, 413, 422, …) will not change by asking again.
+    /// an answer that says "not now" (408, 429, 5xx), or a refusal nobody
+    /// signed. A signed verdict on the request itself (401, 413, 422, …)
+    /// will not change by asking again.
     fn is_transient(&self) -> bool {
         match self {
             Self::Unreachable { .. } | Self::Transport { .. } => true,
+            Self::Refused { signed: false, .. } => true,
             Self::Refused { status, .. } => {
                 matches!(*status, StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS)
                     || status.is_server_error()
@@ -100,9 +106,14 @@ impl RequestError {
     }
 }
 
-fn describe_refusal(status: StatusCode, body: Option<&ErrorBody>) -> String {
+fn describe_refusal(status: StatusCode, body: Option<&ErrorBody>, signed: bool) -> String {
     match body {
-        Some(body) => format!("the receiver refused it (HTTP {}): {}", status.as_u16(), body.error),
+        Some(body) if signed => format!("the receiver refused it (HTTP {}): {}", status.as_u16(), body.error),
+        Some(body) => format!(
+            "refused (HTTP {}), in an answer without a valid receipt, so possibly not from the receiver: {}",
+            status.as_u16(),
+            body.error
+        ),
         None => {
             format!("the receiver answered HTTP {status}, which is not a logferry answer; is this a logferry receiver?")
         }
@@ -110,7 +121,9 @@ fn describe_refusal(status: StatusCode, body: Option<&ErrorBody>) -> String {
 }
 
 impl Client {
-    pub fn new(base: Url, id: DeviceId, options: ClientOptions) -> Result<Self, reqwest::Error> {
+    /// A client signing with `key`, which [`DeviceId::derive_key`](logferry_common::DeviceId::derive_key)
+    /// made once for the run.
+    pub fn new(base: Url, key: DeviceKey, options: ClientOptions) -> Result<Self, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("logferry-sender/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
@@ -118,7 +131,7 @@ impl Client {
         if let Some(certs) = options.ca_certs.clone() {
             builder = builder.tls_certs_only(certs);
         }
-        Ok(Self { http: builder.build()?, base, id, options })
+        Ok(Self { http: builder.build()?, base, key, options })
     }
 
     /// Asks whether the receiver accepts this device, before any file is read.
@@ -151,15 +164,17 @@ impl Client {
                 let local = tokio::fs::File::open(file).await.map_err(cannot_read)?;
                 Body::wrap_stream(ReaderStream::with_capacity(local.take(claim.size), UPLOAD_CHUNK))
             };
+            // The fields are sent as exactly the text that is signed.
+            let head = UploadHead::from(claim);
             let form = Form::new()
-                .text(field::PATH, claim.path.to_string())
-                .text(field::SHA256, claim.sha256.to_hex())
-                .text(field::SIZE, claim.size.to_string())
+                .text(field::PATH, head.path.clone())
+                .text(field::SHA256, head.sha256.clone())
+                .text(field::SIZE, head.size.clone())
                 .part(
                     field::FILE,
                     Part::stream_with_length(body, claim.size).file_name(claim.path.file_name().to_owned()),
                 );
-            Ok(self.signed(Method::POST, endpoint::UPLOAD, Some(claim), |r| r.multipart(form)))
+            Ok(self.signed(Method::POST, endpoint::UPLOAD, Some(&head), |r| r.multipart(form)))
         })
         .await
     }
@@ -205,12 +220,12 @@ impl Client {
         &self,
         method: Method,
         endpoint: &str,
-        upload: Option<&UploadClaim>,
+        upload: Option<&UploadHead>,
         finish: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Signed {
         let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let header =
-            SignedRequest { method: method.as_str(), path: endpoint, timestamp, upload }.authorization(&self.id);
+            SignedRequest { method: method.as_str(), path: endpoint, timestamp, upload }.authorization(&self.key);
         let request = self.http.request(method, self.url(endpoint)).header(AUTHORIZATION, header.to_string());
         Signed { request: finish(request), signature: header.signature }
     }
@@ -229,14 +244,16 @@ impl Client {
             .map(Duration::from_secs);
         let receipt = response.headers().get(RECEIPT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bytes = response.bytes().await.map_err(|e| transport_error(&url, &e))?;
+        let signed =
+            receipt.is_some_and(|tag| verify_receipt(&self.key, status.as_u16(), &signed.signature, &bytes, &tag));
         if status.is_success() {
-            if !receipt.is_some_and(|tag| verify_receipt(&self.id, &signed.signature, &bytes, &tag)) {
+            if !signed {
                 return Err(RequestError::Unverified { url });
             }
             let body = serde_json::from_slice(&bytes).map_err(|e| RequestError::Garbled(e.to_string()))?;
             Ok((status, body))
         } else {
-            Err(RequestError::Refused { status, body: serde_json::from_slice(&bytes).ok(), retry_after })
+            Err(RequestError::Refused { status, body: serde_json::from_slice(&bytes).ok(), retry_after, signed })
         }
     }
 }
@@ -312,16 +329,18 @@ mod tests {
 
     #[test]
     fn only_transient_failures_are_retried() {
-        let refused = |code: u16| RequestError::Refused {
+        let refused = |code: u16, signed| RequestError::Refused {
             status: StatusCode::from_u16(code).expect("status"),
             body: None,
             retry_after: None,
+            signed,
         };
         for code in [408, 429, 500, 502, 503, 507] {
-            assert!(refused(code).is_transient(), "{code}");
+            assert!(refused(code, true).is_transient(), "{code}");
         }
         for code in [400, 401, 404, 409, 413, 422] {
-            assert!(!refused(code).is_transient(), "{code}");
+            assert!(!refused(code, true).is_transient(), "{code}");
+            assert!(refused(code, false).is_transient(), "unsigned {code}");
         }
         assert!(RequestError::Unreachable { url: String::new(), cause: String::new() }.is_transient());
         assert!(!RequestError::Tls { url: String::new(), cause: String::new() }.is_transient());

@@ -122,7 +122,11 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
     let id = id_file::read(&config.id_file, config.id_exposure)?;
     let ca_certs = config.ca_cert.as_deref().map(read_ca_certs).transpose()?;
     let options = ClientOptions { ca_certs, retries: config.retries, verbose: config.verbose };
-    let client = Client::new(config.receiver.clone(), id, options)
+    // Slow on purpose (Argon2id): once per run, off the async threads.
+    let key = tokio::task::spawn_blocking(move || id.derive_key())
+        .await
+        .map_err(|e| Fatal::Internal(format!("cannot derive the device key: {e}")))?;
+    let client = Client::new(config.receiver.clone(), key, options)
         .map_err(|e| Fatal::Internal(format!("cannot set up HTTP: {e}")))?;
     let reply = client.auth_check().await.map_err(Fatal::from_request)?;
     if config.verbose {

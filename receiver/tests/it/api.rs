@@ -1,7 +1,6 @@
 //! The HTTP API: what is stored, and every way a request is refused.
 
-use logferry_common::RelPath;
-use logferry_common::signing::UploadClaim;
+use logferry_common::signing::{AuthHeader, UploadHead, verify_receipt};
 use logferry_common::wire::endpoint;
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
@@ -45,21 +44,22 @@ enum Body {
     Plain(&'static [u8]),
 }
 
-/// A body, and the claim a valid signature covers: the declared fields when
-/// they are well-formed, else a nominal claim (those requests are refused
-/// for their fields before any signature check).
+/// A body, and the fields a valid signature covers: the declared ones, as
+/// text, valid or not (the receiver checks the signature over what it read
+/// before it judges it), or nominal ones for bodies whose fields cannot be
+/// read (refused before any signature check).
 struct Upload {
     body: Body,
-    signs: UploadClaim,
+    signs: UploadHead,
 }
 
 fn declared(path: &str, sha256: &str, size: &str, content: &[u8]) -> Upload {
-    let parsed = (RelPath::parse(path).ok(), sha256.parse().ok(), size.parse().ok());
-    let signs = match parsed {
-        (Some(path), Some(sha256), Some(size)) => UploadClaim { path, sha256, size },
-        _ => claim("a.log", CONTENT),
-    };
+    let signs = UploadHead { path: path.to_owned(), sha256: sha256.to_owned(), size: size.to_owned() };
     Upload { body: Body::Form(upload_form(path, sha256, size, content)), signs }
+}
+
+fn nominal() -> UploadHead {
+    UploadHead::from(&claim("a.log", CONTENT))
 }
 
 const CONTENT: &[u8] = b"sensor,value\n1,2\n";
@@ -71,7 +71,7 @@ fn good_form(path: &str) -> Upload {
 fn fields(parts: &[(&str, &[u8])]) -> Upload {
     let form =
         parts.iter().fold(Form::new(), |form, (name, value)| form.part(name.to_string(), Part::bytes(value.to_vec())));
-    Upload { body: Body::Form(form), signs: claim("a.log", CONTENT) }
+    Upload { body: Body::Form(form), signs: nominal() }
 }
 
 /// The fields of a valid upload of `content` as `path`, by hand, with
@@ -93,13 +93,14 @@ fn hand_made(path: &str, content: &[u8], extra_header: &str, close: bool) -> Upl
     if close {
         body.extend(b"\r\n--XyZ--\r\n");
     }
-    Upload { body: Body::Multipart(body), signs: claim }
+    Upload { body: Body::Multipart(body), signs: UploadHead::from(&claim) }
 }
 
 fn hostile_cases() -> Vec<Case> {
     let sha = digest(CONTENT).to_hex();
     let size = CONTENT.len().to_string();
     let refused = |name, auth, upload, status, code| Case { name, auth, upload, expect: Expect::Refused(status, code) };
+    let stored_as = |name, upload, path| Case { name, auth: Auth::Valid, upload, expect: Expect::Stored(path) };
     let stored = |name, path: &'static str| Case {
         name,
         auth: Auth::Valid,
@@ -107,7 +108,7 @@ fn hostile_cases() -> Vec<Case> {
         expect: Expect::Stored(path),
     };
     let good = || good_form("a.log");
-    let key = device().key_id();
+    let key = key(&device()).key_id().clone();
     let sig = "ab".repeat(32);
     let header = |params: String| Auth::Raw(format!("LOGFERRY-HMAC-SHA256 {params}"));
     vec![
@@ -277,13 +278,13 @@ fn hostile_cases() -> Vec<Case> {
             Auth::Valid,
             Upload {
                 body: Body::Form(upload_form("a.log", &sha, &size, CONTENT).text("extra", "1")),
-                signs: claim("a.log", CONTENT),
+                signs: nominal(),
             },
             400,
             "malformed_upload",
         ),
         refused(
-            "oversized text field",
+            "path field far over the path limit",
             Auth::Valid,
             fields(&[
                 ("path", "a".repeat(5000).as_bytes()),
@@ -292,8 +293,44 @@ fn hostile_cases() -> Vec<Case> {
                 ("file", CONTENT),
             ]),
             400,
+            "invalid_path",
+        ),
+        refused(
+            "path not UTF-8",
+            Auth::Valid,
+            fields(&[("path", b"a\xff.log"), ("sha256", sha.as_bytes()), ("size", size.as_bytes()), ("file", CONTENT)]),
+            400,
+            "invalid_path",
+        ),
+        refused(
+            "oversized sha256 field",
+            Auth::Valid,
+            fields(&[("path", b"a.log"), ("sha256", "a".repeat(5000).as_bytes()), ("size", size.as_bytes())]),
+            400,
             "malformed_upload",
         ),
+        refused(
+            "field name in another case",
+            Auth::Valid,
+            fields(&[("Path", b"a.log"), ("sha256", sha.as_bytes()), ("size", size.as_bytes()), ("file", CONTENT)]),
+            400,
+            "malformed_upload",
+        ),
+        refused(
+            "size with leading zeros",
+            Auth::Valid,
+            declared("a.log", &sha, "017", CONTENT),
+            400,
+            "malformed_upload",
+        ),
+        refused(
+            "timestamp with a leading zero",
+            header(format!("KeyId={key}, Timestamp=0{}, Signature={sig}", now())),
+            good(),
+            401,
+            "malformed_auth",
+        ),
+        stored_as("checksum in uppercase", declared("upper.log", &sha.to_uppercase(), &size, CONTENT), "upper.log"),
         refused(
             "oversized part headers",
             Auth::Valid,
@@ -311,7 +348,7 @@ fn hostile_cases() -> Vec<Case> {
         refused(
             "body not multipart",
             Auth::Valid,
-            Upload { body: Body::Plain(CONTENT), signs: claim("a.log", CONTENT) },
+            Upload { body: Body::Plain(CONTENT), signs: nominal() },
             400,
             "malformed_upload",
         ),
@@ -339,8 +376,12 @@ fn hostile_cases() -> Vec<Case> {
 /// that staging is empty again.
 async fn check(h: &Harness, case: Case) {
     let before = h.stored_files();
-    let (status, body) = send_case(h, case.auth, case.upload).await;
+    let (status, body, receipt) = send_case(h, case.auth, case.upload).await;
     assert!(!body.to_string().contains(DEVICE), "{}: answer reveals the ID", case.name);
+    assert!(receipt != Receipt::Forged, "{}: an answer with a receipt that does not verify", case.name);
+    if status < 300 {
+        assert_eq!(receipt, Receipt::Valid, "{}: a success without a receipt", case.name);
+    }
     let after = h.stored_files();
     match case.expect {
         Expect::Refused(expected_status, code) => {
@@ -359,18 +400,27 @@ async fn check(h: &Harness, case: Case) {
     assert_eq!(top, ["ids.txt", "store"], "{}: nothing written beside the store", case.name);
 }
 
-async fn send_case(h: &Harness, auth: Auth, upload: Upload) -> (u16, Value) {
+/// Whether an answer carried a receipt, and whether it verified.
+#[derive(Debug, PartialEq, Eq)]
+enum Receipt {
+    Valid,
+    Absent,
+    Forged,
+}
+
+async fn send_case(h: &Harness, auth: Auth, upload: Upload) -> (u16, Value, Receipt) {
     let own = upload.signs;
+    let head = |id: &_, timestamp| signed_head(id, "POST", endpoint::UPLOAD, timestamp, Some(&own));
     let header = match auth {
-        Auth::Valid => Some(authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&own))),
+        Auth::Valid => Some(head(&device(), now())),
         Auth::None => None,
         Auth::Raw(text) => Some(text),
-        Auth::At(timestamp) => Some(authorization(&device(), "POST", endpoint::UPLOAD, timestamp, Some(&own))),
+        Auth::At(timestamp) => Some(head(&device(), timestamp)),
         Auth::Over(path, content) => {
             Some(authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim(path, content))))
         }
         Auth::ForEndpoint(method, other) => Some(authorization(&device(), method, other, now(), None)),
-        Auth::Stranger => Some(authorization(&stranger(), "POST", endpoint::UPLOAD, now(), Some(&own))),
+        Auth::Stranger => Some(head(&stranger(), now())),
     };
     let request = h.http.post(h.url(endpoint::UPLOAD));
     let request = match upload.body {
@@ -378,11 +428,22 @@ async fn send_case(h: &Harness, auth: Auth, upload: Upload) -> (u16, Value) {
         Body::Multipart(bytes) => request.header("Content-Type", "multipart/form-data; boundary=XyZ").body(bytes),
         Body::Plain(bytes) => request.header("Content-Type", "application/octet-stream").body(bytes),
     };
-    let request = match header {
-        Some(header) => request.header("Authorization", header),
+    let request = match &header {
+        Some(header) => request.header("Authorization", header.as_str()),
         None => request,
     };
-    answer(request.send().await.expect("receiver answers")).await
+    let response = request.send().await.expect("receiver answers");
+    let status = response.status().as_u16();
+    let tag = response.headers().get("x-logferry-receipt").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let bytes = response.bytes().await.expect("body");
+    let signature = header.as_deref().and_then(|h| h.parse::<AuthHeader>().ok()).map(|h| h.signature);
+    let receipt = match (tag, signature) {
+        (None, _) => Receipt::Absent,
+        (Some(tag), Some(sig)) if verify_receipt(&key(&device()), status, &sig, &bytes, &tag) => Receipt::Valid,
+        _ => Receipt::Forged,
+    };
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("HTTP {status}: not JSON: {bytes:?}"));
+    (status, body, receipt)
 }
 
 #[tokio::test]
@@ -517,11 +578,11 @@ async fn edits_to_the_ids_file_apply_without_a_restart() {
     };
     assert_eq!(auth_check(stranger()).await, 401);
 
-    std::fs::write(h.ids_file(), format!("{DEVICE}\n{STRANGER} newcomer\n")).expect("add");
+    h.edit_ids(&format!("{DEVICE}\n{STRANGER} newcomer\n"), 2).await;
     assert_eq!(auth_check(stranger()).await, 200, "added device accepted");
     assert_eq!(auth_check(device()).await, 200);
 
-    std::fs::write(h.ids_file(), format!("{STRANGER} newcomer\nnot-an-id\n")).expect("remove");
+    h.edit_ids(&format!("{STRANGER} newcomer\nnot-an-id\n"), 1).await;
     assert_eq!(auth_check(device()).await, 401, "removed device refused");
     assert_eq!(auth_check(stranger()).await, 200, "a malformed line does not lock out the rest");
 }

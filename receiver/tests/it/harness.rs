@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt;
-use logferry_common::signing::{SignedRequest, UploadClaim};
+use logferry_common::signing::{SignedRequest, UploadClaim, UploadHead};
 use logferry_common::wire::endpoint;
-use logferry_common::{DeviceId, RelPath, Sha256Digest};
+use logferry_common::{DeviceId, DeviceKey, RelPath, Sha256Digest};
 use logferry_receiver::store::s3::{S3Settings, parse_store_url};
 use logferry_receiver::{BackgroundReceiver, Config, Limits, StoreLocation};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -41,6 +41,19 @@ pub fn claim(path: &str, content: &[u8]) -> UploadClaim {
     UploadClaim { path: RelPath::parse(path).expect("valid path"), sha256: digest(content), size: content.len() as u64 }
 }
 
+/// The key of `id`, derived once per test binary: a derivation costs an
+/// Argon2id.
+pub fn key(id: &DeviceId) -> DeviceKey {
+    static KEYS: std::sync::Mutex<Vec<(String, DeviceKey)>> = std::sync::Mutex::new(Vec::new());
+    let mut keys = KEYS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, key)) = keys.iter().find(|(known, _)| known == id.reveal()) {
+        return key.clone();
+    }
+    let key = id.derive_key();
+    keys.push((id.reveal().to_owned(), key.clone()));
+    key
+}
+
 pub fn authorization(
     id: &DeviceId,
     method: &str,
@@ -48,7 +61,12 @@ pub fn authorization(
     timestamp: u64,
     upload: Option<&UploadClaim>,
 ) -> String {
-    SignedRequest { method, path: endpoint, timestamp, upload }.authorization(id).to_string()
+    signed_head(id, method, endpoint, timestamp, upload.map(UploadHead::from).as_ref())
+}
+
+/// Signs fields exactly as given, valid or not.
+pub fn signed_head(id: &DeviceId, method: &str, endpoint: &str, timestamp: u64, upload: Option<&UploadHead>) -> String {
+    SignedRequest { method, path: endpoint, timestamp, upload }.authorization(&key(id)).to_string()
 }
 
 /// Where a test receiver keeps uploads.
@@ -188,6 +206,23 @@ impl Harness {
 
     pub fn device_dir(&self) -> PathBuf {
         self.store().join(DEVICE)
+    }
+
+    /// Replaces the ids file and waits until the receiver lists `devices`
+    /// devices: it applies edits off the request path, within a second or
+    /// so (plus an Argon2id per new device).
+    pub async fn edit_ids(&self, text: &str, devices: usize) {
+        std::fs::write(self.ids_file(), text).expect("ids file written");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let report: Value = serde_json::from_str(&self.get_text(endpoint::DEVICES).await).expect("JSON");
+            let listed = report["devices"].as_array().map_or(0, Vec::len);
+            if listed == devices {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the receiver lists {listed} devices, not {devices}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn ids_file(&self) -> PathBuf {

@@ -215,7 +215,7 @@ async fn check_shared_store(backend: Backend) {
     h.refresh_fleet_every(Duration::from_millis(300));
     let ids: Vec<DeviceId> = (0..DEVICES).map(|i| format!("{:016X}", 0xA000 + i).parse().expect("valid ID")).collect();
     let listing: String = ids.iter().map(|id| format!("{}\n", id.reveal())).collect();
-    std::fs::write(h.ids_file(), listing).expect("ids");
+    h.edit_ids(&listing, DEVICES).await;
     let other = h.start_another();
     let receivers = [h.addr(), other.addr];
 
