@@ -8,6 +8,8 @@
 use std::fmt;
 use std::path::{Component, Path};
 
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+
 use crate::Sha256Digest;
 
 /// Longest accepted path, in bytes of UTF-8.
@@ -31,7 +33,8 @@ const _: () = assert!(MAX_COMPONENT_BYTES + CONFLICT_TAG_BYTES + CHECKSUM_SUFFIX
 
 /// A relative path that is safe to join onto a folder: `/`-separated, with no
 /// empty, `.` or `..` components, no leading `/`, no drive letter, no
-/// backslash, no control characters, and bounded in length and depth.
+/// backslash, no control or invisible format characters, and bounded in
+/// length and depth.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RelPath(String);
 
@@ -57,6 +60,8 @@ pub enum PathError {
     Backslash,
     #[error("the path contains a control character (U+{0:04X})")]
     ControlChar(u32),
+    #[error("the path contains an invisible format character (U+{0:04X}), which can make a name look like another")]
+    FormatChar(u32),
     #[error("the file name is not valid UTF-8")]
     NotUtf8,
 }
@@ -72,6 +77,13 @@ impl RelPath {
         }
         if let Some(c) = text.chars().find(|c| c.is_control()) {
             return Err(PathError::ControlChar(c as u32));
+        }
+        // Bidi overrides, zero-width characters, BOMs, soft hyphens, tags:
+        // invisible, they let a name shown on the status page, in a log or
+        // in `ls` read as another (`evil\u{202E}gol.exe` shows as
+        // `evilexe.log`). Nothing a log file needs.
+        if let Some(c) = text.chars().find(|c| c.general_category() == GeneralCategory::Format) {
+            return Err(PathError::FormatChar(c as u32));
         }
         if text.contains('\\') {
             return Err(PathError::Backslash);
@@ -217,6 +229,18 @@ mod tests {
             ("a\nb", Err(PathError::ControlChar(10))),
             ("a\u{7f}b", Err(PathError::ControlChar(0x7f))),
             ("a\u{85}b", Err(PathError::ControlChar(0x85))),
+            ("evil\u{202e}gol.exe", Err(PathError::FormatChar(0x202e))),
+            ("\u{2066}a\u{2069}.log", Err(PathError::FormatChar(0x2066))),
+            ("a\u{200b}.log", Err(PathError::FormatChar(0x200b))),
+            ("a\u{200d}b", Err(PathError::FormatChar(0x200d))),
+            ("\u{feff}a.log", Err(PathError::FormatChar(0xfeff))),
+            ("soft\u{ad}hyphen", Err(PathError::FormatChar(0xad))),
+            ("a\u{2060}b", Err(PathError::FormatChar(0x2060))),
+            ("d/\u{e0001}\u{e0041}.log", Err(PathError::FormatChar(0xe0001))),
+            ("\u{600}.log", Err(PathError::FormatChar(0x600))),
+            // Visible neighbours of those: ordinary characters.
+            ("a\u{2010}b\u{a0}c", Ok(())),
+            ("\u{5d0}\u{5d1}.log", Ok(())),
             (&long_component, Err(PathError::ComponentTooLong(MAX_COMPONENT_BYTES + 1))),
             (&deep, Err(PathError::TooDeep(MAX_DEPTH + 1))),
             (&long_path, Err(PathError::TooLong(long_path.len()))),
