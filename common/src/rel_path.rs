@@ -17,19 +17,25 @@ pub const MAX_PATH_BYTES: usize = 1024;
 /// Most folders-plus-file in one path.
 pub const MAX_DEPTH: usize = 32;
 /// Longest accepted component, in bytes. File systems allow 255; the margin
-/// leaves room for the `.sha256` and `.conflict-…` suffixes the store adds.
+/// leaves room for the `.data`, `.conflict-…` and `.sha256` suffixes the
+/// store adds.
 pub const MAX_COMPONENT_BYTES: usize = 200;
 
 /// Suffix of the checksum file stored beside each file.
 pub const CHECKSUM_SUFFIX: &str = ".sha256";
+/// Added to a data file's stored name that would otherwise end in
+/// [`CHECKSUM_SUFFIX`] (see [`RelPath::store_candidates`]).
+const ESCAPE_SUFFIX: &str = ".data";
 /// What a conflict name adds: `.conflict-` and 16 hex characters.
 const CONFLICT_TAG_BYTES: usize = ".conflict-".len() + 16;
 /// Longest file name the file systems we write to accept.
 pub const NAME_MAX: usize = 255;
 
-// Every name the store derives (conflict name, then its checksum file) must
-// still fit the file system, or a valid upload could not be stored.
-const _: () = assert!(MAX_COMPONENT_BYTES + CONFLICT_TAG_BYTES + CHECKSUM_SUFFIX.len() <= NAME_MAX);
+// Every name the store derives (stored name, its conflict name, then its
+// checksum file) must still fit the file system, or a valid upload could not
+// be stored.
+const _: () =
+    assert!(MAX_COMPONENT_BYTES + ESCAPE_SUFFIX.len() + CONFLICT_TAG_BYTES + CHECKSUM_SUFFIX.len() <= NAME_MAX);
 
 /// A relative path that is safe to join onto a folder: `/`-separated, with no
 /// empty, `.` or `..` components, no leading `/`, no drive letter, no
@@ -151,6 +157,39 @@ impl RelPath {
         Self(format!("{}{CHECKSUM_SUFFIX}", self.0))
     }
 
+    /// Whether this names a checksum file in the store. Data files are
+    /// stored under names that never end in `.sha256`, so this is all it
+    /// takes to tell them apart.
+    pub fn is_checksum_file(&self) -> bool {
+        self.0.ends_with(CHECKSUM_SUFFIX)
+    }
+
+    /// The names under which the receiver may store the content with SHA-256
+    /// `content` sent as this path, in the order they are tried: the stored
+    /// name, then its conflict name.
+    ///
+    /// The stored name is the path as sent, except that a file name ending
+    /// in `.sha256`, or in `.sha256` and one or more `.data`, gets one more
+    /// `.data`: `x.sha256` → `x.sha256.data`, `x.sha256.data` →
+    /// `x.sha256.data.data`. So no data file is stored under a name ending in
+    /// `.sha256`, and `sha256sum -c` over a folder's `*.sha256` files checks
+    /// the receiver's own lines only, whatever names a device sends; and no
+    /// two sent names share a stored name. No conflict name ends in `.sha256`
+    /// either: its tag or the escaped `.data` comes last.
+    pub fn store_candidates(&self, content: &Sha256Digest) -> [Self; 2] {
+        let stored = self.stored_name();
+        let conflict = stored.conflict_path(content);
+        [stored, conflict]
+    }
+
+    fn stored_name(&self) -> Self {
+        let mut name = self.file_name();
+        while let Some(shorter) = name.strip_suffix(ESCAPE_SUFFIX) {
+            name = shorter;
+        }
+        if name.ends_with(CHECKSUM_SUFFIX) { Self(format!("{}{ESCAPE_SUFFIX}", self.0)) } else { self.clone() }
+    }
+
     /// The name used when this path is already taken by other content: the
     /// first 16 hex characters of the new content's SHA-256 go before the
     /// extension, so `logs/day.csv` becomes `logs/day.conflict-0123456789abcdef.csv`.
@@ -262,13 +301,20 @@ mod tests {
     #[test]
     fn derived_names_of_the_longest_allowed_name_fit_the_file_system() {
         let digest = Sha256Digest::of_reader(&b"x"[..]).expect("hash").0;
-        for name in
-            ["1".repeat(180), "a".repeat(MAX_COMPONENT_BYTES), format!("{}.csv", "b".repeat(MAX_COMPONENT_BYTES - 4))]
-        {
+        let most = MAX_COMPONENT_BYTES;
+        for name in [
+            "1".repeat(180),
+            "a".repeat(most),
+            format!("{}.csv", "b".repeat(most - 4)),
+            format!("{}.sha256", "c".repeat(most - 7)),
+            format!("{}.sha256.data", "d".repeat(most - 12)),
+        ] {
             let path = RelPath::parse(&format!("dir/{name}")).expect("valid");
-            let longest = path.conflict_path(&digest).checksum_path();
-            assert!(longest.file_name().len() <= NAME_MAX, "{longest:?}");
-            assert_eq!(longest.folders().collect::<Vec<_>>(), ["dir"]);
+            for candidate in path.store_candidates(&digest) {
+                let longest = candidate.checksum_path();
+                assert!(longest.file_name().len() <= NAME_MAX, "{longest:?}");
+                assert_eq!(longest.folders().collect::<Vec<_>>(), ["dir"]);
+            }
         }
     }
 
@@ -277,16 +323,31 @@ mod tests {
         let digest: Sha256Digest =
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".parse().expect("valid");
         let cases = [
-            ("day.csv", "day.conflict-ba7816bf8f01cfea.csv"),
-            ("logs/x.y.txt", "logs/x.y.conflict-ba7816bf8f01cfea.txt"),
-            ("messages", "messages.conflict-ba7816bf8f01cfea"),
-            ("d/.bashrc", "d/.bashrc.conflict-ba7816bf8f01cfea"),
-            ("trailing.", "trailing..conflict-ba7816bf8f01cfea"),
+            ("day.csv", ["day.csv", "day.conflict-ba7816bf8f01cfea.csv"]),
+            ("logs/x.y.txt", ["logs/x.y.txt", "logs/x.y.conflict-ba7816bf8f01cfea.txt"]),
+            ("messages", ["messages", "messages.conflict-ba7816bf8f01cfea"]),
+            ("d/.bashrc", ["d/.bashrc", "d/.bashrc.conflict-ba7816bf8f01cfea"]),
+            ("trailing.", ["trailing.", "trailing..conflict-ba7816bf8f01cfea"]),
+            // Names a checksum file could have are escaped, injectively.
+            ("a.log.sha256", ["a.log.sha256.data", "a.log.sha256.conflict-ba7816bf8f01cfea.data"]),
+            ("x.sha256.data", ["x.sha256.data.data", "x.sha256.data.conflict-ba7816bf8f01cfea.data"]),
+            ("x.sha256.data.data", ["x.sha256.data.data.data", "x.sha256.data.data.conflict-ba7816bf8f01cfea.data"]),
+            ("d/.sha256", ["d/.sha256.data", "d/.sha256.conflict-ba7816bf8f01cfea.data"]),
+            ("x.SHA256", ["x.SHA256", "x.conflict-ba7816bf8f01cfea.SHA256"]),
+            ("x.data", ["x.data", "x.conflict-ba7816bf8f01cfea.data"]),
+            ("sha256", ["sha256", "sha256.conflict-ba7816bf8f01cfea"]),
+            ("x.sha256x", ["x.sha256x", "x.conflict-ba7816bf8f01cfea.sha256x"]),
+            ("x.sha256.datax", ["x.sha256.datax", "x.sha256.conflict-ba7816bf8f01cfea.datax"]),
+            ("d.sha256/a.log", ["d.sha256/a.log", "d.sha256/a.conflict-ba7816bf8f01cfea.log"]),
         ];
         for (input, expected) in cases {
             let path = RelPath::parse(input).expect("valid");
-            assert_eq!(path.conflict_path(&digest).as_str(), expected);
-            assert!(RelPath::parse(path.conflict_path(&digest).checksum_path().as_str()).is_ok());
+            let got = path.store_candidates(&digest);
+            assert_eq!(got.each_ref().map(RelPath::as_str), expected, "{input:?}");
+            for candidate in &got {
+                assert!(!candidate.is_checksum_file(), "{candidate:?}");
+                assert!(RelPath::parse(candidate.checksum_path().as_str()).is_ok_and(|c| c.is_checksum_file()));
+            }
         }
         let path = RelPath::parse("a/x.y.txt").expect("valid");
         assert_eq!(path.checksum_path().as_str(), "a/x.y.txt.sha256");

@@ -61,7 +61,9 @@ fn cases() -> Vec<Case> {
     let (one, two) = (b"sensor,value\n1,2\n".as_slice(), b"sensor,value\n9,9\n".as_slice());
     let day_conflict = conflict_name("data/day.csv", two);
     let not_a_checksum = b"not a checksum".as_slice();
-    let sidecar_conflict = conflict_name("data/day.csv.sha256", not_a_checksum);
+    // Lines `sha256sum -c` would read, were they stored as checksum files.
+    let bogus = format!("{}  a.log\n", digest(b"not a.log")).into_bytes();
+    let forged = format!("{}  b.log\n", digest(b"not b.log")).into_bytes();
     vec![
         Case {
             name: "a verified upload is stored with its checksum file",
@@ -101,23 +103,34 @@ fn cases() -> Vec<Case> {
                 send("data/day.csv", one, 201, "data/day.csv"),
                 send("data/day.csv", two, 201, &day_conflict),
                 send("data/day.csv", two, 200, &day_conflict),
-                // A device file that happens to use a checksum file's name.
-                send("data/day.csv.sha256", not_a_checksum, 201, &sidecar_conflict),
             ],
-            afterwards: [
-                stored("data/day.csv", one),
-                stored(&day_conflict, two),
-                stored(&sidecar_conflict, not_a_checksum),
-            ]
-            .concat(),
+            afterwards: [stored("data/day.csv", one), stored(&day_conflict, two)].concat(),
         },
         Case {
-            name: "a data file whose checksum name is taken by a device file goes to a conflict name",
+            name: "data files named like checksum files are stored under escaped names, never misleading sha256sum",
             steps: vec![
-                send("x.log.sha256", not_a_checksum, 201, "x.log.sha256"),
-                send("x.log", one, 201, &conflict_name("x.log", one)),
+                send("a.log.sha256", &bogus, 201, "a.log.sha256.data"),
+                send("a.log", one, 201, "a.log"),
+                send("b.log", two, 201, "b.log"),
+                send("evil.sha256", &forged, 201, "evil.sha256.data"),
+                send("evil.sha256.data", not_a_checksum, 201, "evil.sha256.data.data"),
+                // A checksum file's name for a file of the device's own.
+                send("data/day.csv.sha256", not_a_checksum, 201, "data/day.csv.sha256.data"),
+                send("data/day.csv", one, 201, "data/day.csv"),
+                send("a.log.sha256", &bogus, 200, "a.log.sha256.data"),
+                send("evil.sha256", &forged, 200, "evil.sha256.data"),
+                send("evil.sha256.data", not_a_checksum, 200, "evil.sha256.data.data"),
             ],
-            afterwards: [stored("x.log.sha256", not_a_checksum), stored(&conflict_name("x.log", one), one)].concat(),
+            afterwards: [
+                stored("a.log.sha256.data", &bogus),
+                stored("a.log", one),
+                stored("b.log", two),
+                stored("evil.sha256.data", &forged),
+                stored("evil.sha256.data.data", not_a_checksum),
+                stored("data/day.csv.sha256.data", not_a_checksum),
+                stored("data/day.csv", one),
+            ]
+            .concat(),
         },
         Case {
             name: "racing uploads of one path never clobber each other",
@@ -133,7 +146,8 @@ fn cases() -> Vec<Case> {
 }
 
 /// Runs `case` on a fresh store of `backend` and checks every answer and,
-/// at the end, everything in the device's folder.
+/// at the end, everything in the device's folder, and that `sha256sum -c`
+/// accepts its checksum files, one beside each data file.
 async fn check(backend: &Backend, case: Case) {
     let h = Harness::start_on(backend.clone());
     let name = case.name;
@@ -178,6 +192,61 @@ async fn check(backend: &Backend, case: Case) {
     let show =
         |m: &BTreeMap<String, Vec<u8>>| m.iter().map(|(k, v)| format!("{k} ({} bytes)", v.len())).collect::<Vec<_>>();
     assert!(found == expected, "{name}: stored {:?}, expected {:?}", show(&found), show(&expected));
+    sha256sum_accepts(name, &found);
+    let data_files: Vec<(String, u64)> = found
+        .iter()
+        .filter(|(path, _)| !path.ends_with(".sha256"))
+        .map(|(path, content)| (path.clone(), content.len() as u64))
+        .collect();
+    assert_eq!(inventory(&h).await, data_files, "{name}: the inventory lists the data files");
+}
+
+/// What a receiver opening the store lists, as (path, size) of the test device.
+async fn inventory(h: &Harness) -> Vec<(String, u64)> {
+    let ready = logferry_receiver::open(&h.config()).expect("opens");
+    let mut listed: Vec<(String, u64)> = ready
+        .state
+        .store
+        .inventory()
+        .await
+        .expect("inventory")
+        .into_iter()
+        .map(|StoredFile { device, path, size, .. }| {
+            assert_eq!(device.reveal(), DEVICE);
+            (path.to_string(), size)
+        })
+        .collect();
+    listed.sort();
+    listed
+}
+
+/// Lays `files` (path → bytes, one device's folder) out on disk, checks that
+/// every data file has its checksum file, and runs `sha256sum -c` on every
+/// `*.sha256` file, in its folder, as an admin would.
+fn sha256sum_accepts(name: &str, files: &BTreeMap<String, Vec<u8>>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut checksum_files: BTreeMap<std::path::PathBuf, Vec<String>> = BTreeMap::new();
+    for (path, content) in files {
+        let at = dir.path().join(path);
+        std::fs::create_dir_all(at.parent().expect("in a folder")).expect("mkdir");
+        std::fs::write(&at, content).expect("write");
+        let rel = RelPath::parse(path).expect("valid path");
+        if rel.is_checksum_file() {
+            checksum_files.entry(at.parent().expect("folder").to_owned()).or_default().push(rel.file_name().to_owned());
+        } else {
+            assert!(files.contains_key(&format!("{path}.sha256")), "{name}: {path} has no checksum file");
+        }
+    }
+    for (folder, names) in checksum_files {
+        let run = std::process::Command::new("sha256sum")
+            .args(["-c", "--strict"])
+            .args(&names)
+            .current_dir(&folder)
+            .output()
+            .expect("sha256sum runs");
+        let said = String::from_utf8_lossy(&run.stdout) + String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{name}: sha256sum -c {names:?} failed:\n{said}");
+    }
 }
 
 /// An upload of `bytes` that claims the checksum of `claimed`.
