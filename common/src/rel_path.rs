@@ -26,14 +26,23 @@ pub const CHECKSUM_SUFFIX: &str = ".sha256";
 /// Added to a data file's stored name that would otherwise end in
 /// [`CHECKSUM_SUFFIX`] (see [`RelPath::store_candidates`]).
 const ESCAPE_SUFFIX: &str = ".data";
-/// What a conflict name adds: `.conflict-` and 16 hex characters.
-const CONFLICT_TAG_BYTES: usize = ".conflict-".len() + 16;
+/// Hex characters of the content's SHA-256 in the first conflict name: short
+/// names for the common case.
+const SHORT_TAG_HEX: usize = 16;
+/// Hex characters in the last conflict name: 128 bits. Other bytes reach it
+/// by the rules only with the same first 128 bits of SHA-256, which takes
+/// about 2^64 work to arrange for some two files and 2^128 for a given one
+/// (the first conflict name's 64 bits take only 2^32). Not all 64: a 200-byte
+/// name, escaped, tagged and with its checksum suffix would exceed `NAME_MAX`.
+const LONG_TAG_HEX: usize = 32;
+/// What the longest conflict name adds: `.conflict-` and the long tag.
+const CONFLICT_TAG_BYTES: usize = ".conflict-".len() + LONG_TAG_HEX;
 /// Longest file name the file systems we write to accept.
 pub const NAME_MAX: usize = 255;
 
-// Every name the store derives (stored name, its conflict name, then its
-// checksum file) must still fit the file system, or a valid upload could not
-// be stored.
+// Every name the store derives (stored name, its conflict names, then their
+// checksum files) must still fit the file system, or a valid upload could
+// not be stored.
 const _: () =
     assert!(MAX_COMPONENT_BYTES + ESCAPE_SUFFIX.len() + CONFLICT_TAG_BYTES + CHECKSUM_SUFFIX.len() <= NAME_MAX);
 
@@ -165,8 +174,8 @@ impl RelPath {
     }
 
     /// The names under which the receiver may store the content with SHA-256
-    /// `content` sent as this path, in the order they are tried: the stored
-    /// name, then its conflict name.
+    /// `content` sent as this path, in the order they are tried: the
+    /// [`candidates`](Self::candidates) of its stored name.
     ///
     /// The stored name is the path as sent, except that a file name ending
     /// in `.sha256`, or in `.sha256` and one or more `.data`, gets one more
@@ -176,10 +185,21 @@ impl RelPath {
     /// the receiver's own lines only, whatever names a device sends; and no
     /// two sent names share a stored name. No conflict name ends in `.sha256`
     /// either: its tag or the escaped `.data` comes last.
-    pub fn store_candidates(&self, content: &Sha256Digest) -> [Self; 2] {
-        let stored = self.stored_name();
-        let conflict = stored.conflict_path(content);
-        [stored, conflict]
+    pub fn store_candidates(&self, content: &Sha256Digest) -> [Self; 3] {
+        self.stored_name().candidates(content)
+    }
+
+    /// Where the content with SHA-256 `content` goes when this name holds
+    /// other bytes, in order: this name, then two conflict names, which put
+    /// 16 and then 32 hex characters of the SHA-256 before the extension
+    /// (`logs/day.csv` → `logs/day.conflict-0123456789abcdef.csv` →
+    /// `logs/day.conflict-0123456789abcdef0123456789abcdef.csv`). Derived
+    /// from the content, they are the same on every retry; the last one only
+    /// these bytes reach by the rules, so it is taken by other bytes only
+    /// when a device sent a file under that very name.
+    pub fn candidates(&self, content: &Sha256Digest) -> [Self; 3] {
+        let hex = content.to_hex();
+        [self.clone(), self.tagged(&hex[..SHORT_TAG_HEX]), self.tagged(&hex[..LONG_TAG_HEX])]
     }
 
     fn stored_name(&self) -> Self {
@@ -190,18 +210,13 @@ impl RelPath {
         if name.ends_with(CHECKSUM_SUFFIX) { Self(format!("{}{ESCAPE_SUFFIX}", self.0)) } else { self.clone() }
     }
 
-    /// The name used when this path is already taken by other content: the
-    /// first 16 hex characters of the new content's SHA-256 go before the
-    /// extension, so `logs/day.csv` becomes `logs/day.conflict-0123456789abcdef.csv`.
-    /// Being derived from the content, it is the same on every retry.
-    pub fn conflict_path(&self, content: &Sha256Digest) -> Self {
+    fn tagged(&self, tag: &str) -> Self {
         let name = self.file_name();
         let dir = &self.0[..self.0.len() - name.len()];
         let (stem, extension) = match name.rfind('.') {
             Some(dot) if dot > 0 && dot + 1 < name.len() => name.split_at(dot),
             _ => (name, ""),
         };
-        let tag = &content.to_hex()[..16];
         Self(format!("{dir}{stem}.conflict-{tag}{extension}"))
     }
 
@@ -322,33 +337,40 @@ mod tests {
     fn derived_names() {
         let digest: Sha256Digest =
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".parse().expect("valid");
+        let (short, long) = ("ba7816bf8f01cfea", "ba7816bf8f01cfea414140de5dae2223");
+        // The stored name, and the conflict names with `{T}` for the tag.
         let cases = [
-            ("day.csv", ["day.csv", "day.conflict-ba7816bf8f01cfea.csv"]),
-            ("logs/x.y.txt", ["logs/x.y.txt", "logs/x.y.conflict-ba7816bf8f01cfea.txt"]),
-            ("messages", ["messages", "messages.conflict-ba7816bf8f01cfea"]),
-            ("d/.bashrc", ["d/.bashrc", "d/.bashrc.conflict-ba7816bf8f01cfea"]),
-            ("trailing.", ["trailing.", "trailing..conflict-ba7816bf8f01cfea"]),
+            ("day.csv", "day.csv", "day.conflict-{T}.csv"),
+            ("logs/x.y.txt", "logs/x.y.txt", "logs/x.y.conflict-{T}.txt"),
+            ("messages", "messages", "messages.conflict-{T}"),
+            ("d/.bashrc", "d/.bashrc", "d/.bashrc.conflict-{T}"),
+            ("trailing.", "trailing.", "trailing..conflict-{T}"),
             // Names a checksum file could have are escaped, injectively.
-            ("a.log.sha256", ["a.log.sha256.data", "a.log.sha256.conflict-ba7816bf8f01cfea.data"]),
-            ("x.sha256.data", ["x.sha256.data.data", "x.sha256.data.conflict-ba7816bf8f01cfea.data"]),
-            ("x.sha256.data.data", ["x.sha256.data.data.data", "x.sha256.data.data.conflict-ba7816bf8f01cfea.data"]),
-            ("d/.sha256", ["d/.sha256.data", "d/.sha256.conflict-ba7816bf8f01cfea.data"]),
-            ("x.SHA256", ["x.SHA256", "x.conflict-ba7816bf8f01cfea.SHA256"]),
-            ("x.data", ["x.data", "x.conflict-ba7816bf8f01cfea.data"]),
-            ("sha256", ["sha256", "sha256.conflict-ba7816bf8f01cfea"]),
-            ("x.sha256x", ["x.sha256x", "x.conflict-ba7816bf8f01cfea.sha256x"]),
-            ("x.sha256.datax", ["x.sha256.datax", "x.sha256.conflict-ba7816bf8f01cfea.datax"]),
-            ("d.sha256/a.log", ["d.sha256/a.log", "d.sha256/a.conflict-ba7816bf8f01cfea.log"]),
+            ("a.log.sha256", "a.log.sha256.data", "a.log.sha256.conflict-{T}.data"),
+            ("x.sha256.data", "x.sha256.data.data", "x.sha256.data.conflict-{T}.data"),
+            ("x.sha256.data.data", "x.sha256.data.data.data", "x.sha256.data.data.conflict-{T}.data"),
+            ("d/.sha256", "d/.sha256.data", "d/.sha256.conflict-{T}.data"),
+            ("x.SHA256", "x.SHA256", "x.conflict-{T}.SHA256"),
+            ("x.data", "x.data", "x.conflict-{T}.data"),
+            ("sha256", "sha256", "sha256.conflict-{T}"),
+            ("x.sha256x", "x.sha256x", "x.conflict-{T}.sha256x"),
+            ("x.sha256.datax", "x.sha256.datax", "x.sha256.conflict-{T}.datax"),
+            ("d.sha256/a.log", "d.sha256/a.log", "d.sha256/a.conflict-{T}.log"),
         ];
-        for (input, expected) in cases {
+        for (input, stored, conflict) in cases {
             let path = RelPath::parse(input).expect("valid");
             let got = path.store_candidates(&digest);
-            assert_eq!(got.each_ref().map(RelPath::as_str), expected, "{input:?}");
+            let expected = [stored.to_owned(), conflict.replace("{T}", short), conflict.replace("{T}", long)];
+            assert_eq!(got.each_ref().map(RelPath::as_str), expected.each_ref().map(String::as_str), "{input:?}");
             for candidate in &got {
                 assert!(!candidate.is_checksum_file(), "{candidate:?}");
                 assert!(RelPath::parse(candidate.checksum_path().as_str()).is_ok_and(|c| c.is_checksum_file()));
             }
         }
+        // Outside the store (the sender's sent folder) names are not escaped.
+        let sent = RelPath::parse("a.sha256").expect("valid").candidates(&digest);
+        assert_eq!(sent[0].as_str(), "a.sha256");
+        assert_eq!(sent[2].as_str(), format!("a.conflict-{long}.sha256"));
         let path = RelPath::parse("a/x.y.txt").expect("valid");
         assert_eq!(path.checksum_path().as_str(), "a/x.y.txt.sha256");
         assert_eq!(path.checksum_line(&digest), format!("{digest}  x.y.txt\n"));

@@ -309,8 +309,8 @@ enum Placement {
 
 impl DiskStore {
     /// Puts the staged file under the claimed path's stored name, or, when
-    /// that holds other content, under its conflict name (see
-    /// `RelPath::store_candidates`).
+    /// that holds other content, under the first of its conflict names that
+    /// is free or holds these bytes (see `RelPath::store_candidates`).
     fn place(&self, staged: &Path, device_dir: &Path, claim: &UploadClaim) -> Result<Committed, StoreError> {
         let device_folder = device_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         // Named apart from the rest: the device folder's name is the ID,
@@ -337,10 +337,7 @@ impl DiskStore {
             };
             return Ok(Committed { outcome, stored_as: candidate.clone() });
         }
-        Err(StoreError::Conflict(format!(
-            "both {} and {} are taken by other content on the receiver",
-            candidates[0], candidates[1]
-        )))
+        Err(StoreError::all_names_taken(&candidates))
     }
 
     /// Links the (fsynced) staged file to `target` and its checksum file

@@ -192,8 +192,8 @@ impl S3Store {
     }
 
     /// Picks the claimed path's stored name, or when that holds other content
-    /// its conflict name (see `RelPath::store_candidates`), as the disk store
-    /// does.
+    /// the first of its conflict names that does not (see
+    /// `RelPath::store_candidates`), as the disk store does.
     async fn choose(&self, device: &DeviceId, claim: &UploadClaim, mask: &Mask<'_>) -> Result<Choice, StoreError> {
         let candidates = claim.path.store_candidates(&claim.sha256);
         for candidate in &candidates {
@@ -213,10 +213,7 @@ impl S3Store {
             }
             return Ok(Choice::Upload(candidate.clone()));
         }
-        Err(StoreError::Conflict(format!(
-            "both {} and {} are taken by other content on the receiver",
-            candidates[0], candidates[1]
-        )))
+        Err(StoreError::all_names_taken(&candidates))
     }
 
     /// Where the claims on `name` are kept: outside every device folder, so
