@@ -365,7 +365,7 @@ impl DiskStore {
             let checksum = self.staged_checksum_file(&line)?;
             match fs::hard_link(staged, target) {
                 Ok(()) => {
-                    link_checksum_file(&checksum.0, &sidecar, &line)?;
+                    link_checksum_file(&checksum.0, &sidecar, name, &line)?;
                     sync_dir(folder)?;
                     return Ok(Placement::Placed);
                 }
@@ -381,7 +381,7 @@ impl DiskStore {
         // came between placing the file and its checksum file.
         if !exists_no_follow(&sidecar)? {
             let checksum = self.staged_checksum_file(&line)?;
-            link_checksum_file(&checksum.0, &sidecar, &line)?;
+            link_checksum_file(&checksum.0, &sidecar, name, &line)?;
         }
         sync_dir(folder)?;
         Ok(Placement::SameContentThere)
@@ -397,8 +397,9 @@ impl DiskStore {
 }
 
 /// Puts the staged checksum file `staged` in place as `sidecar`; the caller
-/// fsyncs the folder.
-fn link_checksum_file(staged: &Path, sidecar: &Path, line: &str) -> io::Result<()> {
+/// fsyncs the folder. `name` is the data file's, for the log: `sidecar`
+/// contains the device folder, whose name is the ID.
+fn link_checksum_file(staged: &Path, sidecar: &Path, name: &RelPath, line: &str) -> io::Result<()> {
     match fs::hard_link(staged, sidecar) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -406,7 +407,7 @@ fn link_checksum_file(staged: &Path, sidecar: &Path, line: &str) -> io::Result<(
             // store written before data names were escaped, a device's own
             // file): either way it stays.
             if !holds_line(sidecar, line)? {
-                tracing::warn!(file = %sidecar.display(), "checksum file name already used by other content; left as it is");
+                tracing::warn!(file = %name.checksum_path(), "checksum file name already used by other content; left as it is");
             }
             Ok(())
         }
