@@ -194,9 +194,10 @@ impl RelPath {
     /// 16 and then 32 hex characters of the SHA-256 before the extension
     /// (`logs/day.csv` → `logs/day.conflict-0123456789abcdef.csv` →
     /// `logs/day.conflict-0123456789abcdef0123456789abcdef.csv`). Derived
-    /// from the content, they are the same on every retry; the last one only
-    /// these bytes reach by the rules, so it is taken by other bytes only
-    /// when a device sent a file under that very name.
+    /// from the content, they are the same on every retry. Other bytes reach
+    /// the last one by these rules only with the same first 128 bits of
+    /// SHA-256, so in practice it holds other bytes only when a device sent
+    /// a file under that very name.
     pub fn candidates(&self, content: &Sha256Digest) -> [Self; 3] {
         let hex = content.to_hex();
         [self.clone(), self.tagged(&hex[..SHORT_TAG_HEX]), self.tagged(&hex[..LONG_TAG_HEX])]
