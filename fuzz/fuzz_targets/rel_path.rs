@@ -1,6 +1,7 @@
 //! Any string either fails the path rules or yields a path that cannot
-//! leave its folder, and whose derived names (conflict name, checksum file)
-//! stay in the same folder and fit the file system.
+//! leave its folder, and whose derived names (stored name, conflict name,
+//! checksum file) stay in the same folder and fit the file system, no data
+//! name looking like a checksum file's.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -15,9 +16,12 @@ fuzz_target!(|text: &str| {
         assert!(!matches!(component, "" | "." | ".."), "{text:?}");
     }
     let digest = Sha256Digest::of_reader(text.as_bytes()).expect("hashing a slice").0;
-    for derived in [path.checksum_path(), path.conflict_path(&digest), path.conflict_path(&digest).checksum_path()] {
-        assert_eq!(derived.folders().collect::<Vec<_>>(), path.folders().collect::<Vec<_>>(), "{text:?}");
-        let name = derived.file_name();
-        assert!(name.len() <= NAME_MAX && !name.is_empty() && name != "." && name != ".." && !name.contains('/'));
+    for candidate in path.store_candidates(&digest) {
+        assert!(!candidate.is_checksum_file(), "{text:?}");
+        for derived in [candidate.checksum_path(), candidate] {
+            assert_eq!(derived.folders().collect::<Vec<_>>(), path.folders().collect::<Vec<_>>(), "{text:?}");
+            let name = derived.file_name();
+            assert!(name.len() <= NAME_MAX && !name.is_empty() && name != "." && name != ".." && !name.contains('/'));
+        }
     }
 });

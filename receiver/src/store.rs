@@ -35,6 +35,18 @@ pub enum StoreError {
     Io(#[from] io::Error),
 }
 
+impl StoreError {
+    /// Every name an upload may be stored under (`RelPath::store_candidates`)
+    /// is taken by other content. Only files sent under this upload's very
+    /// conflict names do that, so a new name is the way out.
+    fn all_names_taken([name, first, last]: &[RelPath; 3]) -> Self {
+        Self::Conflict(format!(
+            "{name}, {first} and {last} are all taken by other content on the receiver; \
+             rename the file on the device, and it will be sent under its new name"
+        ))
+    }
+}
+
 /// Where a committed upload ended up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {

@@ -8,8 +8,9 @@ use logferry_common::durable::{create_dirs, holds_exactly, sync_dir};
 use logferry_common::{RelPath, Sha256Digest};
 
 /// Moves `source` to `<sent_dir>/<rel>`, or, when that name is taken, to the
-/// same conflict name the receiver uses. When a name already holds exactly
-/// these bytes, the source is a duplicate of what was set aside and is removed.
+/// first free one of the conflict names the receiver uses
+/// (`RelPath::candidates`). When a name already holds exactly these bytes,
+/// the source is a duplicate of what was set aside and is removed.
 pub fn move_aside(
     source: &Path,
     sent_dir: &Path,
@@ -17,8 +18,8 @@ pub fn move_aside(
     digest: &Sha256Digest,
     size: u64,
 ) -> io::Result<PathBuf> {
-    let conflict = rel.conflict_path(digest);
-    for name in [rel, &conflict] {
+    let candidates = rel.candidates(digest);
+    for name in &candidates {
         let folder = create_dirs(sent_dir, name.folders())?;
         let target = folder.join(name.file_name());
         if move_no_replace(source, &target)? {
@@ -29,9 +30,10 @@ pub fn move_aside(
             return Ok(target);
         }
     }
+    let [rel, first, last] = &candidates;
     Err(io::Error::new(
         io::ErrorKind::AlreadyExists,
-        format!("both {rel} and {conflict} already exist in {} with other content", sent_dir.display()),
+        format!("{rel}, {first} and {last} all exist in {} with other content", sent_dir.display()),
     ))
 }
 
@@ -115,6 +117,28 @@ mod tests {
             assert!(!source.exists());
         }
         assert_eq!(fs::read_dir(sent.join("sub")).expect("list").count(), 2);
+    }
+
+    #[test]
+    fn a_taken_conflict_name_leads_to_the_last_one_and_then_to_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sent = dir.path().join("sent");
+        fs::create_dir(&sent).expect("mkdir");
+        let source = dir.path().join("a.log");
+        let rel = RelPath::parse("a.log").expect("valid");
+        let (digest, size) = Sha256Digest::of_reader(&b"new"[..]).expect("hash");
+        let [_, first, last] = rel.candidates(&digest);
+        for name in [&rel, &first] {
+            fs::write(sent.join(name.as_str()), b"other").expect("write");
+        }
+        fs::write(&source, b"new").expect("write");
+        assert_eq!(move_aside(&source, &sent, &rel, &digest, size).expect("moved"), sent.join(last.as_str()));
+
+        fs::write(sent.join(last.as_str()), b"other").expect("replace, as a user might");
+        fs::write(&source, b"new").expect("write");
+        let err = move_aside(&source, &sent, &rel, &digest, size).expect_err("every name taken");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert!(source.exists(), "the file stays where it was");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The local-disk store: `<root>/<DEVICE-ID>/<relative path>` plus
-//! `<relative path>.sha256`, staged in `<root>/.staging/`.
+//! The local-disk store: `<root>/<DEVICE-ID>/<stored name>` plus
+//! `<stored name>.sha256`, staged in `<root>/.staging/` (the stored name is
+//! the relative path, escaped; see `RelPath::store_candidates`).
 //!
 //! Durability: the staged file and its checksum file are fsynced before
 //! they are linked into place, every folder that gains an entry is fsynced,
@@ -18,7 +19,6 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use logferry_common::durable::{create_dirs, exists_no_follow, holds_exactly, sync_dir};
-use logferry_common::rel_path::CHECKSUM_SUFFIX;
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
 use logferry_common::{DeviceId, RelPath, Sha256Digest};
@@ -276,26 +276,19 @@ fn inventory_of(root: &Path) -> io::Result<Vec<StoredFile>> {
 fn device_files(device_dir: &Path, device: &DeviceId, found: &mut Vec<StoredFile>) -> io::Result<()> {
     let mut folders = vec![(device_dir.to_owned(), String::new())];
     while let Some((folder, prefix)) = folders.pop() {
-        let mut files = Vec::new();
         for entry in fs::read_dir(&folder)? {
             let entry = entry?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-            let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
             let kind = entry.file_type()?;
             if kind.is_dir() {
                 folders.push((entry.path(), rel));
-            } else if kind.is_file() {
-                files.push((name, rel, entry));
-            }
-        }
-        let names: std::collections::HashSet<&str> = files.iter().map(|(name, ..)| name.as_str()).collect();
-        for (name, rel, entry) in &files {
-            // `x.sha256` beside `x` is x's checksum file; alone, it is a
-            // device's own file of that name (see `place_at`).
-            if name.strip_suffix(CHECKSUM_SUFFIX).is_some_and(|data| names.contains(data)) {
                 continue;
             }
-            let Ok(path) = RelPath::parse(rel) else { continue };
+            let Ok(path) = RelPath::parse(&rel) else { continue };
+            if !kind.is_file() || path.is_checksum_file() {
+                continue;
+            }
             let meta = match entry.metadata() {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -315,8 +308,9 @@ enum Placement {
 }
 
 impl DiskStore {
-    /// Puts the staged file under the claimed path, or, when that holds other
-    /// content, under its conflict name (see `RelPath::conflict_path`).
+    /// Puts the staged file under the claimed path's stored name, or, when
+    /// that holds other content, under the first of its conflict names that
+    /// is free or holds these bytes (see `RelPath::store_candidates`).
     fn place(&self, staged: &Path, device_dir: &Path, claim: &UploadClaim) -> Result<Committed, StoreError> {
         let device_folder = device_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         // Named apart from the rest: the device folder's name is the ID,
@@ -327,8 +321,8 @@ impl DiskStore {
             ),
             _ => StoreError::Io(e),
         })?;
-        let conflict = claim.path.conflict_path(&claim.sha256);
-        for candidate in [&claim.path, &conflict] {
+        let candidates = claim.path.store_candidates(&claim.sha256);
+        for candidate in &candidates {
             let folder = create_dirs(device_dir, candidate.folders()).map_err(|e| match e.kind() {
                 io::ErrorKind::NotADirectory => {
                     StoreError::Conflict(format!("cannot store {candidate}: {e} on the receiver"))
@@ -343,10 +337,7 @@ impl DiskStore {
             };
             return Ok(Committed { outcome, stored_as: candidate.clone() });
         }
-        Err(StoreError::Conflict(format!(
-            "both {} and {} are taken by other content on the receiver",
-            claim.path, conflict
-        )))
+        Err(StoreError::all_names_taken(&candidates))
     }
 
     /// Links the (fsynced) staged file to `target` and its checksum file
@@ -364,16 +355,17 @@ impl DiskStore {
         let folder = target.parent().ok_or_else(|| io::Error::other("target has no folder"))?;
         let line = name.checksum_line(&claim.sha256);
         if !exists_no_follow(target)? {
-            // The checksum file may be there alone: after a crash between the
-            // links and the folder fsync, or as a file of the device's own.
-            // Only the line for exactly these bytes may stay beside them.
+            // The checksum file may be there alone, after a crash between the
+            // links and the folder fsync (or, in a store written before data
+            // names were escaped, as a device's own file). Only the line for
+            // exactly these bytes may stay beside them.
             if exists_no_follow(&sidecar)? && !holds_line(&sidecar, &line)? {
                 return Ok(Placement::Taken);
             }
             let checksum = self.staged_checksum_file(&line)?;
             match fs::hard_link(staged, target) {
                 Ok(()) => {
-                    link_checksum_file(&checksum.0, &sidecar, &line)?;
+                    link_checksum_file(&checksum.0, &sidecar, name, &line)?;
                     sync_dir(folder)?;
                     return Ok(Placement::Placed);
                 }
@@ -389,7 +381,7 @@ impl DiskStore {
         // came between placing the file and its checksum file.
         if !exists_no_follow(&sidecar)? {
             let checksum = self.staged_checksum_file(&line)?;
-            link_checksum_file(&checksum.0, &sidecar, &line)?;
+            link_checksum_file(&checksum.0, &sidecar, name, &line)?;
         }
         sync_dir(folder)?;
         Ok(Placement::SameContentThere)
@@ -405,15 +397,17 @@ impl DiskStore {
 }
 
 /// Puts the staged checksum file `staged` in place as `sidecar`; the caller
-/// fsyncs the folder.
-fn link_checksum_file(staged: &Path, sidecar: &Path, line: &str) -> io::Result<()> {
+/// fsyncs the folder. `name` is the data file's, for the log: `sidecar`
+/// contains the device folder, whose name is the ID.
+fn link_checksum_file(staged: &Path, sidecar: &Path, name: &RelPath, line: &str) -> io::Result<()> {
     match fs::hard_link(staged, sidecar) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            // Written meanwhile by a racing upload of the same bytes, or a
-            // device file of that name: either way it stays.
+            // Written meanwhile by a racing upload of the same bytes (or, in a
+            // store written before data names were escaped, a device's own
+            // file): either way it stays.
             if !holds_line(sidecar, line)? {
-                tracing::warn!(file = %sidecar.display(), "checksum file name already used by other content; left as it is");
+                tracing::warn!(file = %name.checksum_path(), "checksum file name already used by other content; left as it is");
             }
             Ok(())
         }

@@ -1,7 +1,7 @@
 //! The S3-compatible object store (Garage, MinIO, Ceph RGW, AWS S3): object
-//! `<prefix>/<DEVICE-ID>/<relative path>` plus `<relative path>.sha256`, the
-//! same layout and promises as on disk, so any number of receivers can share
-//! one bucket.
+//! `<prefix>/<DEVICE-ID>/<stored name>` plus `<stored name>.sha256`, the
+//! same layout (stored names from `RelPath::store_candidates`) and promises
+//! as on disk, so any number of receivers can share one bucket.
 //!
 //! Nothing the receiver keeps in memory is needed for correctness: every
 //! decision is made from what the bucket holds at that moment.
@@ -29,7 +29,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use logferry_common::rel_path::CHECKSUM_SUFFIX;
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
 use logferry_common::{DeviceId, RelPath, Sha256Digest};
@@ -192,11 +191,12 @@ impl S3Store {
         }
     }
 
-    /// Picks the claimed path, or when that holds other content its conflict
-    /// name (see `RelPath::conflict_path`), as the disk store does.
+    /// Picks the claimed path's stored name, or when that holds other content
+    /// the first of its conflict names that does not (see
+    /// `RelPath::store_candidates`), as the disk store does.
     async fn choose(&self, device: &DeviceId, claim: &UploadClaim, mask: &Mask<'_>) -> Result<Choice, StoreError> {
-        let conflict = claim.path.conflict_path(&claim.sha256);
-        for candidate in [&claim.path, &conflict] {
+        let candidates = claim.path.store_candidates(&claim.sha256);
+        for candidate in &candidates {
             match self.occupant(&self.key(device, candidate)?, claim, mask).await? {
                 Occupant::SameContent => return Ok(Choice::AlreadyThere(candidate.clone())),
                 Occupant::Other => continue,
@@ -204,7 +204,8 @@ impl S3Store {
             }
             let sidecar = self.key(device, &candidate.checksum_path())?;
             if self.exists(&sidecar, mask).await? {
-                // A file of the device's own occupies the checksum name.
+                // A checksum object whose data was deleted (or, in a store
+                // written before data names were escaped, a device's own file).
                 continue;
             }
             if self.claimed_by_others(&Wanted { device, name: candidate, content: &claim.sha256 }, mask).await? {
@@ -212,10 +213,7 @@ impl S3Store {
             }
             return Ok(Choice::Upload(candidate.clone()));
         }
-        Err(StoreError::Conflict(format!(
-            "both {} and {} are taken by other content on the receiver",
-            claim.path, conflict
-        )))
+        Err(StoreError::all_names_taken(&candidates))
     }
 
     /// Where the claims on `name` are kept: outside every device folder, so
@@ -261,7 +259,8 @@ impl S3Store {
 
     /// Writes `<name>.sha256` unless something is there already, which is
     /// then left as it is: the checksum of the same bytes written by a racing
-    /// upload, or a device file of that name.
+    /// upload (or, in a store written before data names were escaped, a
+    /// device's own file).
     async fn write_checksum_object(&self, staged: &S3Staged) -> Result<(), StoreError> {
         let mask = Mask(&staged.device);
         let sidecar = self.key(&staged.device, &staged.name.checksum_path())?;
@@ -274,7 +273,7 @@ impl S3Store {
         if !self.claim(&Wanted { device: &staged.device, name: &sidecar_name, content: &line_digest }, &mask).await? {
             tracing::warn!(
                 device = %staged.device.masked(), file = %staged.name,
-                "checksum object name claimed by other content (a device file of that name); left to it"
+                "checksum object name claimed by other content (a device's own file, stored before data names were escaped); left to it"
             );
             return Ok(());
         }
@@ -352,7 +351,7 @@ impl S3Store {
             let relative: Vec<_> = parts.collect();
             let name = relative.iter().map(|part| part.as_ref()).collect::<Vec<_>>().join("/");
             let (Some(device), Ok(path)) = (device, RelPath::parse(&name)) else { continue };
-            if name.ends_with(CHECKSUM_SUFFIX) {
+            if path.is_checksum_file() {
                 continue;
             }
             let stored_at = object.last_modified.into();
@@ -398,7 +397,7 @@ impl Mask<'_> {
 pub struct S3Staged {
     device: DeviceId,
     claim: UploadClaim,
-    /// The claimed path or its conflict name.
+    /// The stored name chosen for it (see `RelPath::store_candidates`).
     name: RelPath,
     body: Body,
 }

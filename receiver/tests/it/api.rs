@@ -191,6 +191,10 @@ fn hostile_cases() -> Vec<Case> {
         refused("escape character", Auth::Valid, good_form("a\u{1b}[31m.log"), 400, "invalid_path"),
         refused("DEL", Auth::Valid, good_form("a\u{7f}.log"), 400, "invalid_path"),
         refused("C1 control", Auth::Valid, good_form("a\u{85}.log"), 400, "invalid_path"),
+        // Invisible format characters, which make a name read as another.
+        refused("right-to-left override", Auth::Valid, good_form("evil\u{202e}gol.sh"), 400, "invalid_path"),
+        refused("zero-width space", Auth::Valid, good_form("a\u{200b}.log"), 400, "invalid_path"),
+        refused("byte order mark", Auth::Valid, good_form("\u{feff}a.log"), 400, "invalid_path"),
         refused(
             "overlong name",
             Auth::Valid,

@@ -24,10 +24,18 @@ fn large(seed: u8) -> Vec<u8> {
 /// One step of a scenario.
 enum Step {
     /// Upload by the test device; expect this status and stored name.
-    Send { path: &'static str, content: Vec<u8>, status: u16, stored_as: String },
-    /// Upload claiming another checksum than the bytes have: refused, and
-    /// nothing becomes visible.
-    SendCorrupted { path: &'static str, content: Vec<u8> },
+    Send { path: String, content: Vec<u8>, status: u16, stored_as: String },
+    /// Upload of `content` declaring the checksum of `claims`: refused with
+    /// `status` and `code`, with an error that `says` this, nothing becoming
+    /// visible, and the status page showing it as the device's last rejection.
+    Refused {
+        path: &'static str,
+        content: Vec<u8>,
+        claims: Vec<u8>,
+        status: u16,
+        code: &'static str,
+        says: &'static str,
+    },
     /// These uploads at once, each retried on 429 as a sender does; every
     /// one must be stored (at least one of them new), each answer naming
     /// where its own bytes are.
@@ -49,19 +57,34 @@ fn stored(path: &str, content: &[u8]) -> [(String, Vec<u8>); 2] {
     [(path.to_owned(), content.to_vec()), (format!("{path}.sha256"), name.checksum_line(&digest(content)).into_bytes())]
 }
 
-fn conflict_name(path: &str, content: &[u8]) -> String {
-    RelPath::parse(path).expect("valid path").conflict_path(&digest(content)).to_string()
+/// The conflict names of `content` sent as `path`, in the order they are tried.
+fn conflict_names(path: &str, content: &[u8]) -> [String; 2] {
+    let [_, first, last] = RelPath::parse(path).expect("valid path").store_candidates(&digest(content));
+    [first.to_string(), last.to_string()]
 }
 
-fn send(path: &'static str, content: &[u8], status: u16, stored_as: &str) -> Step {
-    Step::Send { path, content: content.to_vec(), status, stored_as: stored_as.to_owned() }
+fn send(path: &str, content: &[u8], status: u16, stored_as: &str) -> Step {
+    Step::Send { path: path.to_owned(), content: content.to_vec(), status, stored_as: stored_as.to_owned() }
+}
+
+/// An upload whose bytes do not match the checksum it declares.
+fn corrupted(path: &'static str, content: &[u8]) -> Step {
+    let mut wrong = content.to_vec();
+    wrong[0] ^= 1;
+    let claims = content.to_vec();
+    Step::Refused { path, content: wrong, claims, status: 422, code: "checksum_mismatch", says: "checksum mismatch" }
 }
 
 fn cases() -> Vec<Case> {
     let (one, two) = (b"sensor,value\n1,2\n".as_slice(), b"sensor,value\n9,9\n".as_slice());
-    let day_conflict = conflict_name("data/day.csv", two);
+    let [day_conflict, _] = conflict_names("data/day.csv", two);
+    let (three, four) = (b"sensor,value\n3,3\n".as_slice(), b"sensor,value\n4,4\n".as_slice());
+    let [two_first, two_last] = conflict_names("day.csv", two);
+    let [four_first, four_last] = conflict_names("day.csv", four);
     let not_a_checksum = b"not a checksum".as_slice();
-    let sidecar_conflict = conflict_name("data/day.csv.sha256", not_a_checksum);
+    // Lines `sha256sum -c` would read, were they stored as checksum files.
+    let bogus = format!("{}  a.log\n", digest(b"not a.log")).into_bytes();
+    let forged = format!("{}  b.log\n", digest(b"not b.log")).into_bytes();
     vec![
         Case {
             name: "a verified upload is stored with its checksum file",
@@ -79,8 +102,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "bytes that do not match their checksum are never visible, small or large",
             steps: vec![
-                Step::SendCorrupted { path: "small.log", content: one.to_vec() },
-                Step::SendCorrupted { path: "big.bin", content: large(2) },
+                corrupted("small.log", one),
+                corrupted("big.bin", &large(2)),
                 send("small.log", one, 201, "small.log"),
             ],
             afterwards: stored("small.log", one).to_vec(),
@@ -101,23 +124,63 @@ fn cases() -> Vec<Case> {
                 send("data/day.csv", one, 201, "data/day.csv"),
                 send("data/day.csv", two, 201, &day_conflict),
                 send("data/day.csv", two, 200, &day_conflict),
-                // A device file that happens to use a checksum file's name.
-                send("data/day.csv.sha256", not_a_checksum, 201, &sidecar_conflict),
+            ],
+            afterwards: [stored("data/day.csv", one), stored(&day_conflict, two)].concat(),
+        },
+        Case {
+            name: "data files named like checksum files are stored under escaped names, never misleading sha256sum",
+            steps: vec![
+                send("a.log.sha256", &bogus, 201, "a.log.sha256.data"),
+                send("a.log", one, 201, "a.log"),
+                send("b.log", two, 201, "b.log"),
+                send("evil.sha256", &forged, 201, "evil.sha256.data"),
+                send("evil.sha256.data", not_a_checksum, 201, "evil.sha256.data.data"),
+                // A checksum file's name for a file of the device's own.
+                send("data/day.csv.sha256", not_a_checksum, 201, "data/day.csv.sha256.data"),
+                send("data/day.csv", one, 201, "data/day.csv"),
+                send("a.log.sha256", &bogus, 200, "a.log.sha256.data"),
+                send("evil.sha256", &forged, 200, "evil.sha256.data"),
+                send("evil.sha256.data", not_a_checksum, 200, "evil.sha256.data.data"),
             ],
             afterwards: [
+                stored("a.log.sha256.data", &bogus),
+                stored("a.log", one),
+                stored("b.log", two),
+                stored("evil.sha256.data", &forged),
+                stored("evil.sha256.data.data", not_a_checksum),
+                stored("data/day.csv.sha256.data", not_a_checksum),
                 stored("data/day.csv", one),
-                stored(&day_conflict, two),
-                stored(&sidecar_conflict, not_a_checksum),
             ]
             .concat(),
         },
         Case {
-            name: "a data file whose checksum name is taken by a device file goes to a conflict name",
+            name: "a taken conflict name leads to the last one; with that taken too, the refusal says what to do",
             steps: vec![
-                send("x.log.sha256", not_a_checksum, 201, "x.log.sha256"),
-                send("x.log", one, 201, &conflict_name("x.log", one)),
+                send("day.csv", one, 201, "day.csv"),
+                // Files the device itself names like the conflict names.
+                send(&two_first, three, 201, &two_first),
+                send("day.csv", two, 201, &two_last),
+                send("day.csv", two, 200, &two_last),
+                send(&four_first, three, 201, &four_first),
+                send(&four_last, three, 201, &four_last),
+                Step::Refused {
+                    path: "day.csv",
+                    content: four.to_vec(),
+                    claims: four.to_vec(),
+                    status: 409,
+                    code: "path_conflict",
+                    says: "rename the file on the device",
+                },
+                send("day.csv", one, 200, "day.csv"),
             ],
-            afterwards: [stored("x.log.sha256", not_a_checksum), stored(&conflict_name("x.log", one), one)].concat(),
+            afterwards: [
+                stored("day.csv", one),
+                stored(&two_first, three),
+                stored(&two_last, two),
+                stored(&four_first, three),
+                stored(&four_last, three),
+            ]
+            .concat(),
         },
         Case {
             name: "racing uploads of one path never clobber each other",
@@ -133,7 +196,8 @@ fn cases() -> Vec<Case> {
 }
 
 /// Runs `case` on a fresh store of `backend` and checks every answer and,
-/// at the end, everything in the device's folder.
+/// at the end, everything in the device's folder, and that `sha256sum -c`
+/// accepts its checksum files, one beside each data file.
 async fn check(backend: &Backend, case: Case) {
     let h = Harness::start_on(backend.clone());
     let name = case.name;
@@ -141,16 +205,22 @@ async fn check(backend: &Backend, case: Case) {
     for step in case.steps {
         match step {
             Step::Send { path, content, status, stored_as } => {
-                let (got, body) = h.upload(path, &content).await;
+                let (got, body) = h.upload(&path, &content).await;
                 assert_eq!((got, body["stored_as"].as_str()), (status, Some(stored_as.as_str())), "{name}: {body}");
             }
-            Step::SendCorrupted { path, content } => {
+            Step::Refused { path, content, claims, status, code, says } => {
                 let before = h.objects().await;
-                let mut wrong = content.clone();
-                wrong[0] ^= 1;
-                let (got, body) = send_claiming(&h, path, &wrong, &content).await;
-                assert_eq!((got, body["code"].as_str()), (422, Some("checksum_mismatch")), "{name}: {body}");
+                let (got, body) = send_claiming(&h, path, &content, &claims).await;
+                assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{name}: {body}");
+                let error = body["error"].as_str().unwrap_or_default();
+                assert!(error.contains(says), "{name}: {error:?} does not say {says:?}");
                 assert_eq!(h.objects().await, before, "{name}: something became visible");
+                let shown = last_rejection(&h).await;
+                assert_eq!(
+                    (shown["code"].as_str(), shown["message"].as_str()),
+                    (Some(code), Some(error)),
+                    "{name}: the status page shows the rejection"
+                );
             }
             Step::Race(uploads) => {
                 let device = device();
@@ -178,6 +248,69 @@ async fn check(backend: &Backend, case: Case) {
     let show =
         |m: &BTreeMap<String, Vec<u8>>| m.iter().map(|(k, v)| format!("{k} ({} bytes)", v.len())).collect::<Vec<_>>();
     assert!(found == expected, "{name}: stored {:?}, expected {:?}", show(&found), show(&expected));
+    sha256sum_accepts(name, &found);
+    let data_files: Vec<(String, u64)> = found
+        .iter()
+        .filter(|(path, _)| !path.ends_with(".sha256"))
+        .map(|(path, content)| (path.clone(), content.len() as u64))
+        .collect();
+    assert_eq!(inventory(&h).await, data_files, "{name}: the inventory lists the data files");
+}
+
+/// What a receiver opening the store lists, as (path, size) of the test device.
+async fn inventory(h: &Harness) -> Vec<(String, u64)> {
+    let ready = logferry_receiver::open(&h.config()).expect("opens");
+    let mut listed: Vec<(String, u64)> = ready
+        .state
+        .store
+        .inventory()
+        .await
+        .expect("inventory")
+        .into_iter()
+        .map(|StoredFile { device, path, size, .. }| {
+            assert_eq!(device.reveal(), DEVICE);
+            (path.to_string(), size)
+        })
+        .collect();
+    listed.sort();
+    listed
+}
+
+/// Lays `files` (path → bytes, one device's folder) out on disk, checks that
+/// every data file has its checksum file, and runs `sha256sum -c` on every
+/// `*.sha256` file, in its folder, as an admin would.
+fn sha256sum_accepts(name: &str, files: &BTreeMap<String, Vec<u8>>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut checksum_files: BTreeMap<std::path::PathBuf, Vec<String>> = BTreeMap::new();
+    for (path, content) in files {
+        let at = dir.path().join(path);
+        std::fs::create_dir_all(at.parent().expect("in a folder")).expect("mkdir");
+        std::fs::write(&at, content).expect("write");
+        let rel = RelPath::parse(path).expect("valid path");
+        if rel.is_checksum_file() {
+            checksum_files.entry(at.parent().expect("folder").to_owned()).or_default().push(rel.file_name().to_owned());
+        } else {
+            assert!(files.contains_key(&format!("{path}.sha256")), "{name}: {path} has no checksum file");
+        }
+    }
+    for (folder, names) in checksum_files {
+        let run = std::process::Command::new("sha256sum")
+            .args(["-c", "--strict"])
+            .args(&names)
+            .current_dir(&folder)
+            .output()
+            .expect("sha256sum runs");
+        let said = String::from_utf8_lossy(&run.stdout) + String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{name}: sha256sum -c {names:?} failed:\n{said}");
+    }
+}
+
+/// The test device's last rejection, as `GET /v1/devices` shows it.
+async fn last_rejection(h: &Harness) -> serde_json::Value {
+    let report: serde_json::Value = serde_json::from_str(&h.get_text(endpoint::DEVICES).await).expect("JSON");
+    let devices = report["devices"].as_array().expect("devices");
+    let ours = devices.iter().find(|d| d["label"] == "bench-pi").expect("the test device is listed");
+    ours["last_rejection"].clone()
 }
 
 /// An upload of `bytes` that claims the checksum of `claimed`.

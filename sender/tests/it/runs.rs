@@ -110,13 +110,19 @@ fn files_that_cannot_be_sent_stay_are_named_and_the_rest_still_go() {
     h.log("x/inner.log", b"needs x to be a folder\n");
     h.log("good.log", b"fine\n");
     h.log("back\\slash.log", b"a name the receiver would refuse\n");
+    h.log("evil\u{202e}gol.sh", b"a name that reads as another\n");
 
     let run = h.send(&[]);
     assert_eq!(run.code, Some(code::SOME_FILES_FAILED), "{run:?}");
     assert!(run.stderr.contains("back\\slash.log") && run.stderr.contains("backslash"), "{run:?}");
+    assert!(run.stderr.contains("invisible format character (U+202E)"), "{run:?}");
     assert!(run.stderr.contains("x/inner.log") && run.stderr.contains("409"), "{run:?}");
-    assert!(run.stdout.contains("2 failed"), "{run:?}");
-    assert_eq!(files(&h.logs()), ["back\\slash.log", "x/inner.log"], "failed files stay for the next run");
+    assert!(run.stdout.contains("3 failed"), "{run:?}");
+    assert_eq!(
+        files(&h.logs()),
+        ["back\\slash.log", "evil\u{202e}gol.sh", "x/inner.log"],
+        "failed files stay for the next run"
+    );
     assert!(h.sent().join("good.log").is_file(), "the good file still went");
 }
 
