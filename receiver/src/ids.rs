@@ -310,6 +310,31 @@ mod tests {
     }
 
     #[test]
+    fn refresh_applies_edits_with_new_keys_and_keeps_the_list_when_unreadable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ids.txt");
+        fs::write(&path, "0123456789ABCDEF old-label\n").expect("write");
+        let ids = IdsFile::load_strict(&path).expect("loads");
+        let first = ids.current();
+        let kept = first.values().next().expect("one device").clone();
+        assert_eq!(kept.key.key_id(), &kept.id.derive_key().key_id().clone(), "the key is the ID's");
+
+        fs::write(&path, "0123456789abcdef new-label\nFEDCBA9876543210\nnot-an-id\n").expect("edit");
+        ids.refresh();
+        let edited = ids.current();
+        assert_eq!(edited.len(), 2, "the malformed line is skipped, the rest applies");
+        let same = &edited[kept.key.key_id()];
+        assert_eq!(same.label.as_deref(), Some("new-label"));
+        let new: DeviceId = "FEDCBA9876543210".parse().expect("valid");
+        assert!(edited.contains_key(new.derive_key().key_id()), "the new device's key was derived");
+
+        fs::remove_file(&path).expect("remove");
+        ids.refresh();
+        assert_eq!(ids.current().len(), 2, "an unreadable file keeps the list");
+        assert_eq!(first.len(), 1, "callers keep the snapshot they took");
+    }
+
+    #[test]
     fn add_device_appends_a_fresh_id_with_owner_only_mode() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ids.txt");
