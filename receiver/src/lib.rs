@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod client_addr;
 pub mod error;
 pub mod fleet;
 pub mod handlers;
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 pub use app::{AppState, BackgroundReceiver, configure, run};
+pub use client_addr::TrustedProxies;
 use fleet::FleetStatus;
 use ids::{IdsError, IdsFile};
 pub use limits::Limits;
