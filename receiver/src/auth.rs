@@ -8,6 +8,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use logferry_common::signing::{AuthHeader, Freshness, RECEIPT_HEADER, SignedRequest, UploadClaim, freshness, receipt};
 use serde::Serialize;
 
+use crate::client_addr::{TrustedProxies, client_ip};
 use crate::error::ApiError;
 use crate::ids::{Device, IdsFile};
 use crate::limits::AuthThrottle;
@@ -25,8 +26,13 @@ pub struct Claimed {
 
 /// First step, before any body is read: an address that failed too often,
 /// a missing, garbled or stale header, or an unknown key, is refused at once.
-pub fn claim(req: &HttpRequest, ids: &IdsFile, throttle: &AuthThrottle) -> Result<Claimed, ApiError> {
-    throttle.check(req.peer_addr().map(|a| a.ip()), Instant::now())?;
+pub fn claim(
+    req: &HttpRequest,
+    ids: &IdsFile,
+    throttle: &AuthThrottle,
+    proxies: &TrustedProxies,
+) -> Result<Claimed, ApiError> {
+    throttle.check(client_ip(req, proxies), Instant::now())?;
     let value = req.headers().get(AUTHORIZATION).ok_or(ApiError::MissingAuth)?;
     let header: AuthHeader = value
         .to_str()

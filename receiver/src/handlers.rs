@@ -13,6 +13,7 @@ use logferry_common::{RelPath, Sha256Hasher};
 
 use crate::app::AppState;
 use crate::auth::{self, Verified};
+use crate::client_addr::client_ip;
 use crate::error::ApiError;
 use crate::ids::Device;
 use crate::limits::Limits;
@@ -27,7 +28,8 @@ pub async fn health() -> HttpResponse {
 }
 
 pub async fn auth_check<S: Store>(req: HttpRequest, state: web::Data<AppState<S>>) -> Result<HttpResponse, ApiError> {
-    let outcome = auth::claim(&req, &state.ids, &state.throttle).and_then(|claimed| claimed.verify(None));
+    let outcome =
+        auth::claim(&req, &state.ids, &state.throttle, &state.trusted_proxies).and_then(|claimed| claimed.verify(None));
     match outcome {
         Ok(verified) => {
             tracing::debug!(device = %verified.device.id.masked(), "auth check passed");
@@ -71,11 +73,14 @@ pub async fn upload<S: Store>(
     let masked = log.device.as_ref().map(|d| d.id.masked());
     let device = masked.as_deref().unwrap_or("-");
     let path = log.path.as_deref().unwrap_or("-");
+    let client_addr = client_ip(&req, &state.trusted_proxies);
+    let shown_client = client_addr.map(|ip| ip.to_string());
+    let client = shown_client.as_deref().unwrap_or("-");
     match &result {
         Ok((receipt, verified)) => {
             state.metrics.upload_done(receipt.outcome, receipt.size);
-            state.fleet.record_commit(&verified.device, receipt, SystemTime::now());
-            tracing::info!(device, path, size = receipt.size, stored_as = %receipt.stored_as, outcome = metrics::outcome_name(receipt.outcome), ms, "upload")
+            state.fleet.record_commit(&verified.device, receipt, client_addr, SystemTime::now());
+            tracing::info!(client, device, path, size = receipt.size, stored_as = %receipt.stored_as, outcome = metrics::outcome_name(receipt.outcome), ms, "upload")
         }
         Err(err) => {
             state.metrics.upload_rejected(err.code());
@@ -88,9 +93,9 @@ pub async fn upload<S: Store>(
             if err.code().is_auth_failure() {
                 auth_failed(&req, &state, err)
             } else if err.status_code().is_server_error() {
-                tracing::error!(device, path, size = log.size, outcome = "failed", status, code = ?err.code(), ms, "upload failed: {err}")
+                tracing::error!(client, device, path, size = log.size, outcome = "failed", status, code = ?err.code(), ms, "upload failed: {err}")
             } else {
-                tracing::warn!(device, path, size = log.size, outcome = "rejected", status, code = ?err.code(), ms, "upload rejected: {err}")
+                tracing::warn!(client, device, path, size = log.size, outcome = "rejected", status, code = ?err.code(), ms, "upload rejected: {err}")
             }
         }
     }
@@ -108,7 +113,7 @@ async fn receive<S: Store>(
     state: &AppState<S>,
     log: &mut UploadLog,
 ) -> Result<(UploadReceipt, Verified), ApiError> {
-    let claimed = auth::claim(req, &state.ids, &state.throttle)?;
+    let claimed = auth::claim(req, &state.ids, &state.throttle, &state.trusted_proxies)?;
     log.device = Some(claimed.device.clone());
     let _slot = state.slots.take(&claimed.device.id.key_id()).await?;
     let limits = &state.limits;
@@ -241,9 +246,10 @@ fn malformed(err: MultipartError) -> ApiError {
 /// Counts the failure against the client's address and logs it with the
 /// masked key id, never the ID.
 fn auth_failed<S>(req: &HttpRequest, state: &AppState<S>, err: &ApiError) {
-    state.throttle.record_failure(req.peer_addr().map(|a| a.ip()), Instant::now());
+    let client = client_ip(req, &state.trusted_proxies);
+    state.throttle.record_failure(client, Instant::now());
     state.metrics.auth_failed();
-    let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "-".to_owned());
+    let client = client.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
     let key = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -251,5 +257,5 @@ fn auth_failed<S>(req: &HttpRequest, state: &AppState<S>, err: &ApiError) {
         .and_then(|v| v.parse::<logferry_common::signing::AuthHeader>().ok())
         .map(|h| h.key_id.short().to_owned())
         .unwrap_or_else(|| "-".to_owned());
-    tracing::warn!(peer, key, code = ?err.code(), "authentication failed: {err}");
+    tracing::warn!(client, key, code = ?err.code(), "authentication failed: {err}");
 }

@@ -49,6 +49,8 @@ pub struct Config {
     /// How often the fleet status is re-read from the store, for receivers
     /// that share one; `None`: only at start.
     pub fleet_refresh: Option<Duration>,
+    /// Reverse proxies whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// The status page's default for `stale_after`: a device that has not
@@ -125,7 +127,13 @@ pub fn open(config: &Config) -> Result<Ready, StartupError> {
     if devices == 0 {
         tracing::warn!(file = %config.ids_file.display(), "no devices are listed yet; add one with `receiver add-device`");
     }
-    tracing::info!(devices, ids = %config.ids_file.display(), store = %config.store, "receiver ready");
+    tracing::info!(
+        devices,
+        ids = %config.ids_file.display(),
+        store = %config.store,
+        trusted_proxies = %config.trusted_proxies,
+        "receiver ready"
+    );
     let fleet = FleetStatus::from_inventory(inventory, config.stale_after, SystemTime::now());
     let limits = config.limits.clone();
     let state = AppState {
@@ -136,6 +144,7 @@ pub fn open(config: &Config) -> Result<Ready, StartupError> {
         limits,
         fleet,
         fleet_refresh: config.fleet_refresh,
+        trusted_proxies: config.trusted_proxies.clone(),
         metrics: Default::default(),
     };
     Ok(Ready { state, tls })

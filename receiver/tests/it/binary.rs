@@ -126,6 +126,8 @@ fn help_documents_every_option_and_its_environment_variable() {
         "LOGFERRY_STORE",
         "--stale-after",
         "LOGFERRY_STALE_AFTER",
+        "--trusted-proxies",
+        "LOGFERRY_TRUSTED_PROXIES",
         "--log-format",
         "add-device",
     ] {
