@@ -331,7 +331,7 @@ impl DiskStore {
         for candidate in [&claim.path, &conflict] {
             let folder = create_dirs(device_dir, candidate.folders()).map_err(|e| match e.kind() {
                 io::ErrorKind::NotADirectory => {
-                    StoreError::Conflict(format!("cannot store {candidate}: {e} on the receiver"))
+                    StoreError::Conflict(format!("cannot store {:?}: {e} on the receiver", candidate.as_str()))
                 }
                 _ => StoreError::Io(e),
             })?;
@@ -344,8 +344,9 @@ impl DiskStore {
             return Ok(Committed { outcome, stored_as: candidate.clone() });
         }
         Err(StoreError::Conflict(format!(
-            "both {} and {} are taken by other content on the receiver",
-            claim.path, conflict
+            "both {:?} and {:?} are taken by other content on the receiver",
+            claim.path.as_str(),
+            conflict.as_str()
         )))
     }
 
