@@ -121,7 +121,7 @@ async fn receive<S: Store>(
     let pace = Pace { limits, deadline: None };
 
     let path_text = read_text_field(&mut form, field::PATH, pace).await?;
-    log.path = Some(path_text.escape_debug().to_string());
+    log.path = Some(path_text.clone());
     let path =
         RelPath::parse(&path_text).map_err(|reason| ApiError::InvalidPath { path: path_text.clone(), reason })?;
     let sha256 = read_text_field(&mut form, field::SHA256, pace)

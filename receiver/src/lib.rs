@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod handlers;
 pub mod ids;
 pub mod limits;
+pub mod log_fields;
 pub mod metrics;
 pub mod status;
 pub mod store;

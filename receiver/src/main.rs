@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use logferry_common::wire::DEFAULT_PORT;
+use logferry_receiver::log_fields::QuotedFields;
 use logferry_receiver::store::s3::{S3Settings, parse_store_url};
 use logferry_receiver::{
     Config, DEFAULT_FLEET_REFRESH, DEFAULT_STALE_AFTER, Limits, StoreLocation, TlsFiles, TrustedProxies, ids, limits,
@@ -222,7 +223,7 @@ fn run() -> anyhow::Result<ExitCode> {
         // is closed: a receiver must outlive its log pipe.
         .log_internal_errors(false);
     match cli.log_format {
-        LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Human => logs.fmt_fields(QuotedFields).with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
     match cli.command {
