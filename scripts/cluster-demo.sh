@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Scaling out, on loopback: a Garage (scripts/garage.sh), two receivers
 # storing into the same bucket, and Debian's nginx sharing requests between
-# them round-robin. Twenty devices upload through nginx; the script then
-# prints how many uploads each receiver handled and verifies the bucket:
-# every file once, each next to a checksum object that matches its bytes.
-# Installs nginx (and Garage, through garage.sh) when missing. Everything
+# them round-robin. nginx forwards each client's address in X-Forwarded-For,
+# and the receivers trust it from nginx (--trusted-proxies 127.0.0.1).
+# Twenty devices upload through nginx; the script then prints how many
+# uploads each receiver handled, checks that a request from another address
+# (127.0.0.2) is logged with that address rather than nginx's, and verifies
+# the bucket: every file once, each next to a checksum object that matches
+# its bytes.
+# Installs nginx and curl (and Garage, through garage.sh) when missing. Everything
 # lives in a temporary folder; KEEP=1 keeps it for a look.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +24,7 @@ if ! command -v nginx >/dev/null; then
     apt-get update -qq && apt-get install -y -qq nginx >/dev/null
     [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
 
 echo "==> building (cargo build --bins)"
 cargo build --quiet --bins --manifest-path "$root/Cargo.toml"
@@ -57,7 +62,8 @@ expected=$((devices * (files_per_device + 1)))
 # Starts receiver $1 and sets $address (not through $(...): the receiver
 # would hold the substitution's pipe open and it would never end).
 start_receiver() {
-    "$bin/receiver" --bind 127.0.0.1 --port 0 --ids ids.txt --store "$store" >/dev/null 2>"receiver-$1.log" &
+    "$bin/receiver" --bind 127.0.0.1 --port 0 --ids ids.txt --store "$store" --trusted-proxies 127.0.0.1 \
+        >/dev/null 2>"receiver-$1.log" &
     pids+=($!)
     address=""
     for _ in $(seq 100); do
@@ -104,6 +110,10 @@ http {
             proxy_pass http://receivers;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # The client's address for the receivers' throttle, logs and
+            # status page. They prefer Forwarded, so a client's own is dropped.
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header Forwarded "";
         }
     }
 }
@@ -130,6 +140,12 @@ for r in a b; do
     echo "    receiver $r: $(grep -c ': upload ' "receiver-$r.log" || true) uploads"
 done
 
+echo "==> a request from 127.0.0.2 through nginx, with a forged X-Forwarded-For"
+curl -s -o /dev/null --interface 127.0.0.2 -H 'X-Forwarded-For: 192.0.2.66' -H 'Forwarded: for=192.0.2.67' \
+    "http://127.0.0.1:$port/v1/auth-check"
+forwarded=$(grep -h 'authentication failed' receiver-a.log receiver-b.log | grep -c 'client="127.0.0.2"' || true)
+echo "    logged as client 127.0.0.2 (not nginx's 127.0.0.1, nor the forged ones): $forwarded"
+
 echo "==> verifying the bucket"
 garage="$root/scripts/garage.sh"
 data=$("$garage" ls cluster-demo/ | grep -v '\.sha256$' | grep -v '^cluster-demo/\.claims/' || true)
@@ -143,8 +159,8 @@ while read -r key; do
 done <<<"$data"
 conflicts=$(grep -c 'conflict-' <<<"$data" || true)
 echo "    $stored of $expected files in the bucket, $bad checksum mismatches, $conflicts conflict names"
-if [ "$failed" -eq 0 ] && [ "$left" -eq 0 ] && [ "$stored" -eq "$expected" ] && [ "$bad" -eq 0 ] && [ "$conflicts" -eq 0 ]; then
-    echo "==> OK: every file stored exactly once and verified"
+if [ "$forwarded" -eq 1 ] && [ "$failed" -eq 0 ] && [ "$left" -eq 0 ] && [ "$stored" -eq "$expected" ] && [ "$bad" -eq 0 ] && [ "$conflicts" -eq 0 ]; then
+    echo "==> OK: every file stored exactly once and verified; client addresses forwarded"
 else
     echo "==> FAILED" >&2
     exit 1

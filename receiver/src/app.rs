@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 
+use crate::client_addr::TrustedProxies;
 use crate::fleet::FleetStatus;
 use crate::ids::IdsFile;
 use crate::limits::{AuthThrottle, Limits, UploadSlots};
@@ -35,6 +36,8 @@ pub struct AppState<S> {
     pub fleet: FleetStatus,
     /// How often the fleet status is re-read from the store (never: `None`).
     pub fleet_refresh: Option<Duration>,
+    /// Whose forwarding headers name the client (see `client_addr`).
+    pub trusted_proxies: TrustedProxies,
     pub metrics: Metrics,
 }
 

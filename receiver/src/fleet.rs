@@ -4,10 +4,12 @@
 //!
 //! What was stored is rebuilt from [`Store::inventory`](crate::store::Store)
 //! at start, so it survives restarts, and is updated on each commit.
-//! Rejections leave nothing in the store; they are kept in memory only, one
-//! per device.
+//! Rejections leave nothing in the store, and the store does not know who
+//! sent a file: the last rejection and the last client address are kept in
+//! memory only, one of each per device.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +35,8 @@ struct DeviceRecord {
     window: VecDeque<(SystemTime, u64)>,
     rejections: u64,
     last_rejection: Option<Rejection>,
+    /// Whence the last upload this receiver answered came.
+    last_address: Option<IpAddr>,
 }
 
 impl DeviceRecord {
@@ -127,6 +131,7 @@ impl FleetStatus {
             let record = fresh.devices.entry(key).or_default();
             record.rejections = known.rejections;
             record.last_rejection = known.last_rejection;
+            record.last_address = known.last_address;
             // An "already stored" answer shows a live device but leaves no trace in the store.
             record.last_upload = record.last_upload.max(known.last_upload);
         }
@@ -137,12 +142,14 @@ impl FleetStatus {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts a committed upload. Same bytes already stored count as an
-    /// upload (the device is alive) but not as another file.
-    pub fn record_commit(&self, device: &Device, receipt: &UploadReceipt, at: SystemTime) {
+    /// Counts a committed upload, sent from `client`. Same bytes already
+    /// stored count as an upload (the device is alive) but not as another
+    /// file.
+    pub fn record_commit(&self, device: &Device, receipt: &UploadReceipt, client: Option<IpAddr>, at: SystemTime) {
         let key = device.id.reveal().to_owned();
         let mut state = self.state();
         let record = state.devices.entry(key.clone()).or_default();
+        record.last_address = client;
         match receipt.outcome {
             UploadOutcome::Stored => record.add(at, receipt.size),
             UploadOutcome::AlreadyStored => record.last_upload = record.last_upload.max(Some(at)),
@@ -265,6 +272,9 @@ pub struct DeviceReport {
     /// Rejected uploads since the receiver started.
     pub rejections: u64,
     pub last_rejection: Option<RejectionReport>,
+    /// The client address of the last upload this receiver answered (since
+    /// it started).
+    pub last_address: Option<IpAddr>,
 }
 
 impl DeviceReport {
@@ -297,6 +307,7 @@ impl DeviceReport {
                 code: r.code,
                 message: r.message.clone(),
             }),
+            last_address: record.last_address,
         }
     }
 }
@@ -391,8 +402,10 @@ mod tests {
             sha256: "0".repeat(64).parse().expect("hex"),
             size,
         };
-        fleet.record_commit(&quiet, &receipt("new.log", 7, UploadOutcome::Stored), later);
-        fleet.record_commit(&fresh, &receipt("b.log", 20, UploadOutcome::AlreadyStored), later);
+        let (quiet_from, fresh_from): (IpAddr, IpAddr) =
+            ("192.0.2.7".parse().expect("ip"), "2001:db8::7".parse().expect("ip"));
+        fleet.record_commit(&quiet, &receipt("new.log", 7, UploadOutcome::Stored), Some(quiet_from), later);
+        fleet.record_commit(&fresh, &receipt("b.log", 20, UploadOutcome::AlreadyStored), Some(fresh_from), later);
         fleet.record_rejection(&never, ErrorCode::ChecksumMismatch, "checksum mismatch".to_owned(), later);
         let report = fleet.report(&listed, later);
         check(
@@ -410,6 +423,12 @@ mod tests {
         );
         assert_eq!(report.recent_uploads[0].path, "b.log");
         assert_eq!(report.recent_uploads[0].outcome, UploadOutcome::AlreadyStored);
+        let addresses =
+            |report: &FleetReport| -> Vec<Option<IpAddr>> { report.devices.iter().map(|d| d.last_address).collect() };
+        assert_eq!(addresses(&report), [None, Some(fresh_from), Some(quiet_from)], "never, fresh, quiet");
+        let json = serde_json::to_value(&report).expect("serializes");
+        assert_eq!(json["devices"][0]["last_address"], serde_json::Value::Null);
+        assert_eq!(json["devices"][1]["last_address"], "2001:db8::7");
 
         // A day later the window is empty but the totals stay.
         check(
@@ -420,5 +439,10 @@ mod tests {
                 ("never", DeviceState::Never, 0, 0, 0, 0),
             ],
         );
+
+        // What only this receiver saw outlives a re-read of the store.
+        fleet.refresh(Vec::new(), later);
+        let report = fleet.report(&listed, later);
+        assert_eq!(addresses(&report), [None, Some(fresh_from), Some(quiet_from)], "never, fresh, quiet");
     }
 }

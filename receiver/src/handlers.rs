@@ -10,6 +10,7 @@ use logferry_common::wire::{AuthCheckReply, Health, PROTOCOL_VERSION, UploadOutc
 
 use crate::app::AppState;
 use crate::auth;
+use crate::client_addr::client_ip;
 use crate::error::ApiError;
 use crate::metrics;
 use crate::store::Store;
@@ -24,7 +25,7 @@ pub async fn health() -> HttpResponse {
 }
 
 pub async fn auth_check<S: Store>(req: HttpRequest, state: web::Data<AppState<S>>) -> Result<HttpResponse, ApiError> {
-    let client = client_ip(&req);
+    let client = client_ip(&req, &state.trusted_proxies);
     let claimed = auth::claim(&req, endpoint::AUTH_CHECK, &state.ids);
     let key = claimed.as_ref().ok().map(|c| c.key_short().to_owned());
     match claimed.and_then(|claimed| claimed.verify(None)) {
@@ -50,7 +51,7 @@ pub async fn upload<S: Store>(
     state: web::Data<AppState<S>>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let client = client_ip(&req);
+    let client_addr = client_ip(&req, &state.trusted_proxies);
     let in_flight = state.metrics.upload_started();
     let mut progress = Progress::default();
     let result = receive(&req, payload, &state, &mut progress).await;
@@ -59,11 +60,13 @@ pub async fn upload<S: Store>(
     let masked = progress.verified.as_ref().map(|d| d.id.masked());
     let device = masked.as_deref().unwrap_or("-");
     let path = progress.path.as_deref().unwrap_or("-");
+    let shown_client = client_addr.map(|ip| ip.to_string());
+    let client = shown_client.as_deref().unwrap_or("-");
     match result {
         Ok(Stored { verified, receipt }) => {
             state.metrics.upload_done(receipt.outcome, receipt.size);
-            state.fleet.record_commit(verified.device(), &receipt, SystemTime::now());
-            tracing::info!(device, path, size = receipt.size, stored_as = %receipt.stored_as, outcome = metrics::outcome_name(receipt.outcome), ms, "upload");
+            state.fleet.record_commit(verified.device(), &receipt, client_addr, SystemTime::now());
+            tracing::info!(client, device, path, size = receipt.size, stored_as = %receipt.stored_as, outcome = metrics::outcome_name(receipt.outcome), ms, "upload");
             let status = match receipt.outcome {
                 UploadOutcome::Stored => StatusCode::CREATED,
                 UploadOutcome::AlreadyStored => StatusCode::OK,
@@ -72,7 +75,7 @@ pub async fn upload<S: Store>(
         }
         Err(err) if err.is_auth_failure() => {
             state.metrics.upload_rejected(err.code());
-            Err(auth_failed(&state, client, progress.key.as_deref(), err))
+            Err(auth_failed(&state, client_addr, progress.key.as_deref(), err))
         }
         Err(err) => {
             state.metrics.upload_rejected(err.code());
@@ -83,9 +86,9 @@ pub async fn upload<S: Store>(
             }
             let status = actix_web::ResponseError::status_code(&err).as_u16();
             if actix_web::ResponseError::status_code(&err).is_server_error() {
-                tracing::error!(device, path, size = progress.size, outcome = "failed", status, code = ?err.code(), ms, "upload failed: {err}")
+                tracing::error!(client, device, path, size = progress.size, outcome = "failed", status, code = ?err.code(), ms, "upload failed: {err}")
             } else {
-                tracing::warn!(device, path, size = progress.size, outcome = "rejected", status, code = ?err.code(), ms, "upload rejected: {err}")
+                tracing::warn!(client, device, path, size = progress.size, outcome = "rejected", status, code = ?err.code(), ms, "upload rejected: {err}")
             }
             Err(err)
         }
@@ -109,11 +112,6 @@ async fn receive<S: Store>(
         .await?
         .commit(&state.store)
         .await
-}
-
-/// The address failures are counted against and logged with.
-fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
-    req.peer_addr().map(|a| a.ip())
 }
 
 /// Counts a failed authentication against the client's address and logs it

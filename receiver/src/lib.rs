@@ -8,11 +8,13 @@
 
 pub mod app;
 pub mod auth;
+pub mod client_addr;
 pub mod error;
 pub mod fleet;
 pub mod handlers;
 pub mod ids;
 pub mod limits;
+pub mod log_fields;
 pub mod metrics;
 pub mod status;
 pub mod store;
@@ -24,6 +26,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 pub use app::{AppState, BackgroundReceiver, configure, run};
+pub use client_addr::TrustedProxies;
 use fleet::FleetStatus;
 use ids::{IdsError, IdsFile};
 pub use limits::Limits;
@@ -48,6 +51,8 @@ pub struct Config {
     /// How often the fleet status is re-read from the store, for receivers
     /// that share one; `None`: only at start.
     pub fleet_refresh: Option<Duration>,
+    /// Reverse proxies whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// The status page's default for `stale_after`: a device that has not
@@ -124,7 +129,13 @@ pub fn open(config: &Config) -> Result<Ready, StartupError> {
     if devices == 0 {
         tracing::warn!(file = %config.ids_file.display(), "no devices are listed yet; add one with `receiver add-device`");
     }
-    tracing::info!(devices, ids = %config.ids_file.display(), store = %config.store, "receiver ready");
+    tracing::info!(
+        devices,
+        ids = %config.ids_file.display(),
+        store = %config.store,
+        trusted_proxies = %config.trusted_proxies,
+        "receiver ready"
+    );
     let fleet = FleetStatus::from_inventory(inventory, config.stale_after, SystemTime::now());
     let limits = config.limits.clone();
     let state = AppState {
@@ -135,6 +146,7 @@ pub fn open(config: &Config) -> Result<Ready, StartupError> {
         limits,
         fleet,
         fleet_refresh: config.fleet_refresh,
+        trusted_proxies: config.trusted_proxies.clone(),
         metrics: Default::default(),
     };
     Ok(Ready { state, tls })

@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use logferry_common::wire::DEFAULT_PORT;
+use logferry_receiver::log_fields::QuotedFields;
 use logferry_receiver::store::s3::{S3Settings, parse_store_url};
 use logferry_receiver::{
-    Config, DEFAULT_FLEET_REFRESH, DEFAULT_STALE_AFTER, Limits, StoreLocation, TlsFiles, ids, limits,
+    Config, DEFAULT_FLEET_REFRESH, DEFAULT_STALE_AFTER, Limits, StoreLocation, TlsFiles, TrustedProxies, ids, limits,
 };
 
 /// Receives log files from logferry senders and stores them, verified, under
@@ -113,6 +114,12 @@ struct Cli {
     #[arg(long, env = "LOGFERRY_FLEET_REFRESH", default_value_t = DEFAULT_FLEET_REFRESH.into())]
     fleet_refresh: humantime::Duration,
 
+    /// Your own reverse proxies (addresses or networks, comma-separated):
+    /// behind them the client's address is read from their Forwarded or
+    /// X-Forwarded-For header (default: none; every client is its TCP peer).
+    #[arg(long, env = "LOGFERRY_TRUSTED_PROXIES", value_name = "CIDR[,CIDR…]")]
+    trusted_proxies: Option<TrustedProxies>,
+
     /// Log lines for people (human) or one JSON object per line for a log collector (json).
     #[arg(long, env = "LOGFERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
     log_format: LogFormat,
@@ -151,6 +158,7 @@ impl Cli {
             tls,
             stale_after: self.stale_after.into(),
             fleet_refresh: Some(self.fleet_refresh.into()).filter(|every: &Duration| !every.is_zero()),
+            trusted_proxies: self.trusted_proxies.clone().unwrap_or_default(),
         })
     }
 }
@@ -216,7 +224,7 @@ fn run() -> anyhow::Result<ExitCode> {
         // is closed: a receiver must outlive its log pipe.
         .log_internal_errors(false);
     match cli.log_format {
-        LogFormat::Human => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Human => logs.fmt_fields(QuotedFields).with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
     match cli.command {

@@ -57,6 +57,7 @@ small{color:#57606a}
 tr.stale td{background:#fff5f5}
 tr.stale td:first-child{box-shadow:inset 4px 0 #cf222e}
 .rejection{color:#9a6700}
+td.wraps{white-space:normal;min-width:11em}
 ";
 
 /// The whole page. Every value that comes from a device or the ids file
@@ -82,7 +83,7 @@ pub fn render_page(report: &FleetReport) -> String {
         when(&report.generated_at),
     );
     html.push_str(
-        "<table id=\"devices\"><thead><tr><th>Device</th><th>ID</th><th>Status</th><th>Last upload</th>\
+        "<table id=\"devices\"><thead><tr><th>Device</th><th>ID</th><th>Status</th><th>Last upload</th><th>Last address</th>\
          <th class=\"num\">Files</th><th class=\"num\">Bytes</th><th class=\"num\">Files 24 h</th>\
          <th class=\"num\">Bytes 24 h</th><th>Last rejection</th></tr></thead><tbody>\n",
     );
@@ -90,7 +91,7 @@ pub fn render_page(report: &FleetReport) -> String {
         device_row(&mut html, device);
     }
     if report.devices.is_empty() {
-        html.push_str("<tr><td colspan=\"9\">No devices are listed yet: add one with <code>receiver add-device</code>.</td></tr>\n");
+        html.push_str("<tr><td colspan=\"10\">No devices are listed yet: add one with <code>receiver add-device</code>.</td></tr>\n");
     }
     html.push_str(
         "</tbody></table>\n<h2>Recent uploads</h2>\n<table id=\"recent\"><thead><tr><th>When</th><th>Device</th>\
@@ -135,11 +136,15 @@ fn device_row(html: &mut String, device: &DeviceReport) {
         ),
         None => "&mdash;".to_owned(),
     };
+    let address = match device.last_address {
+        Some(address) => format!("<code>{}</code>", escape(&address.to_string())),
+        None => "&mdash;".to_owned(),
+    };
     let _ = writeln!(
         html,
         "<tr class=\"{state}\" data-state=\"{state}\" data-device=\"{id}\"><td>{label}</td><td><code>{id}</code></td>\
-         <td><span class=\"badge {state}\">{badge}</span></td><td>{last}</td><td class=\"num\">{}</td>\
-         <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{rejection}</td></tr>",
+         <td><span class=\"badge {state}\">{badge}</span></td><td>{last}</td><td>{address}</td><td class=\"num\">{}</td>\
+         <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"wraps\">{rejection}</td></tr>",
         device.files,
         human_bytes(device.bytes),
         device.files_24h,

@@ -41,8 +41,11 @@ impl StoreError {
     /// conflict names do that, so a new name is the way out.
     fn all_names_taken([name, first, last]: &[RelPath; 3]) -> Self {
         Self::Conflict(format!(
-            "{name}, {first} and {last} are all taken by other content on the receiver; \
-             rename the file on the device, and it will be sent under its new name"
+            "{:?}, {:?} and {:?} are all taken by other content on the receiver; \
+             rename the file on the device, and it will be sent under its new name",
+            name.as_str(),
+            first.as_str(),
+            last.as_str()
         ))
     }
 }

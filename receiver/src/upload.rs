@@ -38,7 +38,7 @@ pub struct Progress {
     /// The first characters of the key id the request named.
     pub key: Option<String>,
     pub verified: Option<Device>,
-    /// The path as sent, escaped.
+    /// The path as sent (the log formats quote it).
     pub path: Option<String>,
     pub size: Option<u64>,
 }
@@ -80,7 +80,7 @@ pub async fn read_head(
     let head = tokio::time::timeout(limits.head_timeout, fields)
         .await
         .map_err(|_| ApiError::HeadTimeout(limits.head_timeout.as_secs()))??;
-    progress.path = Some(head.path.escape_debug().to_string());
+    progress.path = Some(head.path.clone());
     Ok(Head { claimed, head, form })
 }
 

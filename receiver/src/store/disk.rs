@@ -325,7 +325,7 @@ impl DiskStore {
         for candidate in &candidates {
             let folder = create_dirs(device_dir, candidate.folders()).map_err(|e| match e.kind() {
                 io::ErrorKind::NotADirectory => {
-                    StoreError::Conflict(format!("cannot store {candidate}: {e} on the receiver"))
+                    StoreError::Conflict(format!("cannot store {:?}: {e} on the receiver", candidate.as_str()))
                 }
                 _ => StoreError::Io(e),
             })?;

@@ -173,7 +173,7 @@ impl S3Store {
     // '.', '..' or control-character parts.
     fn key(&self, device: &DeviceId, name: &RelPath) -> Result<Path, StoreError> {
         Path::parse(format!("{}/{name}", self.device_folder(device)))
-            .map_err(|_| StoreError::Conflict(format!("{name} cannot be an object name")))
+            .map_err(|_| StoreError::Conflict(format!("{:?} cannot be an object name", name.as_str())))
     }
 
     /// What `key` holds, judged against the claimed content.
@@ -221,7 +221,7 @@ impl S3Store {
     fn claims(&self, device: &DeviceId, name: &RelPath) -> Result<Path, StoreError> {
         let root = self.root().map(|root| format!("{root}/")).unwrap_or_default();
         Path::parse(format!("{root}{CLAIMS}/{}/{name}", device.reveal()))
-            .map_err(|_| StoreError::Conflict(format!("{name} cannot be an object name")))
+            .map_err(|_| StoreError::Conflict(format!("{:?} cannot be an object name", name.as_str())))
     }
 
     async fn claimed_by_others(&self, wanted: &Wanted<'_>, mask: &Mask<'_>) -> Result<bool, StoreError> {

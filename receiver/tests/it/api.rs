@@ -601,54 +601,67 @@ async fn unfinished_uploads_left_by_a_crash_are_removed_at_start() {
     assert_eq!(h.upload("after.log", CONTENT).await.0, 201);
 }
 
+/// One request of [`multipart_and_request_line_details`].
+struct Detail {
+    what: &'static str,
+    endpoint: &'static str,
+    name: &'static str,
+    preamble: &'static str,
+    epilogue: &'static str,
+    encoding: Option<&'static str>,
+    status: u16,
+    code: Option<&'static str>,
+}
+
 /// The multipart and request-line details PROTOCOL.md promises, each with
 /// a correct signature over the fields as sent.
 #[tokio::test]
 async fn multipart_and_request_line_details() {
     let h = Harness::start();
-    let upload = |url: String, name: &'static str, body: Vec<u8>, encoding: Option<&'static str>| {
-        let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim(name, CONTENT)));
+    let plain = Detail {
+        what: "",
+        endpoint: endpoint::UPLOAD,
+        name: "",
+        preamble: "",
+        epilogue: "",
+        encoding: None,
+        status: 201,
+        code: None,
+    };
+    let cases = [
+        Detail { what: "a preamble is ignored", name: "pre.log", preamble: "ignored text\r\n", ..plain },
+        Detail { what: "an epilogue is ignored", name: "epi.log", epilogue: "ignored text\r\n", ..plain },
+        Detail {
+            what: "a percent-encoded request path is the same endpoint, signed as listed",
+            endpoint: "/v1/%75pload",
+            name: "pct.log",
+            ..plain
+        },
+        Detail { what: "identity is no encoding", name: "id.log", encoding: Some("identity"), ..plain },
+        Detail {
+            what: "a Content-Encoding is refused",
+            name: "gz.log",
+            encoding: Some("gzip"),
+            status: 415,
+            code: Some("unsupported_encoding"),
+            ..plain
+        },
+    ];
+    for case in cases {
+        let Upload { body: Body::Multipart(bytes), .. } = hand_made(case.name, CONTENT, "", true) else {
+            unreachable!("hand_made makes a multipart body")
+        };
+        let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim(case.name, CONTENT)));
         let mut request = h
             .http
-            .post(url)
+            .post(h.url(case.endpoint))
             .header("Authorization", auth)
             .header("Content-Type", "multipart/form-data; boundary=XyZ")
-            .body(body);
-        if let Some(encoding) = encoding {
+            .body([case.preamble.as_bytes(), &bytes, case.epilogue.as_bytes()].concat());
+        if let Some(encoding) = case.encoding {
             request = request.header("Content-Encoding", encoding);
         }
-        async move { answer(request.send().await.expect("answer")).await }
-    };
-    let body = |name: &str, preamble: &str, epilogue: &str| {
-        let Upload { body: Body::Multipart(bytes), .. } = hand_made(name, CONTENT, "", true) else { unreachable!() };
-        [preamble.as_bytes(), &bytes, epilogue.as_bytes()].concat()
-    };
-    let url = h.url(endpoint::UPLOAD);
-    let cases: [(&str, String, &'static str, Vec<u8>, Option<&'static str>, u16, Option<&str>); 5] = [
-        ("a preamble is ignored", url.clone(), "pre.log", body("pre.log", "ignored text\r\n", ""), None, 201, None),
-        ("an epilogue is ignored", url.clone(), "epi.log", body("epi.log", "", "ignored text\r\n"), None, 201, None),
-        (
-            "a percent-encoded request path is the same endpoint, signed as listed",
-            h.url("/v1/%75pload"),
-            "pct.log",
-            body("pct.log", "", ""),
-            None,
-            201,
-            None,
-        ),
-        ("identity is no encoding", url.clone(), "id.log", body("id.log", "", ""), Some("identity"), 201, None),
-        (
-            "a Content-Encoding is refused",
-            url,
-            "gz.log",
-            body("gz.log", "", ""),
-            Some("gzip"),
-            415,
-            Some("unsupported_encoding"),
-        ),
-    ];
-    for (what, url, name, bytes, encoding, status, code) in cases {
-        let (got, answer) = upload(url, name, bytes, encoding).await;
-        assert_eq!((got, answer["code"].as_str()), (status, code), "{what}: {answer}");
+        let (status, answer) = answer(request.send().await.expect("answer")).await;
+        assert_eq!((status, answer["code"].as_str()), (case.status, case.code), "{}: {answer}", case.what);
     }
 }

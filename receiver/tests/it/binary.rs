@@ -126,6 +126,8 @@ fn help_documents_every_option_and_its_environment_variable() {
         "LOGFERRY_STORE",
         "--stale-after",
         "LOGFERRY_STALE_AFTER",
+        "--trusted-proxies",
+        "LOGFERRY_TRUSTED_PROXIES",
         "--log-format",
         "add-device",
     ] {
@@ -169,25 +171,25 @@ fn the_binary_serves_creates_its_store_clears_stale_staging_and_outlives_its_log
     child.wait().expect("reaped");
 }
 
-#[tokio::test]
-async fn json_logs_give_one_line_per_upload_with_the_masked_id_path_size_outcome_and_time() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("ids.txt"), format!("{DEVICE}\n")).expect("ids");
-    let mut child = receiver(dir.path(), &["--bind", "127.0.0.1", "--port", "0", "--log-format", "json"])
+/// Starts the server with `--log-format FORMAT` and returns it with its
+/// log lines, each checked not to show the whole ID.
+fn serve_logging(dir: &Path, format: &str) -> (Child, impl Iterator<Item = String>) {
+    std::fs::write(dir.join("ids.txt"), format!("{DEVICE}\n")).expect("ids");
+    let mut child = receiver(dir, &["--bind", "127.0.0.1", "--port", "0", "--log-format", format])
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines().map_while(Result::ok).map(|line| {
+    let lines = BufReader::new(child.stderr.take().expect("stderr")).lines().map_while(Result::ok).inspect(|line| {
         assert!(!line.contains(DEVICE), "the ID was logged whole: {line}");
-        serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     });
-    let listening = lines.find(|event| event["message"] == "listening").expect("a listening line");
-    let address = listening["address"].as_str().expect("address").to_owned();
+    (child, lines)
+}
 
-    let content = b"t,v\n1,2\n";
-    let claim = claim("2026/day.csv", content);
+/// Uploads `content` as `path`, signed by [`DEVICE`], to the receiver at `address`.
+async fn upload(address: &str, path: &str, content: &[u8]) {
+    let claim = claim(path, content);
     let auth = authorization(&device(), "POST", logferry_common::wire::endpoint::UPLOAD, now(), Some(&claim));
-    let form = upload_form("2026/day.csv", &claim.sha256.to_hex(), &claim.size.to_string(), content);
+    let form = upload_form(path, &claim.sha256.to_hex(), &claim.size.to_string(), content);
     let response = reqwest::Client::new()
         .post(format!("http://{address}/v1/upload"))
         .header("Authorization", auth)
@@ -196,13 +198,72 @@ async fn json_logs_give_one_line_per_upload_with_the_masked_id_path_size_outcome
         .await
         .expect("answer");
     assert_eq!(response.status().as_u16(), 201);
+}
 
-    let upload = lines.find(|event| event["message"] == "upload").expect("an upload line");
+/// A file name that would add fields of its own to a log line that shows
+/// it unquoted.
+const FORGING: &str = "x outcome=stored device=************0000";
+
+#[tokio::test]
+async fn json_logs_give_one_line_per_upload_with_the_masked_id_path_size_outcome_and_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, lines) = serve_logging(dir.path(), "json");
+    let mut events = lines.map(|line| {
+        serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    });
+    let listening = events.find(|event| event["message"] == "listening").expect("a listening line");
+    let address = listening["address"].as_str().expect("address").to_owned();
+
+    let content = b"t,v\n1,2\n";
+    upload(&address, "2026/day.csv", content).await;
+    upload(&address, FORGING, content).await;
+    let mut uploads = events.filter(|event| event["message"] == "upload");
+    let (first, forging) = (uploads.next().expect("an upload line"), uploads.next().expect("another"));
     child.kill().expect("kill");
     child.wait().expect("reaped");
-    assert_eq!(upload["device"], "************CDEF", "{upload}");
-    assert_eq!(upload["path"], "2026/day.csv", "{upload}");
-    assert_eq!(upload["size"], content.len(), "{upload}");
-    assert_eq!(upload["outcome"], "stored", "{upload}");
-    assert!(upload["timestamp"].as_str().is_some_and(|t| t.starts_with("20")), "{upload}");
+    assert_eq!(first["client"], "127.0.0.1", "{first}");
+    assert_eq!(first["device"], "************CDEF", "{first}");
+    assert_eq!(first["path"], "2026/day.csv", "{first}");
+    assert_eq!(first["size"], content.len(), "{first}");
+    assert_eq!(first["outcome"], "stored", "{first}");
+    assert!(first["timestamp"].as_str().is_some_and(|t| t.starts_with("20")), "{first}");
+    assert_eq!((&forging["path"], &forging["device"]), (&FORGING.into(), &"************CDEF".into()), "{forging}");
+}
+
+/// The `name=value` fields of a human log line, splitting at spaces
+/// outside quoted values (as a reader of the line would).
+fn fields(line: &str) -> Vec<(String, String)> {
+    let mut words = vec![String::new()];
+    let (mut quoted, mut escaped) = (false, false);
+    for c in line.chars() {
+        match c {
+            ' ' if !quoted => words.push(String::new()),
+            '"' if !escaped => quoted = !quoted,
+            _ => {}
+        }
+        escaped = quoted && c == '\\' && !escaped;
+        if c != ' ' || quoted {
+            words.last_mut().expect("a word").push(c);
+        }
+    }
+    words.iter().filter_map(|word| word.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+#[tokio::test]
+async fn human_logs_quote_what_clients_send_so_a_file_name_forges_no_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, mut lines) = serve_logging(dir.path(), "human");
+    let listening = lines.find(|line| line.contains(" listening ")).expect("a listening line");
+    let address = listening.split("address=").nth(1).expect("address").trim().to_owned();
+
+    upload(&address, FORGING, b"t,v\n1,2\n").await;
+    let line = lines.find(|line| line.contains("logferry_receiver::handlers: upload ")).expect("an upload line");
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
+    assert!(line.contains(&format!("path={FORGING:?}")), "{line}");
+    let fields = fields(&line);
+    let named = |name: &str| fields.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+    assert_eq!(named("outcome"), [r#""stored""#], "{line}");
+    assert_eq!(named("device"), [r#""************CDEF""#], "{line}");
+    assert_eq!(named("client"), [r#""127.0.0.1""#], "{line}");
 }

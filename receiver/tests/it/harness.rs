@@ -10,7 +10,7 @@ use logferry_common::signing::{SignedRequest, UploadClaim, UploadHead};
 use logferry_common::wire::endpoint;
 use logferry_common::{DeviceId, DeviceKey, RelPath, Sha256Digest};
 use logferry_receiver::store::s3::{S3Settings, parse_store_url};
-use logferry_receiver::{BackgroundReceiver, Config, Limits, StoreLocation};
+use logferry_receiver::{BackgroundReceiver, Config, Limits, StoreLocation, TrustedProxies};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -122,6 +122,7 @@ pub struct Harness {
     limits: Limits,
     backend: Backend,
     fleet_refresh: Option<Duration>,
+    trusted_proxies: TrustedProxies,
     pub http: reqwest::Client,
 }
 
@@ -149,8 +150,15 @@ impl Harness {
         std::fs::write(dir.path().join("ids.txt"), format!("# test fleet\n{}  bench-pi\n", DEVICE.to_lowercase()))
             .expect("ids");
         let backend = backend.fresh();
-        let mut harness =
-            Self { dir, receiver: None, limits, backend, fleet_refresh: None, http: reqwest::Client::new() };
+        let mut harness = Self {
+            dir,
+            receiver: None,
+            limits,
+            backend,
+            fleet_refresh: None,
+            trusted_proxies: TrustedProxies::default(),
+            http: reqwest::Client::new(),
+        };
         harness.restart();
         harness
     }
@@ -167,7 +175,15 @@ impl Harness {
             tls: None,
             stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
             fleet_refresh: self.fleet_refresh,
+            trusted_proxies: self.trusted_proxies.clone(),
         }
+    }
+
+    /// Restarts the receiver so that it, and those started after, take the
+    /// client's address from these proxies' forwarding headers.
+    pub fn trust_proxies(&mut self, proxies: &str) {
+        self.trusted_proxies = proxies.parse().expect("a valid list");
+        self.restart();
     }
 
     /// Restarts the receiver so that it, and those started after, re-read the

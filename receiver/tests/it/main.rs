@@ -9,5 +9,6 @@ mod harness;
 mod install;
 mod limits;
 mod prometheus;
+mod proxies;
 mod status;
 mod store;

@@ -44,6 +44,7 @@ impl Harness {
             tls: None,
             stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
             fleet_refresh: None,
+            trusted_proxies: Default::default(),
         };
         adjust(dir.path(), &mut config);
         let ready = logferry_receiver::open(&config).expect("receiver opens");
