@@ -111,9 +111,9 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             # The client's address for the receivers' throttle, logs and
-            # status page. They prefer Forwarded, so a client's own is dropped.
+            # status page; they read only this header, so a Forwarded header
+            # a client adds itself (the check below sends one) is ignored.
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header Forwarded "";
         }
     }
 }

@@ -1,7 +1,10 @@
 //! The client's address: the TCP peer, unless the peer is one of the
 //! operator's own reverse proxies (`--trusted-proxies`); then the address
-//! the proxies recorded in `Forwarded` (RFC 7239) or, when a request has no
-//! `Forwarded` header, `X-Forwarded-For`.
+//! the proxies recorded in the one header they write (`--forwarded-header`:
+//! `X-Forwarded-For`, as nginx and most load balancers do, or `Forwarded`,
+//! RFC 7239). The other header is ignored: a proxy that writes one passes a
+//! client's own copy of the other through untouched, and believing it
+//! would let the client pick its address.
 //!
 //! The chain of addresses is read from the right, the hop nearest the
 //! receiver first: each trusted proxy vouches for the entry to its left, and
@@ -31,11 +34,43 @@ use actix_web::HttpRequest;
 use actix_web::http::header::{FORWARDED, HeaderMap, HeaderName, HeaderValue, X_FORWARDED_FOR};
 use ipnet::IpNet;
 
-/// The reverse proxies whose forwarding headers are believed: networks and
-/// single addresses, validated on construction. Empty by default: then
-/// every request's client is its TCP peer.
+/// The reverse proxies whose forwarding header is believed: networks and
+/// single addresses, validated on construction, and which header they
+/// write. Empty by default: then every request's client is its TCP peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies {
+    networks: Vec<IpNet>,
+    header: ForwardedHeader,
+}
+
+/// The header the trusted proxies record the client's address in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    #[default]
+    XForwardedFor,
+    Forwarded,
+}
+
+impl FromStr for ForwardedHeader {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "forwarded" => Ok(Self::Forwarded),
+            _ => Err(format!("{text:?} is neither x-forwarded-for nor forwarded")),
+        }
+    }
+}
+
+impl fmt::Display for ForwardedHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::XForwardedFor => "X-Forwarded-For",
+            Self::Forwarded => "Forwarded",
+        })
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrustedProxiesError {
@@ -53,7 +88,8 @@ impl FromStr for TrustedProxies {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        text.split(',').map(|entry| network(entry.trim())).collect::<Result<_, _>>().map(Self)
+        let networks = text.split(',').map(|entry| network(entry.trim())).collect::<Result<_, _>>()?;
+        Ok(Self { networks, header: ForwardedHeader::default() })
     }
 }
 
@@ -74,17 +110,22 @@ fn network(entry: &str) -> Result<IpNet, TrustedProxiesError> {
 /// As the start-up log line shows it.
 impl fmt::Display for TrustedProxies {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
+        if self.networks.is_empty() {
             return f.write_str("none");
         }
-        let entries: Vec<String> = self.0.iter().map(IpNet::to_string).collect();
-        f.write_str(&entries.join(","))
+        let entries: Vec<String> = self.networks.iter().map(IpNet::to_string).collect();
+        write!(f, "{} ({})", entries.join(","), self.header)
     }
 }
 
 impl TrustedProxies {
+    /// The same proxies, writing the client's address into `header`.
+    pub fn reading(self, header: ForwardedHeader) -> Self {
+        Self { header, ..self }
+    }
+
     fn trusts(&self, addr: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(&addr))
+        self.networks.iter().any(|net| net.contains(&addr))
     }
 
     /// The client of a request that came from `peer` with `headers` (see the
@@ -94,7 +135,7 @@ impl TrustedProxies {
         if !self.trusts(client) {
             return client;
         }
-        for hop in hops(headers) {
+        for hop in hops(headers, self.header) {
             let Some(addr) = hop else { break };
             client = addr;
             if !self.trusts(addr) {
@@ -113,16 +154,17 @@ pub fn client_ip(req: &HttpRequest, proxies: &TrustedProxies) -> Option<IpAddr> 
 
 /// The addresses in the forwarding header, the nearest hop first; None for
 /// an entry that is not an address.
-fn hops(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+fn hops(headers: &HeaderMap, header: ForwardedHeader) -> Vec<Option<IpAddr>> {
     let lines = |name: HeaderName| headers.get_all(name).rev().map(HeaderValue::as_bytes);
-    if headers.contains_key(FORWARDED) {
-        lines(FORWARDED).flat_map(|line| split_rev(line, b',')).filter_map(non_empty).map(forwarded_for).collect()
-    } else {
-        lines(X_FORWARDED_FOR)
+    match header {
+        ForwardedHeader::Forwarded => {
+            lines(FORWARDED).flat_map(|line| split_rev(line, b',')).filter_map(non_empty).map(forwarded_for).collect()
+        }
+        ForwardedHeader::XForwardedFor => lines(X_FORWARDED_FOR)
             .flat_map(|line| line.rsplit(|&b| b == b','))
             .filter_map(non_empty)
             .map(|entry| node(std::str::from_utf8(entry).ok()?))
-            .collect()
+            .collect(),
     }
 }
 
@@ -224,9 +266,14 @@ mod tests {
     type Lines<'a> = &'a [(&'a str, &'a [u8])];
 
     /// The client of a request from `peer` with these header lines, behind
-    /// [`PROXIES`].
+    /// [`PROXIES`] that write `Forwarded` when the first line is one, else
+    /// `X-Forwarded-For`.
     fn check(peer: &str, lines: Lines<'_>, expected: &str) {
-        let proxies: TrustedProxies = PROXIES.parse().expect("valid list");
+        let header = match lines.first() {
+            Some((FWD, _)) => ForwardedHeader::Forwarded,
+            _ => ForwardedHeader::XForwardedFor,
+        };
+        let proxies = PROXIES.parse::<TrustedProxies>().expect("valid list").reading(header);
         let mut headers = HeaderMap::new();
         for (name, value) in lines {
             headers.append(
@@ -288,8 +335,10 @@ mod tests {
             ("127.0.0.1", &[(FWD, b"for=192.0.2.43, for=198.51.100.17")], "198.51.100.17"),
             ("127.0.0.1", &[(FWD, b"for=192.0.2.43, for=10.0.0.5")], "192.0.2.43"),
             ("127.0.0.1", &[(FWD, b"for=198.51.100.1"), (FWD, b"for=192.0.2.7, for=10.0.0.5")], "192.0.2.7"),
-            // Forwarded wins over X-Forwarded-For.
-            ("127.0.0.1", &[(XFF, b"198.51.100.9"), (FWD, b"for=192.0.2.7")], "192.0.2.7"),
+            // Only the header the proxies write counts: a client's own copy
+            // of the other one, passed through, changes nothing.
+            ("127.0.0.1", &[(XFF, b"192.0.2.7"), (FWD, b"for=198.51.100.9")], "192.0.2.7"),
+            ("127.0.0.1", &[(FWD, b"for=192.0.2.7"), (XFF, b"198.51.100.9")], "192.0.2.7"),
             // Separators inside quoted strings, and quoted pairs.
             ("127.0.0.1", &[(FWD, b"for=192.0.2.7;host=\"a,b;c\"")], "192.0.2.7"),
             ("127.0.0.1", &[(FWD, b"for=192.0.2.7, for=10.0.0.5;ext=\"a\\\",b\"")], "192.0.2.7"),
@@ -313,12 +362,12 @@ mod tests {
     #[test]
     fn the_list_takes_networks_and_addresses_and_refuses_anything_else() {
         let cases: &[(&str, Result<&str, &str>)] = &[
-            ("10.0.0.0/8", Ok("10.0.0.0/8")),
-            ("127.0.0.1", Ok("127.0.0.1/32")),
-            ("::1", Ok("::1/128")),
-            ("fd00::/8", Ok("fd00::/8")),
-            (" 10.0.0.0/8 ,::1", Ok("10.0.0.0/8,::1/128")),
-            ("::ffff:10.1.2.3", Ok("10.1.2.3/32")),
+            ("10.0.0.0/8", Ok("10.0.0.0/8 (X-Forwarded-For)")),
+            ("127.0.0.1", Ok("127.0.0.1/32 (X-Forwarded-For)")),
+            ("::1", Ok("::1/128 (X-Forwarded-For)")),
+            ("fd00::/8", Ok("fd00::/8 (X-Forwarded-For)")),
+            (" 10.0.0.0/8 ,::1", Ok("10.0.0.0/8,::1/128 (X-Forwarded-For)")),
+            ("::ffff:10.1.2.3", Ok("10.1.2.3/32 (X-Forwarded-For)")),
             ("", Ok("none")),
             ("10.0.0.1/8", Err("the network is 10.0.0.0/8")),
             ("10.0.0.0/33", Err("\"10.0.0.0/33\" is not an address")),

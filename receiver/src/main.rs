@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use logferry_common::wire::DEFAULT_PORT;
+use logferry_receiver::client_addr::ForwardedHeader;
 use logferry_receiver::log_fields::QuotedFields;
 use logferry_receiver::store::s3::{S3Settings, parse_store_url};
 use logferry_receiver::{
@@ -115,10 +116,16 @@ struct Cli {
     fleet_refresh: humantime::Duration,
 
     /// Your own reverse proxies (addresses or networks, comma-separated):
-    /// behind them the client's address is read from their Forwarded or
-    /// X-Forwarded-For header (default: none; every client is its TCP peer).
+    /// behind them the client's address is read from the header they write
+    /// (--forwarded-header) (default: none; every client is its TCP peer).
     #[arg(long, env = "LOGFERRY_TRUSTED_PROXIES", value_name = "CIDR[,CIDR…]")]
     trusted_proxies: Option<TrustedProxies>,
+
+    /// The header your trusted proxies write the client's address into:
+    /// x-forwarded-for (nginx, HAProxy, most load balancers) or forwarded
+    /// (RFC 7239). The other one is ignored.
+    #[arg(long, env = "LOGFERRY_FORWARDED_HEADER", default_value = "x-forwarded-for", requires = "trusted_proxies")]
+    forwarded_header: ForwardedHeader,
 
     /// Log lines for people (human) or one JSON object per line for a log collector (json).
     #[arg(long, env = "LOGFERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
@@ -158,7 +165,7 @@ impl Cli {
             tls,
             stale_after: self.stale_after.into(),
             fleet_refresh: Some(self.fleet_refresh.into()).filter(|every: &Duration| !every.is_zero()),
-            trusted_proxies: self.trusted_proxies.clone().unwrap_or_default(),
+            trusted_proxies: self.trusted_proxies.clone().unwrap_or_default().reading(self.forwarded_header),
         })
     }
 }
