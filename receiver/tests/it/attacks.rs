@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use logferry_common::signing::AuthHeader;
+use logferry_common::signing::{AuthHeader, verify_receipt};
 use logferry_common::wire::endpoint;
 use logferry_receiver::Limits;
 use serde_json::Value;
@@ -355,4 +355,101 @@ async fn forty_attackers_holding_uploads_open_do_not_stall_the_real_device() {
     assert_eq!(metric(&h, "logferry_uploads_in_flight").await, 0);
     let row = device_row(&h).await;
     assert_eq!((row["rejections"].as_u64(), &row["last_rejection"]), (Some(0), &Value::Null), "{row}");
+}
+
+#[tokio::test]
+async fn a_valid_head_trickled_within_the_idle_timeout_is_cut_off_at_the_head_deadline_as_a_failure() {
+    let head_timeout = Duration::from_secs(2);
+    let h = Harness::start_with(Limits {
+        head_timeout,
+        idle_timeout: Duration::from_secs(1),
+        auth_failures_per_minute: 1,
+        ..Limits::default()
+    });
+    let path = format!("slow/{}.log", "p".repeat(40));
+    let content = b"never arrives\n";
+    let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim(&path, content)));
+    let (head, rest) = multipart(&path, content);
+    let value_at = head.windows(path.len()).position(|w| w == path.as_bytes()).expect("the path's value");
+    let mut raw = Raw::open(h.addr(), Some(&auth), head.len() + rest.len());
+    assert!(raw.send(&head[..value_at]), "the path part's headers");
+    // A byte every 150 ms: never idle for even a second, but the path alone
+    // would take 7 s.
+    let until = Instant::now() + head_timeout + Duration::from_secs(3);
+    let answer = raw.trickle(&head[value_at..], Duration::from_millis(150), until).expect("an answer");
+    assert_eq!((answer.status, answer.code.as_deref()), (408, Some("timeout")), "{answer:?}");
+    let window = head_timeout..head_timeout + Duration::from_secs(1);
+    assert!(window.contains(&answer.after), "answered after {:?}", answer.after);
+    let trickled = raw.sent - value_at;
+    assert!((10..path.len()).contains(&trickled), "cut off within the path, after {trickled} bytes of it");
+    assert_eq!(auth_failures(&h).await, 1, "the head past its deadline is a failed authentication");
+
+    // That used up the address's one failure a minute: the next one is
+    // throttled, while the device signing correctly from it is served.
+    let next = send(h.http.get(h.url(endpoint::AUTH_CHECK)), Some(&garbage_signature())).await;
+    assert_eq!((next.status, next.body["code"].as_str()), (429, Some("rate_limited")), "{}", next.body);
+    assert!(next.retry_after.is_some_and(|s| (1..=60).contains(&s)), "Retry-After {:?}", next.retry_after);
+    let check = device_check(&h).await;
+    assert_eq!((check.status, check.receipt), (200, Receipt::Valid), "{}", check.body);
+    let upload = device_upload(&h, "after.log", b"on time\n").await;
+    assert_eq!((upload.status, upload.receipt), (201, Receipt::Valid), "{}", upload.body);
+    assert_eq!(auth_failures(&h).await, 2);
+    assert_eq!(h.stored_files(), [format!("{DEVICE}/after.log"), format!("{DEVICE}/after.log.sha256")]);
+}
+
+/// Whether an answer carried a receipt, and whether it verified for the
+/// test device and the request's signature.
+#[derive(Debug, PartialEq, Eq)]
+enum Receipt {
+    Valid,
+    Absent,
+    Forged,
+}
+
+/// An answer to a request sent with reqwest.
+struct Reply {
+    status: u16,
+    body: Value,
+    retry_after: Option<u64>,
+    receipt: Receipt,
+}
+
+async fn send(request: reqwest::RequestBuilder, auth: Option<&str>) -> Reply {
+    let request = match auth {
+        Some(auth) => request.header("Authorization", auth),
+        None => request,
+    };
+    let response = request.send().await.expect("receiver answers");
+    let status = response.status().as_u16();
+    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let retry_after = header("retry-after").and_then(|v| v.parse().ok());
+    let tag = header("x-logferry-receipt");
+    let bytes = response.bytes().await.expect("body");
+    let signature = auth.and_then(|auth| auth.parse::<AuthHeader>().ok()).map(|header| header.signature);
+    let receipt = match (tag, signature) {
+        (None, _) => Receipt::Absent,
+        (Some(tag), Some(sig)) if verify_receipt(&key(&device()), status, &sig, &bytes, &tag) => Receipt::Valid,
+        _ => Receipt::Forged,
+    };
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("HTTP {status}: not JSON: {bytes:?}"));
+    Reply { status, body, retry_after, receipt }
+}
+
+/// The test device's auth check, correctly signed.
+async fn device_check(h: &Harness) -> Reply {
+    let auth = authorization(&device(), "GET", endpoint::AUTH_CHECK, now(), None);
+    send(h.http.get(h.url(endpoint::AUTH_CHECK)), Some(&auth)).await
+}
+
+/// An upload by the test device, correctly signed over what it declares
+/// (`declared`), carrying `content`.
+async fn device_upload_declaring(h: &Harness, path: &str, declared: &[u8], content: &[u8]) -> Reply {
+    let claim = claim(path, declared);
+    let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim));
+    let form = upload_form(path, &claim.sha256.to_hex(), &claim.size.to_string(), content);
+    send(h.http.post(h.url(endpoint::UPLOAD)).multipart(form), Some(&auth)).await
+}
+
+async fn device_upload(h: &Harness, path: &str, content: &[u8]) -> Reply {
+    device_upload_declaring(h, path, content, content).await
 }
