@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use logferry_common::signing::{AuthHeader, verify_receipt};
 use logferry_common::wire::endpoint;
 use logferry_receiver::Limits;
+use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
 use crate::harness::*;
@@ -452,4 +453,163 @@ async fn device_upload_declaring(h: &Harness, path: &str, declared: &[u8], conte
 
 async fn device_upload(h: &Harness, path: &str, content: &[u8]) -> Reply {
     device_upload_declaring(h, path, content, content).await
+}
+
+/// Failed authentications, several naming the test device's key id.
+#[derive(Debug, Clone, Copy)]
+enum Failing {
+    /// An upload signed with the device's key over other fields.
+    BadSignature,
+    /// An upload naming the device's key id, with a garbage signature.
+    GarbageSignature,
+    /// An Authorization header naming the device's key id that does not parse.
+    MalformedHeader,
+    NoAuth,
+    /// An auth check signed by a key the receiver does not list.
+    UnknownKey,
+    /// An auth check with another scheme's header.
+    OtherScheme,
+    /// An auth check signed with the device's key for another endpoint.
+    OtherEndpoint,
+}
+
+impl Failing {
+    const ALL: [Self; 7] = [
+        Self::BadSignature,
+        Self::GarbageSignature,
+        Self::MalformedHeader,
+        Self::NoAuth,
+        Self::UnknownKey,
+        Self::OtherScheme,
+        Self::OtherEndpoint,
+    ];
+
+    /// Its answer while the address is within its limit.
+    fn code(self) -> &'static str {
+        match self {
+            Self::BadSignature | Self::GarbageSignature | Self::OtherEndpoint => "bad_signature",
+            Self::MalformedHeader | Self::OtherScheme => "malformed_auth",
+            Self::NoAuth => "missing_auth",
+            Self::UnknownKey => "unknown_device",
+        }
+    }
+
+    async fn send(self, h: &Harness, n: usize) -> Reply {
+        let path = format!("attack/{n}.log");
+        let content = b"forged\n";
+        let upload = || {
+            let form = upload_form(&path, &digest(content).to_hex(), &content.len().to_string(), content);
+            h.http.post(h.url(endpoint::UPLOAD)).multipart(form)
+        };
+        let check = || h.http.get(h.url(endpoint::AUTH_CHECK));
+        match self {
+            Self::BadSignature => {
+                let other = claim(&path, b"other content\n");
+                send(upload(), Some(&authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&other)))).await
+            }
+            Self::GarbageSignature => send(upload(), Some(&garbage_signature())).await,
+            Self::MalformedHeader => {
+                let header =
+                    format!("LOGFERRY-HMAC-SHA256 KeyId={}, Timestamp=soon, Signature=yes", key(&device()).key_id());
+                send(upload(), Some(&header)).await
+            }
+            Self::NoAuth => send(upload(), None).await,
+            Self::UnknownKey => {
+                send(check(), Some(&authorization(&stranger(), "GET", endpoint::AUTH_CHECK, now(), None))).await
+            }
+            Self::OtherScheme => send(check(), Some("Bearer hunter2")).await,
+            Self::OtherEndpoint => {
+                send(check(), Some(&authorization(&device(), "GET", endpoint::HEALTH, now(), None))).await
+            }
+        }
+    }
+}
+
+/// Uploads naming the device's key id with a garbage signature that are
+/// refused before the signature can be checked, for what else is wrong.
+#[derive(Debug, Clone, Copy)]
+enum Unverifiable {
+    FieldsOutOfOrder,
+    PathTooLong,
+    Encoded,
+}
+
+impl Unverifiable {
+    const ALL: [Self; 3] = [Self::FieldsOutOfOrder, Self::PathTooLong, Self::Encoded];
+
+    async fn send(self, h: &Harness) -> Reply {
+        let content = b"forged\n";
+        let (sha256, size) = (digest(content).to_hex(), content.len().to_string());
+        let request = h.http.post(h.url(endpoint::UPLOAD));
+        let request = match self {
+            Self::FieldsOutOfOrder => request.multipart(
+                Form::new()
+                    .text("sha256", sha256)
+                    .text("path", "swapped.log")
+                    .text("size", size)
+                    .part("file", Part::bytes(content.to_vec()).file_name("f")),
+            ),
+            Self::PathTooLong => request.multipart(upload_form(&"a".repeat(1100), &sha256, &size, content)),
+            Self::Encoded => {
+                request.header("Content-Encoding", "gzip").multipart(upload_form("zipped.log", &sha256, &size, content))
+            }
+        };
+        send(request, Some(&garbage_signature())).await
+    }
+}
+
+#[tokio::test]
+async fn an_attacker_at_the_devices_address_is_throttled_while_the_device_is_served_and_not_blamed() {
+    const PER_MINUTE: usize = Failing::ALL.len();
+    let h = Harness::start_with(Limits { auth_failures_per_minute: PER_MINUTE as u32, ..Limits::default() });
+    let mut stored = Vec::new();
+    for n in 0..3 * PER_MINUTE {
+        let attack = Failing::ALL[n % PER_MINUTE];
+        let got = attack.send(&h, n).await;
+        let code = got.body["code"].as_str();
+        if n < PER_MINUTE {
+            assert_eq!(
+                (got.status, code, got.retry_after),
+                (401, Some(attack.code()), None),
+                "{attack:?}: {}",
+                got.body
+            );
+        } else {
+            assert_eq!((got.status, code), (429, Some("rate_limited")), "{attack:?} #{n}: {}", got.body);
+            assert!(got.retry_after.is_some_and(|s| (1..=60).contains(&s)), "{attack:?}: {:?}", got.retry_after);
+        }
+        assert_eq!(got.receipt, Receipt::Absent, "{attack:?}: an answer to an unverified request is not signed");
+
+        // The device, from the same address, between the attacker's tries.
+        let check = device_check(&h).await;
+        assert_eq!((check.status, check.receipt), (200, Receipt::Valid), "auth check after #{n}: {}", check.body);
+        let path = format!("real/{n:02}.log");
+        let upload = device_upload(&h, &path, format!("line {n}\n").as_bytes()).await;
+        assert_eq!((upload.status, upload.receipt), (201, Receipt::Valid), "upload after #{n}: {}", upload.body);
+        stored.extend([format!("{DEVICE}/{path}"), format!("{DEVICE}/{path}.sha256")]);
+    }
+    assert_eq!(auth_failures(&h).await, 3 * PER_MINUTE as u64, "every failure counted, throttled or not");
+
+    for attack in Unverifiable::ALL {
+        let got = attack.send(&h).await;
+        assert!((400..500).contains(&got.status), "{attack:?}: {} {}", got.status, got.body);
+        assert_eq!(got.receipt, Receipt::Absent, "{attack:?}: {}", got.body);
+    }
+    let row = device_row(&h).await;
+    assert_eq!(
+        (row["rejections"].as_u64(), &row["last_rejection"]),
+        (Some(0), &Value::Null),
+        "nothing the attacker sent in the device's name is the device's rejection: {row}"
+    );
+
+    // What the device itself is refused does show.
+    let mismatch = device_upload_declaring(&h, "mismatch.log", b"declared\n", b"received\n").await;
+    assert_eq!((mismatch.status, mismatch.receipt), (422, Receipt::Valid), "{}", mismatch.body);
+    let row = device_row(&h).await;
+    assert_eq!(
+        (row["rejections"].as_u64(), row["last_rejection"]["code"].as_str()),
+        (Some(1), Some("checksum_mismatch"))
+    );
+    stored.sort();
+    assert_eq!(h.stored_files(), stored);
 }
