@@ -3,6 +3,7 @@
 //! as a black box. The storage rules run on both backends (see `store`).
 
 mod api;
+mod attacks;
 mod binary;
 mod browser;
 mod harness;
