@@ -91,14 +91,16 @@ impl ApiError {
         }
     }
 
-    /// Whether this counts against the client's address in the throttle: a
-    /// failed authentication, or a signed head that never completed (which
-    /// is how a client would hold a connection without proving anything).
-    pub fn is_auth_failure(&self) -> bool {
+    /// Whether this counts against the client's address in the throttle,
+    /// as a failed authentication: every refusal of a request that did not
+    /// prove who sent it (a missing, malformed or wrong signature, a head
+    /// that ran past its deadline, was cut off or could not be read), so
+    /// that a client cannot hold connections or fill the log without being
+    /// counted; and a verified request with a stale timestamp.
+    pub fn counts_against_client(&self) -> bool {
         match self {
-            Self::Signed { error, .. } => error.is_auth_failure(),
-            Self::HeadTimeout(_) => true,
-            other => other.code().is_auth_failure(),
+            Self::Signed { error, .. } => error.code().is_auth_failure(),
+            _ => true,
         }
     }
 

@@ -73,9 +73,10 @@ pub async fn upload<S: Store>(
             };
             Ok(verified.answer(status, &receipt))
         }
-        Err(err) if err.is_auth_failure() => {
-            state.metrics.upload_rejected(err.code());
-            Err(auth_failed(&state, client_addr, progress.key.as_deref(), err))
+        Err(err) if err.counts_against_client() => {
+            let answer = auth_failed(&state, client_addr, progress.key.as_deref(), err);
+            state.metrics.upload_rejected(answer.code());
+            Err(answer)
         }
         Err(err) => {
             state.metrics.upload_rejected(err.code());

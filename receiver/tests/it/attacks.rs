@@ -396,6 +396,17 @@ async fn a_valid_head_trickled_within_the_idle_timeout_is_cut_off_at_the_head_de
     assert_eq!((upload.status, upload.receipt), (201, Receipt::Valid), "{}", upload.body);
     assert_eq!(auth_failures(&h).await, 2);
     assert_eq!(h.stored_files(), [format!("{DEVICE}/after.log"), format!("{DEVICE}/after.log.sha256")]);
+
+    // Hanging up just before the deadline does not escape being counted.
+    let mut quitter = Raw::open(h.addr(), Some(&auth), head.len() + rest.len());
+    assert!(quitter.send(&head[..value_at + 5]), "part of the path");
+    std::thread::sleep(head_timeout / 2);
+    drop(quitter);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while auth_failures(&h).await < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(auth_failures(&h).await, 3, "a head cut off by its client is a failed authentication");
 }
 
 /// Whether an answer carried a receipt, and whether it verified for the
@@ -590,11 +601,16 @@ async fn an_attacker_at_the_devices_address_is_throttled_while_the_device_is_ser
     }
     assert_eq!(auth_failures(&h).await, 3 * PER_MINUTE as u64, "every failure counted, throttled or not");
 
+    // Uploads naming the device's key id that cannot even be read far
+    // enough to check a signature count as failures too, so the throttled
+    // address gets 429 for them, unsigned.
     for attack in Unverifiable::ALL {
         let got = attack.send(&h).await;
-        assert!((400..500).contains(&got.status), "{attack:?}: {} {}", got.status, got.body);
+        assert_eq!((got.status, got.body["code"].as_str()), (429, Some("rate_limited")), "{attack:?}: {}", got.body);
         assert_eq!(got.receipt, Receipt::Absent, "{attack:?}: {}", got.body);
     }
+    let counted = 3 * PER_MINUTE + Unverifiable::ALL.len();
+    assert_eq!(auth_failures(&h).await, counted as u64, "refusals before verification count");
     let row = device_row(&h).await;
     assert_eq!(
         (row["rejections"].as_u64(), &row["last_rejection"]),
