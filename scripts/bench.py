@@ -5,10 +5,19 @@ against a floor measured in the same run on the same disk, and reported as
 the median of several runs. Runs of different cases and their floors are
 interleaved round by round, so that a noisy neighbour on the machine slows
 ours and the floor alike. Test data is made once and moved back into place
-after each run. Writes the table to BENCHMARKS.md.
+after each run. Writes the tables to BENCHMARKS.md.
+
+Two sections, chosen with CASES (both by default): `transfer` (cases 1-5:
+delivering files) and `keys` (cases 6-9: the device key derivation, and the
+receiver's start-up and reload with DEVICES devices). A section not measured
+is kept in BENCHMARKS.md as the run that measured it left it.
 """
 
 import hashlib
+import hmac
+import http.client
+import json
+import socket
 import os
 import platform
 import random
@@ -30,10 +39,15 @@ SENDERS = int(os.environ.get("SENDERS", "50"))
 PER_SENDER = int(os.environ.get("PER_SENDER", "200"))
 JOBS_SWEEP = [int(j) for j in os.environ.get("JOBS_SWEEP", "1 2 4 8 16").split()]
 BENCH_DIR = os.environ.get("BENCH_DIR", "/var/tmp")
+SECTIONS = ("transfer", "keys")
+CASES = os.environ.get("CASES", " ".join(SECTIONS)).split()
+DEVICES = int(os.environ.get("DEVICES", "1000"))
 # Each sender run is killed after this long: every loop here is bounded.
 RUN_TIMEOUT = 300
 SENT = "sent_files"
 LOCK_FILE = ".logferry-sender.lock"
+# The sender's peak RSS budget, derivation of its key included (8 MiB).
+SENDER_RSS_MIB = 24
 
 
 def log(message):
@@ -219,45 +233,71 @@ def cpu_model():
     return "unknown CPU"
 
 
-def main():
+def at_least(value, goal, unit):
+    gap = f"{goal - value:.2f}{unit}" if unit == "x" else f"{goal - value:.1f} {unit}"
+    return f"≥ {goal}{unit}: " + ("met" if value >= goal else f"**missed** by {gap}")
+
+
+def at_most(value, goal, unit):
+    return f"≤ {goal} {unit}: " + ("met" if value <= goal else f"**missed** by {value - goal:.1f} {unit}")
+
+
+def listed(values, form):
+    return ", ".join(form.format(v) for v in values)
+
+
+def run_header(elapsed):
+    """Where a section's figures come from: this run's command, date, machine."""
+    return [
+        f"- Command: `{os.environ.get('BENCH_COMMAND', 'scripts/bench.sh')}`",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, code {commit()}; the release build took "
+        f"{int(os.environ.get('BENCH_BUILD_SECONDS', '0')) / 60:.1f} min (none when already built), "
+        f"this section {elapsed / 60:.1f} min",
+        f"- Machine: {os.cpu_count()} cores, {cpu_model()}, {platform.system()} {platform.release()}",
+    ]
+
+
+def commit():
+    """The commit measured, marked when the work tree differs from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + (" with local changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def transfer_section(work):
+    """Cases 1-5: delivering files. Returns the section's lines."""
     started = time.perf_counter()
-    # Nothing is deleted until the end: on ext4 a file created soon after
-    # many were deleted costs measurably more (the allocator steps over
-    # recently freed inodes), which would slow whichever case came next.
-    work = tempfile.mkdtemp(prefix="logferry-bench-", dir=BENCH_DIR)
     ids_file = os.path.join(work, "ids.txt")
     open(ids_file, "w").close()
     jobs_default = default_jobs()
-    try:
-        log("making the test data")
-        small = Device(work, ids_file, small_files(SMALL_FILES), 1)
-        large = Device(work, ids_file, {"large.bin": LARGE_MIB << 20}, 2)
-        mixed = Device(work, ids_file, mixed_files(MIXED_FILES), 3)
-        fleet = [Device(work, ids_file, small_files(PER_SENDER, f"s{n:02}-"), 10 + n) for n in range(SENDERS)]
-        sweep = {j: [] for j in JOBS_SWEEP}
-        small_runs, small_floor, large_runs, large_floor, mixed_runs, fleet_runs = [], [], [], [], [], []
-        for round_ in range(1, RUNS + 1):
-            log(f"round {round_} of {RUNS}")
-            for jobs in JOBS_SWEEP:
-                if jobs == jobs_default:
-                    continue
-                sweep[jobs].append(timed_send(work, ids_file, [small], jobs))
-                log(f"  case 1, --jobs {jobs}: {SMALL_FILES / sweep[jobs][-1][0]:.0f} files/s")
-            small_runs.append(timed_send(work, ids_file, [small]))
-            small_floor.append(durable_copy_floor(work, small))
-            log(f"  case 1, default --jobs: {SMALL_FILES / small_runs[-1][0]:.0f} files/s, "
-                f"floor {SMALL_FILES / small_floor[-1]:.0f} files/s")
-            large_runs.append(timed_send(work, ids_file, [large]))
-            large_floor.append(cp_sync_floor(work, large))
-            log(f"  case 2: {large_runs[-1][0]:.2f} s, floor {large_floor[-1]:.2f} s")
-            mixed_runs.append(timed_send(work, ids_file, [mixed]))
-            log(f"  case 3: {mixed_runs[-1][0]:.2f} s")
-            fleet_runs.append(timed_send(work, ids_file, fleet))
-            log(f"  case 4: {fleet_runs[-1][0]:.2f} s")
-        if jobs_default in sweep:
-            sweep[jobs_default] = small_runs
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    log("transfer: making the test data")
+    small = Device(work, ids_file, small_files(SMALL_FILES), 1)
+    large = Device(work, ids_file, {"large.bin": LARGE_MIB << 20}, 2)
+    mixed = Device(work, ids_file, mixed_files(MIXED_FILES), 3)
+    fleet = [Device(work, ids_file, small_files(PER_SENDER, f"s{n:02}-"), 10 + n) for n in range(SENDERS)]
+    sweep = {j: [] for j in JOBS_SWEEP}
+    small_runs, small_floor, large_runs, large_floor, mixed_runs, fleet_runs = [], [], [], [], [], []
+    for round_ in range(1, RUNS + 1):
+        log(f"transfer: round {round_} of {RUNS}")
+        for jobs in JOBS_SWEEP:
+            if jobs == jobs_default:
+                continue
+            sweep[jobs].append(timed_send(work, ids_file, [small], jobs))
+            log(f"  case 1, --jobs {jobs}: {SMALL_FILES / sweep[jobs][-1][0]:.0f} files/s")
+        small_runs.append(timed_send(work, ids_file, [small]))
+        small_floor.append(durable_copy_floor(work, small))
+        log(f"  case 1, default --jobs: {SMALL_FILES / small_runs[-1][0]:.0f} files/s, "
+            f"floor {SMALL_FILES / small_floor[-1]:.0f} files/s")
+        large_runs.append(timed_send(work, ids_file, [large]))
+        large_floor.append(cp_sync_floor(work, large))
+        log(f"  case 2: {large_runs[-1][0]:.2f} s, floor {large_floor[-1]:.2f} s")
+        mixed_runs.append(timed_send(work, ids_file, [mixed]))
+        log(f"  case 3: {mixed_runs[-1][0]:.2f} s")
+        fleet_runs.append(timed_send(work, ids_file, fleet))
+        log(f"  case 4: {fleet_runs[-1][0]:.2f} s")
+    if jobs_default in sweep:
+        sweep[jobs_default] = small_runs
     elapsed = time.perf_counter() - started
 
     median = statistics.median
@@ -276,13 +316,6 @@ def main():
     sweep_rates = {j: SMALL_FILES / median(r[0] for r in runs) for j, runs in sweep.items() if runs}
     fastest = max(sweep_rates, key=sweep_rates.get)
 
-    def at_least(value, goal, unit):
-        gap = f"{goal - value:.2f}{unit}" if unit == "x" else f"{goal - value:.1f} {unit}"
-        return f"≥ {goal}{unit}: " + ("met" if value >= goal else f"**missed** by {gap}")
-
-    def at_most(value, goal, unit):
-        return f"≤ {goal} {unit}: " + ("met" if value <= goal else f"**missed** by {value - goal:.1f} {unit}")
-
     rows = [
         (f"1. {SMALL_FILES:,} files of 4 KiB in nested folders, one sender (--jobs {jobs_default})",
          f"{ours_small:.0f} files/s", f"sequential durable copy {floor_small:.0f} files/s",
@@ -299,12 +332,9 @@ def main():
         ("5. receiver peak RSS during case 4", f"{peak(fleet_runs, 2):.1f} MiB", "", "",
          at_most(peak(fleet_runs, 2), 128, "MiB")),
         ("5. sender peak RSS during cases 1 / 2 / 3 / 4", " / ".join(f"{p:.1f}" for p in sender_peaks) + " MiB",
-         "", "", at_most(max(sender_peaks), 16, "MiB")),
+         "", "", at_most(max(sender_peaks), SENDER_RSS_MIB, "MiB")),
         ("release `sender` binary", f"{binary_mib:.1f} MiB", "", "", ""),
     ]
-    def listed(values, form):
-        return ", ".join(form.format(v) for v in values)
-
     run_rows = [
         f"- case 1: ours {listed([SMALL_FILES / r[0] for r in small_runs], '{:.0f}')} files/s; "
         f"floor {listed([SMALL_FILES / s for s in small_floor], '{:.0f}')} files/s",
@@ -315,16 +345,9 @@ def main():
     ]
     sweep_rows = [f"| {j} | {rate:.0f} | {rate / floor_small:.2f}x |" for j, rate in sweep_rates.items()]
     lines = [
-        "# Benchmarks",
+        "## Transfer: cases 1-5",
         "",
-        "Produced by `scripts/bench.sh`; this table is rewritten by each run, the notes below it are kept",
-        "in `scripts/bench-notes.md`.",
-        "",
-        f"- Command: `{os.environ.get('BENCH_COMMAND', 'scripts/bench.sh')}`",
-        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; the release build took "
-        f"{int(os.environ.get('BENCH_BUILD_SECONDS', '0')) / 60:.1f} min (none when already built), "
-        f"the benchmark {elapsed / 60:.1f} min",
-        f"- Machine: {os.cpu_count()} cores, {cpu_model()}, {platform.system()} {platform.release()}",
+        *run_header(elapsed),
         f"- Disk: the one under {BENCH_DIR}; loopback network; release builds; receiver upload limits raised "
         "(`--max-uploads 1024 --max-uploads-per-device 64`) so that they never decide a figure",
         f"- Each figure is the median of {RUNS} runs (peak RSS: the highest of them). Floors are measured in the",
@@ -349,12 +372,337 @@ def main():
         "Every run, in the order of the rounds:",
         "",
         *run_rows,
+    ]
+    return lines
+
+
+# Cases 6-9: the device key. A device's key is Argon2id of its ID (8 MiB,
+# 2 passes, fixed salt); the receiver derives every listed device's key when
+# it loads ids.txt, the sender its own once per run.
+KDF_ROUNDS, KDF_DERIVATIONS, KDF_HMACS = 7, 20, 200_000
+# The receiver checks ids.txt for edits this often (receiver/src/app.rs IDS_POLL).
+IDS_POLL_SECONDS = 1.0
+# Targets: an offline guess at an ID costs at least 10^4 HMAC-SHA256; an edit
+# that derives nothing applies within one poll and a little more; no request
+# from a listed device waits for a reload's derivations.
+GUESS_COST_HMACS = 10_000
+LABEL_EDIT_SECONDS = 1.2
+RELOAD_LATENCY_MS = 100
+
+
+def device_key(device_id):
+    """The key, as PROTOCOL.md v2 derives it; a mismatch with the receiver's
+    would show as a device never accepted, and fail the benchmark."""
+    from argon2.low_level import Type, hash_secret_raw
+    return hash_secret_raw(secret=device_id.upper().encode(), salt=b"logferry device key v2", time_cost=2,
+                           memory_cost=8192, parallelism=1, hash_len=32, type=Type.ID)
+
+
+class Signer:
+    """Signs auth checks as one device, and checks the receipts of the answers."""
+
+    def __init__(self, device_id):
+        self.key = device_key(device_id)
+        self.key_id = hmac.new(self.key, b"logferry key id v2", hashlib.sha256).digest()[:16].hex()
+
+    def auth_check(self, address):
+        """(HTTP status, the label from a signed 200 or None)."""
+        timestamp = int(time.time())
+        canonical = f"LOGFERRY-HMAC-SHA256-V2\nGET\n/v1/auth-check\n{timestamp}\n\n\n"
+        signature = hmac.new(self.key, canonical.encode(), hashlib.sha256).hexdigest()
+        host, port = address.rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=RUN_TIMEOUT)
+        try:
+            connection.request("GET", "/v1/auth-check", headers={
+                "Authorization": f"LOGFERRY-HMAC-SHA256 KeyId={self.key_id}, Timestamp={timestamp}, "
+                                 f"Signature={signature}"})
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        if response.status != 200:
+            return response.status, None
+        signed = f"LOGFERRY-RECEIPT-V2\n{response.status}\n{signature}\n".encode() + body
+        receipt = hmac.new(self.key, signed, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(response.getheader("X-Logferry-Receipt") or "", receipt):
+            raise RuntimeError("a 200 to an auth check without a valid receipt")
+        return 200, json.loads(body)["label"]
+
+
+def peak_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class KeysReceiver:
+    """The release receiver on a free loopback port with `ids` as its ids
+    file; `startup` is the time from its exec until /v1/health answered."""
+
+    def __init__(self, work, ids):
+        self.dir = tempfile.mkdtemp(dir=work, prefix="keys-receiver-")
+        with open(os.path.join(self.dir, "ids.txt"), "w") as f:
+            f.write(ids)
+        self.address = f"127.0.0.1:{free_port()}"
+        self.log = open(os.path.join(self.dir, "receiver.log"), "w")
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [os.path.join(BIN, "receiver"), "--bind", "127.0.0.1", "--port", self.address.rsplit(":", 1)[1]],
+            cwd=self.dir, stdout=subprocess.DEVNULL, stderr=self.log)
+        while not self.healthy():
+            if self.process.poll() is not None or time.perf_counter() - started > RUN_TIMEOUT:
+                self.stop()
+                raise RuntimeError(f"receiver did not start; see {self.log.name}")
+            time.sleep(0.005)
+        self.startup = time.perf_counter() - started
+
+    def healthy(self):
+        host, port = self.address.rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=1)
+        try:
+            connection.request("GET", "/v1/health")
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
+
+    def replace_ids(self, ids):
+        """A new ids.txt in one step, as an editor's save or a deploy does."""
+        path = os.path.join(self.dir, "ids.txt")
+        with open(path + ".new", "w") as f:
+            f.write(ids)
+        os.replace(path + ".new", path)
+
+    def peak_rss_kib(self):
+        return peak_rss_kib(self.process.pid)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait()
+        self.log.close()
+
+
+def edit_until(receiver, ids, probe, done):
+    """Replaces the ids file by `ids` and, until `done()` holds, asks the auth
+    check of `probe` (a device listed before and after) every 10 ms. Returns
+    (seconds from the replacement until `done()` held, the probe's
+    latencies in ms meanwhile, how many of its answers were not 200)."""
+    latencies, failures = [], 0
+    started = time.perf_counter()
+    receiver.replace_ids(ids)
+    while True:
+        asked = time.perf_counter()
+        status, _ = probe.auth_check(receiver.address)
+        latencies.append((time.perf_counter() - asked) * 1e3)
+        failures += status != 200
+        if done():
+            return time.perf_counter() - started, latencies, failures
+        if time.perf_counter() - started > RUN_TIMEOUT:
+            raise RuntimeError(f"the ids edit did not apply within {RUN_TIMEOUT} s")
+        time.sleep(0.01)
+
+
+def kdf_cost():
+    """One run of common/examples/kdf_cost (release)."""
+    out = subprocess.run([os.path.join(BIN, "examples", "kdf_cost"), str(KDF_ROUNDS), str(KDF_DERIVATIONS),
+                          str(KDF_HMACS)], check=True, capture_output=True, text=True, timeout=RUN_TIMEOUT).stdout
+    return json.loads(out)
+
+
+def ids_text(ids, suffix=""):
+    return "".join(f"{device_id} pi-{n:04}{suffix}\n" for n, device_id in enumerate(ids))
+
+
+def keys_section(work):
+    """Cases 6-9. Returns the section's lines."""
+    started = time.perf_counter()
+    cores = os.cpu_count()
+    log("keys: making the ids files")
+    probe_ids = os.path.join(work, "probe-ids.txt")
+    # The probe device: listed in every ids file; its sender delivers 3 files.
+    probe_device = Device(work, probe_ids, {f"p{i}.log": 4096 for i in range(3)}, 99)
+    with open(probe_device.id_file) as f:
+        probe_id = f.read().strip().upper()
+    rng = random.Random(6)
+    fresh = []
+    while len(fresh) < 2 * DEVICES - 1:
+        candidate = f"{rng.getrandbits(64):016X}"
+        if candidate != probe_id and candidate not in fresh:
+            fresh.append(candidate)
+    # Before: the probe and DEVICES - 1 others. After: the probe and DEVICES
+    # others, so that the reload derives as many keys as the start-up.
+    before, after = [probe_id] + fresh[:DEVICES - 1], [probe_id] + fresh[DEVICES - 1:]
+    probe, newcomer = Signer(probe_id), Signer(after[-1])
+
+    kdf_runs, one_runs, fleet_runs = [], [], []
+    for round_ in range(1, RUNS + 1):
+        log(f"keys: round {round_} of {RUNS}")
+        kdf_runs.append(kdf_cost())
+        log(f"  case 6: derivation {statistics.median(kdf_runs[-1]['derive_ms']):.2f} ms, "
+            f"HMAC {statistics.median(kdf_runs[-1]['hmac_ns']):.0f} ns")
+        one = KeysReceiver(work, ids_text([probe_id]))
+        one_runs.append({"startup": one.startup, "rss": one.peak_rss_kib()})
+        one.stop()
+        fleet = KeysReceiver(work, ids_text(before))
+        try:
+            run = {"startup": fleet.startup, "rss_started": fleet.peak_rss_kib()}
+            log(f"  case 7: start-up with {DEVICES:,} devices {run['startup']:.2f} s "
+                f"(1 device: {one_runs[-1]['startup']:.2f} s)")
+            idle = []
+            for _ in range(30):
+                asked = time.perf_counter()
+                if probe.auth_check(fleet.address)[0] != 200:
+                    raise RuntimeError("the probe device is not accepted")
+                idle.append((time.perf_counter() - asked) * 1e3)
+                time.sleep(0.01)
+            run["idle_ms"] = statistics.median(idle)
+            run["reload"], run["reload_ms"], run["reload_failed"] = edit_until(
+                fleet, ids_text(after), probe, lambda: newcomer.auth_check(fleet.address)[0] == 200)
+            label = f"pi-{len(after) - 1:04}-v2"
+            run["label"], run["label_ms"], run["label_failed"] = edit_until(
+                fleet, ids_text(after, "-v2"), probe, lambda: newcomer.auth_check(fleet.address)[1] == label)
+            log(f"  case 8: reload {run['reload']:.2f} s, label edit {run['label']:.2f} s; case 9: worst "
+                f"latency {max(run['reload_ms']):.1f} ms ({len(run['reload_ms'])} probes)")
+            sender = probe_device.start(fleet.address)
+            run["sender_rss"] = finish(sender)
+            probe_device.reset()
+            run["rss_end"] = fleet.peak_rss_kib()
+        finally:
+            fleet.stop()
+        fleet_runs.append(run)
+    elapsed = time.perf_counter() - started
+
+    median = statistics.median
+    derive_ms = median(v for k in kdf_runs for v in k["derive_ms"])
+    hmac_ns = median(v for k in kdf_runs for v in k["hmac_ns"])
+    ratio = median(v for k in kdf_runs for v in k["ratio"])
+    first_ms = median(k["first_derive_ms"] for k in kdf_runs)
+    # The start-up's peer: its derivations alone, spread over every core, at
+    # the rate measured in the same round.
+    bounds = [DEVICES * median(k["derive_ms"]) / 1e3 / cores for k in kdf_runs]
+    startup = median(r["startup"] for r in fleet_runs)
+    bound = median(bounds)
+    reload = median(r["reload"] for r in fleet_runs)
+    label = median(r["label"] for r in fleet_runs)
+    worst = max(max(r["reload_ms"]) for r in fleet_runs)
+    idle = median(r["idle_ms"] for r in fleet_runs)
+    failed = sum(r["reload_failed"] + r["label_failed"] for r in fleet_runs)
+    rss_one = max(r["rss"] for r in one_runs) / 1024
+    rss_started = max(r["rss_started"] for r in fleet_runs) / 1024
+    rss_end = max(r["rss_end"] for r in fleet_runs) / 1024
+    sender_rss = max(r["sender_rss"] for r in fleet_runs) / 1024
+    label_goal = f"≤ {LABEL_EDIT_SECONDS} s: " + ("met" if label <= LABEL_EDIT_SECONDS else
+                                                 f"**missed** by {label - LABEL_EDIT_SECONDS:.2f} s")
+    latency_goal = f"≤ {RELOAD_LATENCY_MS} ms, every answer 200: " + (
+        "met" if worst <= RELOAD_LATENCY_MS and not failed else
+        f"**missed** ({worst:.1f} ms, {failed} answers not 200)")
+    rows = [
+        ("6. one key derivation (Argon2id, 8 MiB, 2 passes) against one HMAC-SHA256 of a 56-byte message",
+         f"{derive_ms:.2f} ms", f"HMAC {hmac_ns:.0f} ns", f"{ratio:,.0f}x",
+         "≥ 10^4x: " + ("met" if ratio >= GUESS_COST_HMACS else "**missed**")),
+        ("6. a process's first derivation (fresh pages: what a sender run pays once)", f"{first_ms:.2f} ms",
+         f"later ones {derive_ms:.2f} ms", f"{first_ms / derive_ms:.2f}x", ""),
+        (f"7. receiver start-up with {DEVICES:,} devices: exec until `GET /v1/health` answers",
+         f"{startup:.2f} s", f"{DEVICES:,} derivations ÷ {cores} cores at case 6's rate: {bound:.2f} s",
+         f"{startup / bound:.2f}x", ""),
+        (f"7. receiver peak RSS after start-up with {DEVICES:,} devices / by the end of cases 8-9",
+         f"{rss_started:.1f} / {rss_end:.1f} MiB", f"started with 1 device: {rss_one:.1f} MiB",
+         f"{rss_started / rss_one:.2f}x / {rss_end / rss_one:.2f}x", ""),
+        (f"8. reload: ids.txt replaced by {DEVICES:,} other devices (and the probe), until one of them is accepted",
+         f"{reload:.2f} s", f"case 7's start-up: {startup:.2f} s", f"{reload / startup:.2f}x", ""),
+        (f"8. reload: a label-only edit of the {DEVICES + 1:,}, until the new label is answered",
+         f"{label:.2f} s", f"case 8's reload: {reload:.2f} s", f"{label / reload:.2f}x", label_goal),
+        ("9. worst auth-check latency of a device listed throughout, during case 8's reload",
+         f"{worst:.1f} ms", f"idle: {idle:.1f} ms", f"{worst / idle:.1f}x", latency_goal),
+        ("9. sender peak RSS, a run delivering 3 files of 4 KiB (its key derived once)", f"{sender_rss:.1f} MiB",
+         "", "", at_most(sender_rss, SENDER_RSS_MIB, "MiB")),
+    ]
+    run_rows = [
+        f"- case 6: derivation {listed([median(k['derive_ms']) for k in kdf_runs], '{:.2f}')} ms, "
+        f"first of the process {listed([k['first_derive_ms'] for k in kdf_runs], '{:.2f}')} ms; "
+        f"HMAC {listed([median(k['hmac_ns']) for k in kdf_runs], '{:.0f}')} ns; "
+        f"ratio {listed([median(k['ratio']) for k in kdf_runs], '{:,.0f}')}x",
+        f"- case 7: start-up {listed([r['startup'] for r in fleet_runs], '{:.2f}')} s, "
+        f"bound {listed(bounds, '{:.2f}')} s; with 1 device {listed([r['startup'] for r in one_runs], '{:.2f}')} s",
+        f"- case 8: reload {listed([r['reload'] for r in fleet_runs], '{:.2f}')} s; "
+        f"label-only edit {listed([r['label'] for r in fleet_runs], '{:.2f}')} s",
+        f"- case 9: worst latency during the reload {listed([max(r['reload_ms']) for r in fleet_runs], '{:.1f}')} ms "
+        f"over {listed([len(r['reload_ms']) for r in fleet_runs], '{}')} probes; during the label edit "
+        f"{listed([max(r['label_ms']) for r in fleet_runs], '{:.1f}')} ms; idle "
+        f"{listed([r['idle_ms'] for r in fleet_runs], '{:.1f}')} ms; answers not 200: {failed}",
+        f"- sender peak RSS: {listed([r['sender_rss'] / 1024 for r in fleet_runs], '{:.1f}')} MiB",
+    ]
+    return [
+        "## Device keys: cases 6-9",
+        "",
+        *run_header(elapsed),
+        f"- Loopback; release builds; {RUNS} rounds, the cases interleaved within each. Case 6 is "
+        f"`common/examples/kdf_cost` on one thread ({KDF_ROUNDS} rounds of {KDF_DERIVATIONS} derivations, then "
+        f"{KDF_HMACS:,} HMACs, each keyed anew); its figures are the medians over all rounds. Other times: "
+        "the median of the rounds; RSS and latency: the highest.",
+        "",
+        "| case | ours | floor or peer | ratio | target |",
+        "|---|---|---|---|---|",
+        *[f"| {' | '.join(row)} |" for row in rows],
+        "",
+        "Every round, in order:",
+        "",
+        *run_rows,
+    ]
+
+
+MARK = "<!-- bench section {}: rewritten by a run that measures it -->"
+END = "<!-- end of bench section {} -->"
+TITLES = {"transfer": "Transfer: cases 1-5", "keys": "Device keys: cases 6-9"}
+
+
+def main():
+    unknown = [c for c in CASES if c not in SECTIONS]
+    if unknown:
+        sys.exit(f"unknown CASES {unknown}: choose from {' '.join(SECTIONS)}")
+    # Nothing is deleted until the end: on ext4 a file created soon after
+    # many were deleted costs measurably more (the allocator steps over
+    # recently freed inodes), which would slow whichever case came next.
+    work = tempfile.mkdtemp(prefix="logferry-bench-", dir=BENCH_DIR)
+    measured = {}
+    try:
+        if "transfer" in CASES:
+            measured["transfer"] = transfer_section(work)
+        if "keys" in CASES:
+            measured["keys"] = keys_section(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    previous = open(path).read() if os.path.exists(path) else ""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Produced by `scripts/bench.sh`. A run rewrites the sections it measures and keeps the others as",
+        "they were (`CASES`, see the script), so each section says which run its figures come from. The notes",
+        "below the tables are kept in `scripts/bench-notes.md`.",
         "",
     ]
-    table = "\n".join(lines)
-    print(table)
-    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
-        f.write(table)
+    for name in SECTIONS:
+        start, end = MARK.format(name), END.format(name)
+        if name in measured:
+            section = measured[name]
+            print("\n".join(section) + "\n")
+        elif start in previous and end in previous:
+            section = previous[previous.index(start) + len(start):previous.index(end)].strip("\n").split("\n")
+        else:
+            section = [f"## {TITLES[name]}", "", f"Not measured yet: `CASES={name} scripts/bench.sh`."]
+        lines += [start, *section, end, ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
         notes = os.path.join(ROOT, "scripts", "bench-notes.md")
         if os.path.exists(notes):
             with open(notes) as n:

@@ -82,9 +82,14 @@ impl Harness {
 
     /// Runs `sender <receiver> logs --id-file device-id` plus `extra`.
     pub fn send(&self, extra: &[&str]) -> Run {
+        self.send_to(&self.host(), extra)
+    }
+
+    /// Like [`Harness::send`], to `host` instead (a proxy in front of the receiver).
+    pub fn send_to(&self, host: &str, extra: &[&str]) -> Run {
         let id_file = self.path("device-id");
         let mut args =
-            vec![self.host(), self.logs().display().to_string(), "--id-file".into(), id_file.display().to_string()];
+            vec![host.to_owned(), self.logs().display().to_string(), "--id-file".into(), id_file.display().to_string()];
         args.extend(extra.iter().map(ToString::to_string));
         sender(self.dir.path(), &args)
     }

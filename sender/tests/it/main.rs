@@ -9,5 +9,6 @@ mod install;
 mod limits;
 mod output;
 mod proxy;
+mod refusals;
 mod runs;
 mod tls;

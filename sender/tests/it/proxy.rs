@@ -1,6 +1,7 @@
 //! A TCP proxy on loopback that injects network faults between the sender
-//! and the receiver: refused connections, stalls, bodies cut mid-way, and
-//! answers lost after the receiver committed.
+//! and the receiver: refused connections, stalls, bodies cut mid-way,
+//! answers lost after the receiver committed, and a man in the middle who
+//! answers uploads himself or tampers with the receiver's receipts.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -21,6 +22,19 @@ pub enum Fault {
     CutMidBody,
     /// An upload reaches the receiver whole; its answer is thrown away.
     LoseAnswer,
+    /// An upload is read whole and answered by the proxy itself, as a man in
+    /// the middle could: HTTP `status` with the protocol's JSON error body of
+    /// `code`, and no receipt (he cannot make one). It never reaches the
+    /// receiver. Other requests pass.
+    ForgeRefusal {
+        status: u16,
+        code: &'static str,
+    },
+    /// The receiver's answer to an upload passes without its receipt header.
+    StripReceipt,
+    /// The receiver's answer to an upload passes with one hex digit of its
+    /// receipt changed.
+    CorruptReceipt,
 }
 
 /// Share of connections (in percent) that get each fault; the rest pass.
@@ -39,11 +53,26 @@ pub struct Counts {
     pub stalled: AtomicU64,
     pub cut: AtomicU64,
     pub answers_lost: AtomicU64,
+    /// Upload requests the proxy read (passed on or answered itself): the
+    /// sender's attempts, less any dropped or stalled before a byte was read.
+    pub uploads: AtomicU64,
+    /// Uploads the proxy answered itself (`ForgeRefusal`).
+    pub forged: AtomicU64,
+    /// Answers whose receipt was stripped or changed.
+    pub receipts_tampered: AtomicU64,
 }
 
 impl Counts {
     pub fn injected(&self) -> u64 {
-        [&self.dropped, &self.stalled, &self.cut, &self.answers_lost].iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        [&self.dropped, &self.stalled, &self.cut, &self.answers_lost, &self.forged, &self.receipts_tampered]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// How many upload requests reached the proxy so far.
+    pub fn uploads(&self) -> u64 {
+        self.uploads.load(Ordering::Relaxed)
     }
 }
 
@@ -121,7 +150,9 @@ impl Drop for FaultProxy {
     }
 }
 
-fn handle(client: TcpStream, upstream: &str, fault: Fault, counts: &Counts, n: u64) {
+fn handle(mut client: TcpStream, upstream: &str, fault: Fault, counts: &Counts, n: u64) {
+    // What was read from the client before the upstream connection exists.
+    let mut request = Vec::new();
     match fault {
         Fault::Drop => {
             counts.dropped.fetch_add(1, Ordering::Relaxed);
@@ -132,20 +163,59 @@ fn handle(client: TcpStream, upstream: &str, fault: Fault, counts: &Counts, n: u
             std::thread::sleep(STALL);
             return;
         }
+        Fault::ForgeRefusal { status, code } => {
+            let Some(whole) = read_request(&mut client) else { return };
+            if whole.starts_with(UPLOAD_LINE) {
+                counts.uploads.fetch_add(1, Ordering::Relaxed);
+                counts.forged.fetch_add(1, Ordering::Relaxed);
+                let _ = client.write_all(&forged_refusal(status, code));
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            }
+            request = whole;
+        }
         _ => {}
     }
-    let Ok(server) = TcpStream::connect(upstream) else { return };
+    let Ok(mut server) = TcpStream::connect(upstream) else { return };
+    if server.write_all(&request).is_err() {
+        return;
+    }
     let (client_read, server_write) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
     let cut_after = (fault == Fault::CutMidBody).then(|| 300 + (n * 7919) % 20_000);
     let saw_upload = Arc::new(AtomicBool::new(false));
     let seen = Arc::clone(&saw_upload);
     let up = std::thread::spawn(move || pump(client_read, server_write, cut_after, &seen));
-    let lose = (fault == Fault::LoseAnswer).then_some(saw_upload);
-    pump_answers(server, client, lose, counts);
+    pump_answers(server, client, fault, &saw_upload, counts);
     let cut = up.join().unwrap_or(false);
     if cut {
         counts.cut.fetch_add(1, Ordering::Relaxed);
     }
+    if saw_upload.load(Ordering::Relaxed) {
+        counts.uploads.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads one whole request (head and body) from `client`.
+fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 16 * 1024];
+    let mut request = Vec::new();
+    while !message_complete(&request) {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(request)
+}
+
+/// An error answer in the protocol's form, without a receipt.
+fn forged_refusal(status: u16, code: &str) -> Vec<u8> {
+    let body = format!(r#"{{"error":"forged by the proxy: refused as {code}","code":"{code}"}}"#);
+    format!(
+        "HTTP/1.1 {status} Refused\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Copies `from` to `to`, or only the first `limit` bytes, after which both
@@ -180,10 +250,11 @@ const UPLOAD_LINE: &[u8] = b"POST /v1/upload";
 
 /// Copies the receiver's answer back, or, to lose the answer to an upload,
 /// closes the client's connection as soon as the receiver starts answering
-/// one (so the upload was complete and committed). Either way the connection
+/// one (so the upload was complete and committed), or passes the answer to
+/// an upload with its receipt stripped or changed. Either way the connection
 /// ends after one answer, as behind a middlebox that closes connections:
 /// every request then opens a new one and meets its own fault.
-fn pump_answers(mut server: TcpStream, mut client: TcpStream, lose: Option<Arc<AtomicBool>>, counts: &Counts) {
+fn pump_answers(mut server: TcpStream, mut client: TcpStream, fault: Fault, saw_upload: &AtomicBool, counts: &Counts) {
     let mut buf = [0u8; 16 * 1024];
     let mut answer = Vec::new();
     loop {
@@ -191,12 +262,25 @@ fn pump_answers(mut server: TcpStream, mut client: TcpStream, lose: Option<Arc<A
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if lose.as_ref().is_some_and(|saw| saw.load(Ordering::Relaxed)) {
+        let upload = saw_upload.load(Ordering::Relaxed);
+        if fault == Fault::LoseAnswer && upload {
             counts.answers_lost.fetch_add(1, Ordering::Relaxed);
             break;
         }
         answer.extend_from_slice(&buf[..n]);
-        if client.write_all(&buf[..n]).is_err() || answer_complete(&answer) {
+        if upload && matches!(fault, Fault::StripReceipt | Fault::CorruptReceipt) {
+            // Held back until it is whole, then passed on altered.
+            if !message_complete(&answer) {
+                continue;
+            }
+            let altered = tamper_with_receipt(&answer, fault == Fault::StripReceipt);
+            if altered != answer {
+                counts.receipts_tampered.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = client.write_all(&altered);
+            break;
+        }
+        if client.write_all(&buf[..n]).is_err() || message_complete(&answer) {
             break;
         }
     }
@@ -204,11 +288,39 @@ fn pump_answers(mut server: TcpStream, mut client: TcpStream, lose: Option<Arc<A
     let _ = server.shutdown(Shutdown::Both);
 }
 
-/// Whether `bytes` hold a whole HTTP answer: its head and `Content-Length`
-/// bytes of body (the receiver always sends a length).
-fn answer_complete(bytes: &[u8]) -> bool {
+/// The whole answer `bytes` with its receipt header removed (`strip`) or
+/// with the receipt's last hex digit changed; the body is untouched.
+fn tamper_with_receipt(bytes: &[u8], strip: bool) -> Vec<u8> {
+    let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else { return bytes.to_vec() };
+    let head = String::from_utf8_lossy(&bytes[..head_end]);
+    let lines = head.split("\r\n").filter_map(|line| {
+        if !line.to_ascii_lowercase().starts_with(RECEIPT_PREFIX) {
+            return Some(line.to_owned());
+        }
+        if strip {
+            return None;
+        }
+        let mut changed = line.trim_end().to_owned();
+        let last = changed.pop().map_or('0', |c| if c == '0' { '1' } else { '0' });
+        changed.push(last);
+        Some(changed)
+    });
+    let mut altered = lines.collect::<Vec<_>>().join("\r\n").into_bytes();
+    altered.extend_from_slice(&bytes[head_end..]);
+    altered
+}
+
+const RECEIPT_PREFIX: &str = "x-logferry-receipt:";
+
+/// Whether `bytes` hold a whole HTTP message: its head and `Content-Length`
+/// bytes of body (the receiver always sends a length, and so does the sender
+/// for its uploads), or a chunked body up to its last chunk.
+fn message_complete(bytes: &[u8]) -> bool {
     let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
     let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
+    if head.lines().any(|line| line.starts_with("transfer-encoding:") && line.contains("chunked")) {
+        return bytes.ends_with(b"\r\n0\r\n\r\n");
+    }
     let length = head
         .lines()
         .find_map(|line| line.strip_prefix("content-length:"))
