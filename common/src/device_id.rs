@@ -19,9 +19,9 @@ const KEY_ID_LABEL: &[u8] = b"logferry key id v2";
 
 /// Argon2id's cost for turning an ID into its key. Every request and key id
 /// is an HMAC keyed by that key, so whoever captured one and wants to test
-/// candidate IDs offline pays this for each candidate: about 20 ms and
-/// 8 MiB of memory on a 2-core x86 VM, some 60,000 times one HMAC-SHA256
-/// (BENCHMARKS.md), and the memory keeps GPUs from running many at once.
+/// candidate IDs offline pays this for each candidate: 8 MiB of memory and
+/// some 24,000 times one HMAC-SHA256 (BENCHMARKS.md, `kdf_cost`), and the
+/// memory keeps GPUs from running many at once.
 /// 8 MiB also keeps the sender, which derives its key once per run, within
 /// its memory budget on a Pi.
 const KDF_MEMORY_KIB: u32 = 8 * 1024;
@@ -69,13 +69,43 @@ impl DeviceId {
 
     /// Derives the key that signs this device's requests and names it in
     /// them. Deliberately slow (Argon2id, see `KDF_MEMORY_KIB`): derive it
-    /// once and keep it, never on a request path.
+    /// once and keep it, never on a request path. For many IDs, a
+    /// [`KeyDeriver`] reuses its memory.
     pub fn derive_key(&self) -> DeviceKey {
+        KeyDeriver::default().derive(self)
+    }
+}
+
+/// Derives keys with one Argon2 working memory, reused from one derivation
+/// to the next: an allocator keeps freed 8 MiB buffers resident (glibc
+/// raises its mmap threshold once one is freed), so deriving a thousand
+/// keys with fresh buffers each left the receiver holding hundreds of MiB.
+pub struct KeyDeriver {
+    argon2: argon2::Argon2<'static>,
+    memory: Vec<argon2::Block>,
+}
+
+impl Default for KeyDeriver {
+    fn default() -> Self {
         let params = argon2::Params::new(KDF_MEMORY_KIB, KDF_PASSES, 1, Some(32))
             .unwrap_or_else(|e| unreachable!("constant Argon2 parameters are valid: {e}"));
+        let memory = vec![argon2::Block::default(); params.block_count()];
+        Self { argon2: argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params), memory }
+    }
+}
+
+impl fmt::Debug for KeyDeriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyDeriver").field("memory_blocks", &self.memory.len()).finish_non_exhaustive()
+    }
+}
+
+impl KeyDeriver {
+    /// The key of `id`, as [`DeviceId::derive_key`] makes it.
+    pub fn derive(&mut self, id: &DeviceId) -> DeviceKey {
         let mut secret = [0u8; 32];
-        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-            .hash_password_into(self.canonical.as_bytes(), KDF_SALT, &mut secret)
+        self.argon2
+            .hash_password_into_with_memory(id.canonical.as_bytes(), KDF_SALT, &mut secret, &mut self.memory)
             .unwrap_or_else(|e| unreachable!("an ID and the constant salt fit Argon2's limits: {e}"));
         let mut mac = hmac_keyed(&secret);
         mac.update(KEY_ID_LABEL);
@@ -210,6 +240,16 @@ mod tests {
         assert!(KeyId::parse(upper.key_id().as_str()).is_some());
         assert!(!upper.key_id().as_str().to_uppercase().contains("0123456789ABCDEF"));
         assert!(!format!("{upper:?}").contains(&hex::encode(upper.secret)), "Debug hides the key");
+    }
+
+    #[test]
+    fn a_reused_deriver_makes_the_same_keys_as_fresh_ones() {
+        let ids: Vec<DeviceId> = [[1u8; 8], [2u8; 8], [1u8; 8]].map(DeviceId::from_bytes).into();
+        let mut deriver = KeyDeriver::default();
+        let reused: Vec<_> = ids.iter().map(|id| deriver.derive(id).key_id().clone()).collect();
+        let fresh: Vec<_> = ids.iter().map(|id| id.derive_key().key_id().clone()).collect();
+        assert_eq!(reused, fresh);
+        assert_ne!(reused[0], reused[1]);
     }
 
     #[test]

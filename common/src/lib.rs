@@ -14,7 +14,7 @@ pub mod rel_path;
 pub mod signing;
 pub mod wire;
 
-pub use device_id::{DeviceId, DeviceIdError, DeviceKey, KeyId};
+pub use device_id::{DeviceId, DeviceIdError, DeviceKey, KeyDeriver, KeyId};
 pub use digest::{Sha256Digest, Sha256Hasher};
 pub use human::human_bytes;
 pub use rel_path::{PathError, RelPath};

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use logferry_common::{DeviceId, DeviceKey, KeyId};
+use logferry_common::{DeviceId, DeviceKey, KeyDeriver, KeyId};
 use rand::TryRng;
 use rand::rngs::SysRng;
 
@@ -212,7 +212,8 @@ impl IdsFile {
 }
 
 /// Pairs each entry with its key: taken from `known` when the ID was loaded
-/// before, else derived, the derivations spread over every core.
+/// before, else derived, the derivations spread over every core, each
+/// thread reusing one working memory.
 fn derive_keys(entries: Vec<Entry>, known: &Devices) -> Devices {
     let known: HashMap<&str, &DeviceKey> = known.values().map(|d| (d.id.reveal(), &d.key)).collect();
     let (reused, fresh): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| known.contains_key(e.id.reveal()));
@@ -225,9 +226,10 @@ fn derive_keys(entries: Vec<Entry>, known: &Devices) -> Devices {
             .chunks(per_thread)
             .map(|chunk| {
                 scope.spawn(move || {
+                    let mut deriver = KeyDeriver::default();
                     chunk
                         .iter()
-                        .map(|e| Device { key: e.id.derive_key(), id: e.id.clone(), label: e.label.clone() })
+                        .map(|e| Device { key: deriver.derive(&e.id), id: e.id.clone(), label: e.label.clone() })
                         .collect::<Vec<_>>()
                 })
             })
