@@ -16,5 +16,5 @@ pub mod wire;
 
 pub use device_id::{DeviceId, DeviceIdError, DeviceKey, KeyDeriver, KeyId};
 pub use digest::{Sha256Digest, Sha256Hasher};
-pub use human::human_bytes;
+pub use human::{human_bytes, human_duration};
 pub use rel_path::{PathError, RelPath};

@@ -82,6 +82,11 @@ pub struct ErrorBody {
     /// A sentence for the person reading the log.
     pub error: String,
     pub code: ErrorCode,
+    /// The receiver's clock (Unix seconds) when it answered; only in a
+    /// `clock_skew` refusal, which is signed, so a device can trust it
+    /// enough to try a request stamped with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_time: Option<u64>,
 }
 
 /// Machine-readable reason of a failure; see PROTOCOL.md for each status.
@@ -140,5 +145,12 @@ mod tests {
         let future: ErrorBody = serde_json::from_str(r#"{"error":"x","code":"quota_exceeded"}"#).expect("valid");
         assert_eq!(future.code, ErrorCode::Unknown);
         assert_eq!(serde_json::to_string(&ErrorCode::ClockSkew).expect("serializes"), r#""clock_skew""#);
+        assert_eq!(body.receiver_time, None);
+        let skew = ErrorBody { error: "x".into(), code: ErrorCode::ClockSkew, receiver_time: Some(5) };
+        assert_eq!(
+            serde_json::to_string(&skew).expect("serializes"),
+            r#"{"error":"x","code":"clock_skew","receiver_time":5}"#
+        );
+        assert!(!serde_json::to_string(&body).expect("serializes").contains("receiver_time"));
     }
 }

@@ -9,7 +9,6 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use logferry_common::signing::{
     AuthHeader, AuthHeaderError, Freshness, RECEIPT_HEADER, SignedRequest, UploadHead, freshness, receipt,
 };
-use logferry_common::wire::ErrorBody;
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -48,7 +47,7 @@ impl Claimed {
     /// the declared fields exactly as they were read; then the timestamp.
     /// A stale timestamp is refused only after the signature checked out,
     /// so that refusal is signed: the device can trust what it says about
-    /// the receiver's clock.
+    /// the receiver's clock (its body carries `receiver_time`).
     pub fn verify(self, upload: Option<&UploadHead>) -> Result<Verified, ApiError> {
         let signed =
             SignedRequest { method: &self.method, path: self.endpoint, timestamp: self.header.timestamp, upload };
@@ -56,11 +55,14 @@ impl Claimed {
             return Err(ApiError::BadSignature);
         }
         let verified = Verified(Signer { device: self.device, request_signature: self.header.signature });
-        match freshness(self.header.timestamp, unix_now()) {
-            Freshness::Fresh => Ok(verified),
-            Freshness::Ahead(seconds) => Err(verified.refuse(ApiError::ClockSkew { seconds, direction: "ahead of" })),
-            Freshness::Behind(seconds) => Err(verified.refuse(ApiError::ClockSkew { seconds, direction: "behind" })),
-        }
+        let receiver_time = unix_now();
+        let offset = match freshness(self.header.timestamp, receiver_time) {
+            Freshness::Fresh => return Ok(verified),
+            // A signed timestamp may be up to 20 digits, beyond i64.
+            Freshness::Ahead(seconds) => i64::try_from(seconds).unwrap_or(i64::MAX),
+            Freshness::Behind(seconds) => -i64::try_from(seconds).unwrap_or(i64::MAX),
+        };
+        Err(verified.refuse(ApiError::ClockSkew { offset, receiver_time }))
     }
 }
 
@@ -102,8 +104,7 @@ impl Signer {
 
     /// The error answer for `error`, signed like any other answer.
     pub fn refusal(&self, error: &ApiError) -> HttpResponse {
-        let body = ErrorBody { error: error.to_string(), code: error.code() };
-        self.signed(error.status_code(), &body, error.retry_after())
+        self.signed(error.status_code(), &error.body(), error.retry_after())
     }
 
     fn signed(&self, status: StatusCode, body: &impl Serialize, retry_after: Option<u64>) -> HttpResponse {

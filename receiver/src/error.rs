@@ -26,10 +26,16 @@ pub enum ApiError {
     #[error("the request signature does not match; the request was altered, or was signed for another request")]
     BadSignature,
     #[error(
-        "the request's timestamp is {seconds} s {direction} the receiver's clock (at most {MAX_CLOCK_SKEW_SECS} s is allowed); \
-         set the device's clock (NTP)"
+        "the request's timestamp is {} s {} the receiver's clock (at most {MAX_CLOCK_SKEW_SECS} s is allowed); \
+         set the device's clock (NTP), or sign with receiver_time",
+        offset.unsigned_abs(), if *offset > 0 { "ahead of" } else { "behind" }
     )]
-    ClockSkew { seconds: u64, direction: &'static str },
+    ClockSkew {
+        /// The request's timestamp less the receiver's clock.
+        offset: i64,
+        /// The receiver's clock, Unix seconds.
+        receiver_time: u64,
+    },
     #[error("invalid path {path:?}: {reason}")]
     InvalidPath { path: String, reason: PathError },
     #[error("malformed upload: {0}")]
@@ -113,6 +119,16 @@ impl ApiError {
         }
     }
 
+    /// For a stale timestamp: how far it was off the receiver's clock, and
+    /// that clock.
+    pub fn clock_skew(&self) -> Option<(i64, u64)> {
+        match self {
+            Self::Signed { error, .. } => error.clock_skew(),
+            Self::ClockSkew { offset, receiver_time } => Some((*offset, *receiver_time)),
+            _ => None,
+        }
+    }
+
     /// The verified device a refusal was for, if it was signed.
     pub fn signer(&self) -> Option<&Signer> {
         match self {
@@ -133,6 +149,13 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Io(io) => Self::Storage(io),
         }
+    }
+}
+
+impl ApiError {
+    /// The JSON body of this error's answer.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { error: self.to_string(), code: self.code(), receiver_time: self.clock_skew().map(|(_, now)| now) }
     }
 }
 
@@ -169,6 +192,6 @@ impl ResponseError for ApiError {
         if let Some(seconds) = self.retry_after() {
             response.insert_header((RETRY_AFTER, seconds.to_string()));
         }
-        response.json(ErrorBody { error: self.to_string(), code: self.code() })
+        response.json(self.body())
     }
 }

@@ -37,6 +37,9 @@ struct DeviceRecord {
     last_rejection: Option<Rejection>,
     /// Whence the last upload this receiver answered came.
     last_address: Option<IpAddr>,
+    /// The device's clock less the receiver's, from its last signed request
+    /// refused as stale, and when that was.
+    clock: Option<(i64, SystemTime)>,
 }
 
 impl DeviceRecord {
@@ -132,6 +135,7 @@ impl FleetStatus {
             record.rejections = known.rejections;
             record.last_rejection = known.last_rejection;
             record.last_address = known.last_address;
+            record.clock = known.clock;
             // An "already stored" answer shows a live device but leaves no trace in the store.
             record.last_upload = record.last_upload.max(known.last_upload);
         }
@@ -172,6 +176,14 @@ impl FleetStatus {
         let record = state.devices.entry(device.id.reveal().to_owned()).or_default();
         record.rejections += 1;
         record.last_rejection = Some(Rejection { at, code, message });
+    }
+
+    /// Keeps how far a device's clock was off, from a request of its whose
+    /// signature verified but whose timestamp was stale. Not a rejection: a
+    /// device whose clock is off gets one such refusal per run, then signs
+    /// with the receiver's time and delivers.
+    pub fn record_clock(&self, device: &Device, offset: i64, at: SystemTime) {
+        self.state().devices.entry(device.id.reveal().to_owned()).or_default().clock = Some((offset, at));
     }
 
     /// The status of every device listed in the ids file, those that went
@@ -275,6 +287,9 @@ pub struct DeviceReport {
     /// The client address of the last upload this receiver answered (since
     /// it started).
     pub last_address: Option<IpAddr>,
+    /// The device's clock offset when it last signed with its own clock
+    /// beyond the allowed skew (since the receiver started).
+    pub clock_offset: Option<ClockOffsetReport>,
 }
 
 impl DeviceReport {
@@ -308,8 +323,17 @@ impl DeviceReport {
                 message: r.message.clone(),
             }),
             last_address: record.last_address,
+            clock_offset: record.clock.map(|(seconds, at)| ClockOffsetReport { seconds, at: timestamp(at) }),
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClockOffsetReport {
+    /// The device's clock less the receiver's: negative when it is behind.
+    pub seconds: i64,
+    /// When the receiver saw it.
+    pub at: Timestamp,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -407,6 +431,7 @@ mod tests {
         fleet.record_commit(&quiet, &receipt("new.log", 7, UploadOutcome::Stored), Some(quiet_from), later);
         fleet.record_commit(&fresh, &receipt("b.log", 20, UploadOutcome::AlreadyStored), Some(fresh_from), later);
         fleet.record_rejection(&never, ErrorCode::ChecksumMismatch, "checksum mismatch".to_owned(), later);
+        fleet.record_clock(&quiet, -10_800, later);
         let report = fleet.report(&listed, later);
         check(
             &report,
@@ -429,6 +454,9 @@ mod tests {
         let json = serde_json::to_value(&report).expect("serializes");
         assert_eq!(json["devices"][0]["last_address"], serde_json::Value::Null);
         assert_eq!(json["devices"][1]["last_address"], "2001:db8::7");
+        assert_eq!(json["devices"][2]["clock_offset"]["seconds"], -10_800, "quiet: {json}");
+        assert_eq!(json["devices"][1]["clock_offset"], serde_json::Value::Null, "fresh: {json}");
+        assert_eq!(report.devices[2].rejections, 0, "a clock offset is not a rejection");
 
         // A day later the window is empty but the totals stay.
         check(
@@ -444,5 +472,6 @@ mod tests {
         fleet.refresh(Vec::new(), later);
         let report = fleet.report(&listed, later);
         assert_eq!(addresses(&report), [None, Some(fresh_from), Some(quiet_from)], "never, fresh, quiet");
+        assert_eq!(report.devices[2].clock_offset.as_ref().map(|c| c.seconds), Some(-10_800));
     }
 }

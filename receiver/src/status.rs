@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use actix_web::{HttpResponse, web};
-use logferry_common::human_bytes;
+use logferry_common::{human_bytes, human_duration};
 
 use crate::app::AppState;
 use crate::fleet::{DeviceReport, DeviceState, FleetReport, Timestamp};
@@ -79,19 +79,19 @@ pub fn render_page(report: &FleetReport) -> String {
         count(DeviceState::Ok),
         count(DeviceState::Stale),
         count(DeviceState::Never),
-        duration_words(report.stale_after_seconds),
+        human_duration(report.stale_after_seconds),
         when(&report.generated_at),
     );
     html.push_str(
         "<table id=\"devices\"><thead><tr><th>Device</th><th>ID</th><th>Status</th><th>Last upload</th><th>Last address</th>\
-         <th class=\"num\">Files</th><th class=\"num\">Bytes</th><th class=\"num\">Files 24 h</th>\
+         <th>Clock</th><th class=\"num\">Files</th><th class=\"num\">Bytes</th><th class=\"num\">Files 24 h</th>\
          <th class=\"num\">Bytes 24 h</th><th>Last rejection</th></tr></thead><tbody>\n",
     );
     for device in &report.devices {
         device_row(&mut html, device);
     }
     if report.devices.is_empty() {
-        html.push_str("<tr><td colspan=\"10\">No devices are listed yet: add one with <code>receiver add-device</code>.</td></tr>\n");
+        html.push_str("<tr><td colspan=\"11\">No devices are listed yet: add one with <code>receiver add-device</code>.</td></tr>\n");
     }
     html.push_str(
         "</tbody></table>\n<h2>Recent uploads</h2>\n<table id=\"recent\"><thead><tr><th>When</th><th>Device</th>\
@@ -123,7 +123,7 @@ fn device_row(html: &mut String, device: &DeviceReport) {
         DeviceState::Never => ("never", "never uploaded"),
     };
     let last = match (&device.last_upload, device.seconds_since_last_upload) {
-        (Some(at), Some(silent)) => format!("{}<br><small>{} ago</small>", when(at), duration_words(silent)),
+        (Some(at), Some(silent)) => format!("{}<br><small>{} ago</small>", when(at), human_duration(silent)),
         _ => "&mdash;".to_owned(),
     };
     let rejection = match &device.last_rejection {
@@ -140,10 +140,19 @@ fn device_row(html: &mut String, device: &DeviceReport) {
         Some(address) => format!("<code>{}</code>", escape(&address.to_string())),
         None => "&mdash;".to_owned(),
     };
+    let clock = match &device.clock_offset {
+        Some(c) => format!(
+            "<span class=\"rejection\">{} {}</span><br><small>{}</small>",
+            human_duration(c.seconds.unsigned_abs()),
+            if c.seconds > 0 { "ahead" } else { "behind" },
+            when(&c.at)
+        ),
+        None => "&mdash;".to_owned(),
+    };
     let _ = writeln!(
         html,
         "<tr class=\"{state}\" data-state=\"{state}\" data-device=\"{id}\"><td>{label}</td><td><code>{id}</code></td>\
-         <td><span class=\"badge {state}\">{badge}</span></td><td>{last}</td><td>{address}</td><td class=\"num\">{}</td>\
+         <td><span class=\"badge {state}\">{badge}</span></td><td>{last}</td><td>{address}</td><td class=\"clock\">{clock}</td><td class=\"num\">{}</td>\
          <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"wraps\">{rejection}</td></tr>",
         device.files,
         human_bytes(device.bytes),
@@ -157,16 +166,6 @@ fn device_row(html: &mut String, device: &DeviceReport) {
 /// `2026-11-24T09:05:13Z` → `2026-11-24 09:05:13 UTC`.
 fn when(at: &Timestamp) -> String {
     format!("{} UTC", at.utc.trim_end_matches('Z').replace('T', " "))
-}
-
-/// A rough span for people: `45 s`, `12 min`, `5 h`, `3 d`.
-fn duration_words(seconds: u64) -> String {
-    match seconds {
-        0..120 => format!("{seconds} s"),
-        120..7200 => format!("{} min", seconds / 60),
-        7200..172_800 => format!("{} h", seconds / 3600),
-        _ => format!("{} d", seconds / 86_400),
-    }
 }
 
 fn escape(text: &str) -> String {
@@ -189,12 +188,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn words() {
-        for (seconds, expected) in
-            [(0, "0 s"), (119, "119 s"), (120, "2 min"), (7199, "119 min"), (7200, "2 h"), (172_800, "2 d")]
-        {
-            assert_eq!(duration_words(seconds), expected);
-        }
+    fn escaping_and_times() {
         assert_eq!(escape("<a href='x'>\"&\"</a>"), "&lt;a href=&#39;x&#39;&gt;&quot;&amp;&quot;&lt;/a&gt;");
         assert_eq!(when(&Timestamp { utc: "2026-11-24T09:05:13Z".to_owned(), unix: 0 }), "2026-11-24 09:05:13 UTC");
     }
