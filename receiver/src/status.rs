@@ -56,7 +56,7 @@ small{color:#57606a}
 .badge.never{background:#eaeef2;color:#57606a}
 tr.stale td{background:#fff5f5}
 tr.stale td:first-child{box-shadow:inset 4px 0 #cf222e}
-.rejection{color:#9a6700}
+.rejection,.clock{color:#9a6700}
 td.wraps{white-space:normal;min-width:11em}
 ";
 
@@ -84,14 +84,14 @@ pub fn render_page(report: &FleetReport) -> String {
     );
     html.push_str(
         "<table id=\"devices\"><thead><tr><th>Device</th><th>ID</th><th>Status</th><th>Last upload</th><th>Last address</th>\
-         <th>Clock</th><th class=\"num\">Files</th><th class=\"num\">Bytes</th><th class=\"num\">Files 24 h</th>\
+         <th class=\"num\">Files</th><th class=\"num\">Bytes</th><th class=\"num\">Files 24 h</th>\
          <th class=\"num\">Bytes 24 h</th><th>Last rejection</th></tr></thead><tbody>\n",
     );
     for device in &report.devices {
         device_row(&mut html, device);
     }
     if report.devices.is_empty() {
-        html.push_str("<tr><td colspan=\"11\">No devices are listed yet: add one with <code>receiver add-device</code>.</td></tr>\n");
+        html.push_str("<tr><td colspan=\"10\">No devices are listed yet: add one with <code>receiver add-device</code>.</td></tr>\n");
     }
     html.push_str(
         "</tbody></table>\n<h2>Recent uploads</h2>\n<table id=\"recent\"><thead><tr><th>When</th><th>Device</th>\
@@ -140,19 +140,21 @@ fn device_row(html: &mut String, device: &DeviceReport) {
         Some(address) => format!("<code>{}</code>", escape(&address.to_string())),
         None => "&mdash;".to_owned(),
     };
+    // Under the badge, not a column of its own: the table is wide already,
+    // and the time it was seen is in the tooltip.
     let clock = match &device.clock_offset {
         Some(c) => format!(
-            "<span class=\"rejection\">{} {}</span><br><small>{}</small>",
+            "<br><small class=\"clock\" title=\"seen {}\">clock {} {}</small>",
+            when(&c.at),
             human_duration(c.seconds.unsigned_abs()),
             if c.seconds > 0 { "ahead" } else { "behind" },
-            when(&c.at)
         ),
-        None => "&mdash;".to_owned(),
+        None => String::new(),
     };
     let _ = writeln!(
         html,
         "<tr class=\"{state}\" data-state=\"{state}\" data-device=\"{id}\"><td>{label}</td><td><code>{id}</code></td>\
-         <td><span class=\"badge {state}\">{badge}</span></td><td>{last}</td><td>{address}</td><td class=\"clock\">{clock}</td><td class=\"num\">{}</td>\
+         <td><span class=\"badge {state}\">{badge}</span>{clock}</td><td>{last}</td><td>{address}</td><td class=\"num\">{}</td>\
          <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"wraps\">{rejection}</td></tr>",
         device.files,
         human_bytes(device.bytes),

@@ -99,6 +99,10 @@ async fn the_status_page_in_a_real_browser_lists_every_device_and_marks_the_quie
     let auth = authorization(&greenhouse, "POST", endpoint::UPLOAD, now(), Some(&claim));
     let form = upload_form("2026-11-24/light.csv", &claim.sha256.to_hex(), "8", b"received");
     assert_eq!(h.send_form(Some(auth), form).await.0, 422);
+    // Its clock three hours behind: the page says so, under its badge.
+    let stale = authorization(&greenhouse, "GET", endpoint::AUTH_CHECK, now() - 3 * 3600, None);
+    let response = h.http.get(h.url(endpoint::AUTH_CHECK)).header("Authorization", stale).send().await.expect("answer");
+    assert_eq!(response.status().as_u16(), 401);
 
     let url = h.url(endpoint::STATUS_PAGE);
     let dom = String::from_utf8(chromium(&url, &["--dump-dom"]).stdout).expect("utf-8");
@@ -121,6 +125,8 @@ async fn the_status_page_in_a_real_browser_lists_every_device_and_marks_the_quie
     assert!(find("cold-room").contains("class=\"badge stale\">stale<"), "the stale marker");
     assert!(devices[0].contains("cold-room"), "the quiet device comes first");
     assert!(find("greenhouse-3").contains("checksum mismatch"), "the last rejection");
+    assert!(find("greenhouse-3").contains("clock 3 h behind"), "its clock offset: {}", find("greenhouse-3"));
+    assert!(!find("bench-pi").contains("clock "), "no offset where none was seen");
     assert_eq!(rows(&dom, "recent").len(), 5, "four uploads and the older stored file");
 
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
