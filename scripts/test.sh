@@ -3,8 +3,9 @@
 # black-box runs of both binaries. Needs cargo, coreutils' sha256sum (the
 # tests check the checksum files with it), openssl (for make-cert.sh),
 # Debian's chromium (the status page is checked in a real browser),
-# prometheus and promtool (a real Prometheus scrapes /metrics) and
-# systemd-analyze (the installed unit is verified).
+# prometheus and promtool (a real Prometheus scrapes /metrics),
+# systemd-analyze (the installed unit is verified) and faketime (the sender
+# runs with wrong clocks).
 # The storage rules also run against a real S3 store: a Garage started here
 # by scripts/garage.sh (which installs Garage the first time, ~11 min).
 set -euo pipefail
@@ -15,6 +16,7 @@ command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
 [ -x /usr/bin/systemd-analyze ] || missing+=(systemd)
+command -v faketime >/dev/null || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"

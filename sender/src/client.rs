@@ -3,16 +3,18 @@
 
 use std::io::{self, Read};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use logferry_common::DeviceKey;
 use logferry_common::signing::{RECEIPT_HEADER, SignedRequest, UploadClaim, UploadHead, verify_receipt};
-use logferry_common::wire::{AuthCheckReply, ErrorBody, UploadReceipt, endpoint, field};
+use logferry_common::wire::{AuthCheckReply, ErrorBody, ErrorCode, UploadReceipt, endpoint, field};
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Body, Certificate, Method, StatusCode, Url};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
+
+use crate::clock::Clock;
 
 /// How long to wait for a connection before calling the receiver unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,6 +27,9 @@ const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// Longest wait honoured from a receiver's Retry-After.
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
+/// Times one auth check signs again with the receiver's time: once, and once
+/// more in case the first signed `clock_skew` answer was a replay.
+const CLOCK_CORRECTIONS: u32 = 2;
 
 /// How the client reaches the receiver.
 #[derive(Debug, Clone)]
@@ -44,6 +49,7 @@ pub struct Client {
     base: Url,
     key: DeviceKey,
     options: ClientOptions,
+    clock: Clock,
 }
 
 /// Why a request did not get a 2xx answer.
@@ -78,6 +84,19 @@ pub enum RequestError {
 }
 
 impl RequestError {
+    /// The receiver's clock, from a refusal of a stale timestamp that the
+    /// receiver signed: the only answer allowed to change the device's time.
+    fn receiver_time(&self) -> Option<u64> {
+        match self {
+            Self::Refused {
+                signed: true,
+                body: Some(ErrorBody { code: ErrorCode::ClockSkew, receiver_time, .. }),
+                ..
+            } => *receiver_time,
+            _ => None,
+        }
+    }
+
     /// Whether the receiver refused the device itself, not just one file.
     pub fn is_auth_failure(&self) -> bool {
         match self {
@@ -131,14 +150,43 @@ impl Client {
         if let Some(certs) = options.ca_certs.clone() {
             builder = builder.tls_certs_only(certs);
         }
-        Ok(Self { http: builder.build()?, base, key, options })
+        Ok(Self { http: builder.build()?, base, key, options, clock: Clock::default() })
     }
 
-    /// Asks whether the receiver accepts this device, before any file is read.
-    pub async fn auth_check(&self) -> Result<AuthCheckReply, RequestError> {
-        let reply =
-            self.with_retries(|| async { Ok(self.signed(Method::GET, endpoint::AUTH_CHECK, None, |r| r)) }).await?;
-        Ok(reply.1)
+    /// The clock every request is signed with: the device's, corrected once
+    /// the auth check learnt the receiver's time.
+    pub fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Asks whether the receiver accepts this device, before any file is
+    /// read. When the receiver refuses the device's clock in a signed answer,
+    /// asks again by the receiver's time, which the later requests then use
+    /// only if the receiver accepted it.
+    pub async fn auth_check(&mut self) -> Result<AuthCheckReply, RequestError> {
+        let mut clock = self.clock;
+        let mut corrections = 0;
+        loop {
+            let attempt = self
+                .with_retries(|| async { Ok(self.signed(clock, Method::GET, endpoint::AUTH_CHECK, None, |r| r)) })
+                .await;
+            match attempt {
+                Ok((_, reply)) => {
+                    self.clock = clock;
+                    return Ok(reply);
+                }
+                Err(err) => match err.receiver_time() {
+                    Some(receiver_time) if corrections < CLOCK_CORRECTIONS => {
+                        corrections += 1;
+                        clock = Clock::agreeing_with(receiver_time);
+                        if self.options.verbose {
+                            eprintln!("{err}; asking again by the receiver's time");
+                        }
+                    }
+                    _ => return Err(err),
+                },
+            }
+        }
     }
 
     /// Uploads the first `claim.size` bytes of `file`, streamed.
@@ -174,7 +222,7 @@ impl Client {
                     field::FILE,
                     Part::stream_with_length(body, claim.size).file_name(claim.path.file_name().to_owned()),
                 );
-            Ok(self.signed(Method::POST, endpoint::UPLOAD, Some(&head), |r| r.multipart(form)))
+            Ok(self.signed(self.clock, Method::POST, endpoint::UPLOAD, Some(&head), |r| r.multipart(form)))
         })
         .await
     }
@@ -215,15 +263,16 @@ impl Client {
         self.base.join(endpoint.trim_start_matches('/')).unwrap_or_else(|_| self.base.clone())
     }
 
-    /// A request signed now, with `finish` adding its body.
+    /// A request signed now by `clock`, with `finish` adding its body.
     fn signed(
         &self,
+        clock: Clock,
         method: Method,
         endpoint: &str,
         upload: Option<&UploadHead>,
         finish: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Signed {
-        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let timestamp = clock.now();
         let header =
             SignedRequest { method: method.as_str(), path: endpoint, timestamp, upload }.authorization(&self.key);
         let request = self.http.request(method, self.url(endpoint)).header(AUTHORIZATION, header.to_string());

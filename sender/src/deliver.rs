@@ -2,7 +2,7 @@
 
 use std::io;
 use std::path::Path;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use logferry_common::Sha256Digest;
@@ -105,7 +105,10 @@ pub fn dry_run(config: &Config) -> Outcome {
     }
     for candidate in &found.files {
         match stamp(&candidate.path) {
-            Ok(stamp) if stamp.settled(config.min_age) => summary.planned.push((candidate.rel.to_string(), stamp.len)),
+            // A run would look at a file with a future mtime again before sending it.
+            Ok(stamp) if stamp.settled(config.min_age) != Settled::NotYet => {
+                summary.planned.push((candidate.rel.to_string(), stamp.len))
+            }
             Ok(_) => summary.not_yet += 1,
             Err(e) => fail(&mut summary, &quiet, candidate.rel.to_string(), format!("cannot read it: {e}")),
         }
@@ -126,9 +129,10 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
     let key = tokio::task::spawn_blocking(move || id.derive_key())
         .await
         .map_err(|e| Fatal::Internal(format!("cannot derive the device key: {e}")))?;
-    let client = Client::new(config.receiver.clone(), key, options)
+    let mut client = Client::new(config.receiver.clone(), key, options)
         .map_err(|e| Fatal::Internal(format!("cannot set up HTTP: {e}")))?;
     let reply = client.auth_check().await.map_err(Fatal::from_request)?;
+    summary.clock_offset = Some(client.clock().offset()).filter(|offset| *offset != 0);
     if config.verbose {
         let label = reply.label.map(|l| format!(" as {l:?}")).unwrap_or_default();
         eprintln!("receiver {} accepts this device{label}", config.receiver);
@@ -145,12 +149,13 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
     for (name, reason) in found.unusable {
         fail(summary, &progress, name, reason);
     }
+    let second_look = tokio::time::Instant::now() + config.min_age;
     // Uploads overlap so that one file's network time and the receiver's
     // fsyncs hide behind another's; results are handled as they finish.
     let mut deliveries = futures_util::stream::iter(&found.files)
         .map(|candidate| {
             let client = &client;
-            async move { (candidate, deliver_one(client, config, &candidate.path, candidate).await) }
+            async move { (candidate, deliver_one(client, config, second_look, &candidate.path, candidate).await) }
         })
         .buffer_unordered(config.jobs.max(1));
     while let Some((candidate, result)) = deliveries.next().await {
@@ -243,10 +248,47 @@ fn stamp(path: &Path) -> io::Result<Stamp> {
     Ok(Stamp { len: meta.len(), modified: meta.modified().ok() })
 }
 
+/// Whether a file is done being written, by `--min-age`.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    /// Unchanged for `min_age` by the device's clock, which stamped it.
+    Yes,
+    NotYet,
+    /// Its mtime is in the future of the device's clock: the clock was
+    /// stepped back since (a Pi restarting from its last saved time or from
+    /// 1970), as any write stamps the present. How long ago that was, this
+    /// clock cannot say; the file counts as settled if it is still unchanged
+    /// `min_age` after the walk, on the monotonic clock, which no step moves.
+    IfUnchangedAtSecondLook,
+}
+
 impl Stamp {
-    /// Unchanged for `min_age`: done being written, so worth sending.
-    fn settled(&self, min_age: std::time::Duration) -> bool {
-        self.modified.and_then(|m| m.elapsed().ok()).unwrap_or_default() >= min_age
+    fn settled(&self, min_age: Duration) -> Settled {
+        match self.modified.map(|m| m.elapsed()) {
+            Some(Err(_)) => Settled::IfUnchangedAtSecondLook,
+            Some(Ok(age)) if age >= min_age => Settled::Yes,
+            _ if min_age.is_zero() => Settled::Yes,
+            _ => Settled::NotYet,
+        }
+    }
+}
+
+/// The file's stamp once it is settled (see [`Settled`]), waiting until
+/// `second_look` for one whose mtime lies in the device clock's future.
+async fn settled_stamp(
+    path: &Path,
+    min_age: Duration,
+    second_look: tokio::time::Instant,
+) -> Result<Stamp, Undelivered> {
+    let look = || stamp(path).map_err(|e| Undelivered::Kept(format!("cannot read it: {e}")));
+    let first = look()?;
+    match first.settled(min_age) {
+        Settled::Yes => Ok(first),
+        Settled::NotYet => Err(Undelivered::NotYet),
+        Settled::IfUnchangedAtSecondLook => {
+            tokio::time::sleep_until(second_look).await;
+            if look()? == first { Ok(first) } else { Err(Undelivered::NotYet) }
+        }
     }
 }
 
@@ -256,14 +298,12 @@ impl Stamp {
 async fn deliver_one(
     client: &Client,
     config: &Config,
+    second_look: tokio::time::Instant,
     path: &Path,
     candidate: &walk::Candidate,
 ) -> Result<(UploadOutcome, u64, String), Undelivered> {
     let kept = |what: &str, e: io::Error| Undelivered::Kept(format!("{what}: {e}"));
-    let before = stamp(path).map_err(|e| kept("cannot read it", e))?;
-    if !before.settled(config.min_age) {
-        return Err(Undelivered::NotYet);
-    }
+    let before = settled_stamp(path, config.min_age, second_look).await?;
     let owned = path.to_owned();
     let expected = before.len;
     let (sha256, size) =

@@ -6,6 +6,7 @@
 //! from that and never sees the argument parser.
 
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod deliver;
 pub mod exit;

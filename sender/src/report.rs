@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 pub use logferry_common::human_bytes;
+use logferry_common::human_duration;
 use serde::Serialize;
 
 /// What one run did.
@@ -24,6 +25,10 @@ pub struct Summary {
     /// Files still being written (or changed during this run): left for a
     /// later run, which is normal, not a failure.
     pub not_yet: u64,
+    /// Seconds the device's clock is ahead of the receiver's (negative:
+    /// behind), when it was off by more than the receiver allows and the
+    /// run signed with the receiver's time instead.
+    pub clock_offset: Option<i64>,
     pub elapsed: Duration,
 }
 
@@ -54,6 +59,14 @@ impl fmt::Display for Summary {
         if self.skipped > 0 {
             write!(f, ", {} skipped (links or special files)", self.skipped)?;
         }
+        if let Some(offset) = self.clock_offset {
+            let direction = if offset > 0 { "ahead of" } else { "behind" };
+            write!(
+                f,
+                ", this device's clock is {} ({offset} s) {direction} the receiver's, so this run signed by the receiver's",
+                human_duration(offset.unsigned_abs())
+            )?;
+        }
         write!(f, ", in {:.1} s", self.elapsed.as_secs_f64())
     }
 }
@@ -68,6 +81,8 @@ struct SummaryJson<'a> {
     failed: Vec<FileJson<'a>>,
     not_yet: u64,
     skipped: u64,
+    /// See [`Summary::clock_offset`]; `null` when the clock was within bounds.
+    clock_offset_seconds: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     would_send: Option<Vec<FileJson<'a>>>,
     elapsed_seconds: f64,
@@ -100,6 +115,7 @@ impl Summary {
                 .collect(),
             not_yet: self.not_yet,
             skipped: self.skipped,
+            clock_offset_seconds: self.clock_offset,
             would_send: self.dry_run.then(|| {
                 self.planned.iter().map(|(file, size)| FileJson { file, size: Some(*size), reason: None }).collect()
             }),
@@ -176,6 +192,16 @@ mod tests {
             "logferry: 2 sent (2.0 KiB), 1 already stored, 1 failed, 3 still being written (left for a later run), \
              1 skipped (links or special files), in 1.2 s"
         );
+        let behind = Summary { clock_offset: Some(-10_800), ..summary };
+        assert!(
+            behind.to_string().ends_with(
+                ", this device's clock is 3 h (-10800 s) behind the receiver's, so this run signed by the receiver's, \
+                 in 1.2 s"
+            ),
+            "{behind}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&behind.to_json(0, None)).expect("JSON");
+        assert_eq!(json["clock_offset_seconds"], -10_800);
     }
 
     #[test]
@@ -194,5 +220,6 @@ mod tests {
         assert_eq!(json["would_send"][1]["file"], "b/c.log");
         assert_eq!(json["would_send"][0]["size"], 1024);
         assert_eq!((json["dry_run"].as_bool(), json["exit_code"].as_u64()), (Some(true), Some(0)));
+        assert_eq!(json["clock_offset_seconds"], serde_json::Value::Null);
     }
 }

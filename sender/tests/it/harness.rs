@@ -87,11 +87,16 @@ impl Harness {
 
     /// Like [`Harness::send`], to `host` instead (a proxy in front of the receiver).
     pub fn send_to(&self, host: &str, extra: &[&str]) -> Run {
+        sender(self.dir.path(), &self.args(host, extra))
+    }
+
+    /// The arguments of [`Harness::send_to`].
+    pub fn args(&self, host: &str, extra: &[&str]) -> Vec<String> {
         let id_file = self.path("device-id");
         let mut args =
             vec![host.to_owned(), self.logs().display().to_string(), "--id-file".into(), id_file.display().to_string()];
         args.extend(extra.iter().map(ToString::to_string));
-        sender(self.dir.path(), &args)
+        args
     }
 }
 
@@ -106,7 +111,12 @@ pub fn write_secret(path: &Path, content: &str) {
 /// and no terminal, as under cron. Files count as finished at once (tests
 /// write them just before sending) unless `args` give `--min-age`.
 pub fn sender(dir: &Path, args: &[String]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_sender"))
+    run_sender(Command::new(env!("CARGO_BIN_EXE_sender")), dir, args)
+}
+
+/// Like [`sender`], with `command` running the binary (under `faketime`, say).
+pub fn run_sender(mut command: Command, dir: &Path, args: &[String]) -> Run {
+    let out = command
         .args(args)
         .current_dir(dir)
         .env_remove("LOGFERRY_PORT")

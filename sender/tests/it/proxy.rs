@@ -30,6 +30,11 @@ pub enum Fault {
         status: u16,
         code: &'static str,
     },
+    /// An auth check is answered by the proxy itself with a `clock_skew`
+    /// refusal giving `receiver_time`, without a receipt. Other requests pass.
+    ForgeClockSkew {
+        receiver_time: u64,
+    },
     /// The receiver's answer to an upload passes without its receipt header.
     StripReceipt,
     /// The receiver's answer to an upload passes with one hex digit of its
@@ -56,7 +61,7 @@ pub struct Counts {
     /// Upload requests the proxy read (passed on or answered itself): the
     /// sender's attempts, less any dropped or stalled before a byte was read.
     pub uploads: AtomicU64,
-    /// Uploads the proxy answered itself (`ForgeRefusal`).
+    /// Requests the proxy answered itself (`ForgeRefusal`, `ForgeClockSkew`).
     pub forged: AtomicU64,
     /// Answers whose receipt was stripped or changed.
     pub receipts_tampered: AtomicU64,
@@ -167,10 +172,18 @@ fn handle(mut client: TcpStream, upstream: &str, fault: Fault, counts: &Counts, 
             let Some(whole) = read_request(&mut client) else { return };
             if whole.starts_with(UPLOAD_LINE) {
                 counts.uploads.fetch_add(1, Ordering::Relaxed);
-                counts.forged.fetch_add(1, Ordering::Relaxed);
-                let _ = client.write_all(&forged_refusal(status, code));
-                let _ = client.shutdown(Shutdown::Both);
-                return;
+                let body = format!(r#"{{"error":"forged by the proxy: refused as {code}","code":"{code}"}}"#);
+                return forge(client, counts, status, &body);
+            }
+            request = whole;
+        }
+        Fault::ForgeClockSkew { receiver_time } => {
+            let Some(whole) = read_request(&mut client) else { return };
+            if whole.starts_with(AUTH_CHECK_LINE) {
+                let body = format!(
+                    r#"{{"error":"forged by the proxy: your clock is off","code":"clock_skew","receiver_time":{receiver_time}}}"#
+                );
+                return forge(client, counts, 401, &body);
             }
             request = whole;
         }
@@ -208,14 +221,16 @@ fn read_request(client: &mut TcpStream) -> Option<Vec<u8>> {
     Some(request)
 }
 
-/// An error answer in the protocol's form, without a receipt.
-fn forged_refusal(status: u16, code: &str) -> Vec<u8> {
-    let body = format!(r#"{{"error":"forged by the proxy: refused as {code}","code":"{code}"}}"#);
-    format!(
+/// Answers `client` with an error `body` in the protocol's form, without a
+/// receipt, and closes.
+fn forge(mut client: TcpStream, counts: &Counts, status: u16, body: &str) {
+    counts.forged.fetch_add(1, Ordering::Relaxed);
+    let answer = format!(
         "HTTP/1.1 {status} Refused\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .into_bytes()
+    );
+    let _ = client.write_all(answer.as_bytes());
+    let _ = client.shutdown(Shutdown::Both);
 }
 
 /// Copies `from` to `to`, or only the first `limit` bytes, after which both
@@ -247,6 +262,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, limit: Option<u64>, saw_upload: 
 }
 
 const UPLOAD_LINE: &[u8] = b"POST /v1/upload";
+const AUTH_CHECK_LINE: &[u8] = b"GET /v1/auth-check";
 
 /// Copies the receiver's answer back, or, to lose the answer to an upload,
 /// closes the client's connection as soon as the receiver starts answering
