@@ -2,6 +2,8 @@
 //!
 //! Every request carries
 //! `Authorization: LOGFERRY-HMAC-SHA256 KeyId=<key id>, Timestamp=<unix seconds>, Signature=<hex>`
+//! (with `ClockOffset=<seconds>` before `Signature` from a device signing by
+//! the receiver's time)
 //! where the signature is HMAC-SHA256, keyed by the device's key (derived
 //! from its ID by [`DeviceId::derive_key`](crate::DeviceId::derive_key)),
 //! over the newline-joined canonical string built by
@@ -57,14 +59,19 @@ pub struct SignedRequest<'a> {
     /// any prefix a reverse proxy might add, and without a query string.
     pub path: &'a str,
     pub timestamp: u64,
+    /// The device's clock less `timestamp`, when the device signs by the
+    /// receiver's time because its own clock is off; 0 otherwise (and then
+    /// not sent). Signed, so the receiver can trust it for the status page.
+    pub clock_offset: i64,
     pub upload: Option<&'a UploadHead>,
 }
 
 impl SignedRequest<'_> {
     /// The exact bytes that are signed: seven lines joined by `\n`, with
-    /// empty lines for the upload fields of a request that uploads nothing.
-    /// The relative path comes last; a valid one cannot contain a newline,
-    /// so the string splits back into the same fields.
+    /// empty lines for the upload fields of a request that uploads nothing,
+    /// and an eighth with the clock offset when there is one. The relative
+    /// path comes before it; a valid one cannot contain a newline, so the
+    /// string splits back into the same fields.
     pub fn canonical_string(&self) -> String {
         let (sha256, size, path) = match self.upload {
             // Hex may be sent in either case; it is signed in lowercase.
@@ -79,8 +86,9 @@ impl SignedRequest<'_> {
             &sha256,
             size,
             path,
-        ]
-        .join("\n")
+            &self.clock_offset.to_string(),
+        ][..if self.clock_offset == 0 { 7 } else { 8 }]
+            .join("\n")
     }
 
     /// Signs the request with `key`, returning the `Authorization` header.
@@ -90,6 +98,7 @@ impl SignedRequest<'_> {
         AuthHeader {
             key_id: key.key_id().clone(),
             timestamp: self.timestamp,
+            clock_offset: self.clock_offset,
             signature: mac.finalize().into_bytes().into(),
         }
     }
@@ -169,11 +178,22 @@ pub fn parse_decimal(text: &str) -> Option<u64> {
     canonical.then(|| text.parse().ok()).flatten()
 }
 
+/// A clock offset as the protocol writes it: [`parse_decimal`]'s spelling
+/// with an optional `-`, never zero (zero is not sent).
+fn parse_offset(text: &str) -> Option<i64> {
+    let (sign, digits) = text.strip_prefix('-').map_or((1, text), |rest| (-1, rest));
+    let magnitude = i64::try_from(parse_decimal(digits)?).ok()?;
+    (magnitude != 0).then_some(sign * magnitude)
+}
+
 /// A parsed `Authorization` header value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AuthHeader {
     pub key_id: KeyId,
     pub timestamp: u64,
+    /// [`SignedRequest::clock_offset`]; the `ClockOffset` parameter, absent
+    /// when 0.
+    pub clock_offset: i64,
     pub signature: [u8; 32],
 }
 
@@ -199,13 +219,14 @@ impl FromStr for AuthHeader {
             .strip_prefix(AUTH_SCHEME)
             .and_then(|rest| rest.strip_prefix(' '))
             .ok_or(AuthHeaderError::WrongScheme)?;
-        let (mut key_id, mut timestamp, mut signature) = (None, None, None);
+        let (mut key_id, mut timestamp, mut clock_offset, mut signature) = (None, None, None, None);
         for param in params.split(',') {
             let (name, value) =
                 param.trim().split_once('=').ok_or_else(|| AuthHeaderError::Unknown(param.trim().to_owned()))?;
             let (label, slot): (&'static str, &mut Option<&str>) = match name {
                 "KeyId" => ("KeyId", &mut key_id),
                 "Timestamp" => ("Timestamp", &mut timestamp),
+                "ClockOffset" => ("ClockOffset", &mut clock_offset),
                 "Signature" => ("Signature", &mut signature),
                 other => return Err(AuthHeaderError::Unknown(other.to_owned())),
             };
@@ -220,6 +241,9 @@ impl FromStr for AuthHeader {
         Ok(Self {
             key_id: KeyId::parse(key_id).ok_or(AuthHeaderError::Malformed("KeyId"))?,
             timestamp: parse_decimal(timestamp).ok_or(AuthHeaderError::Malformed("Timestamp"))?,
+            clock_offset: clock_offset
+                .map_or(Some(0), parse_offset)
+                .ok_or(AuthHeaderError::Malformed("ClockOffset"))?,
             signature: (signature.len() == 64 && hex::decode_to_slice(signature, &mut sig_bytes).is_ok())
                 .then_some(sig_bytes)
                 .ok_or(AuthHeaderError::Malformed("Signature"))?,
@@ -229,13 +253,11 @@ impl FromStr for AuthHeader {
 
 impl fmt::Display for AuthHeader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{AUTH_SCHEME} KeyId={}, Timestamp={}, Signature={}",
-            self.key_id,
-            self.timestamp,
-            hex::encode(self.signature)
-        )
+        write!(f, "{AUTH_SCHEME} KeyId={}, Timestamp={}, ", self.key_id, self.timestamp)?;
+        if self.clock_offset != 0 {
+            write!(f, "ClockOffset={}, ", self.clock_offset)?;
+        }
+        write!(f, "Signature={}", hex::encode(self.signature))
     }
 }
 
@@ -244,6 +266,7 @@ impl fmt::Debug for AuthHeader {
         f.debug_struct("AuthHeader")
             .field("key_id", &self.key_id.short())
             .field("timestamp", &self.timestamp)
+            .field("clock_offset", &self.clock_offset)
             .finish_non_exhaustive()
     }
 }
@@ -274,7 +297,13 @@ mod tests {
     #[test]
     fn canonical_string_layout() {
         let head = UploadHead::from(&claim());
-        let req = SignedRequest { method: "post", path: "/v1/upload", timestamp: 1_700_000_000, upload: Some(&head) };
+        let req = SignedRequest {
+            method: "post",
+            path: "/v1/upload",
+            timestamp: 1_700_000_000,
+            clock_offset: 0,
+            upload: Some(&head),
+        };
         assert_eq!(
             req.canonical_string(),
             "LOGFERRY-HMAC-SHA256-V2\nPOST\n/v1/upload\n1700000000\n\
@@ -282,8 +311,10 @@ mod tests {
         );
         let shouted = UploadHead { sha256: head.sha256.to_ascii_uppercase(), ..head.clone() };
         assert_eq!(SignedRequest { upload: Some(&shouted), ..req }.canonical_string(), req.canonical_string());
-        let bare = SignedRequest { method: "GET", path: "/v1/auth-check", timestamp: 5, upload: None };
+        let bare = SignedRequest { method: "GET", path: "/v1/auth-check", timestamp: 5, clock_offset: 0, upload: None };
         assert_eq!(bare.canonical_string(), "LOGFERRY-HMAC-SHA256-V2\nGET\n/v1/auth-check\n5\n\n\n");
+        let corrected = SignedRequest { clock_offset: -10_800, ..bare };
+        assert_eq!(corrected.canonical_string(), "LOGFERRY-HMAC-SHA256-V2\nGET\n/v1/auth-check\n5\n\n\n\n-10800");
     }
 
     #[test]
@@ -291,7 +322,8 @@ mod tests {
         let key = &*KEY;
         let claim = claim();
         let head = UploadHead::from(&claim);
-        let req = SignedRequest { method: "POST", path: "/v1/upload", timestamp: 42, upload: Some(&head) };
+        let req =
+            SignedRequest { method: "POST", path: "/v1/upload", timestamp: 42, clock_offset: 0, upload: Some(&head) };
         let header: AuthHeader = req.authorization(key).to_string().parse().expect("own header parses");
         assert_eq!(&header.key_id, key.key_id());
         assert!(req.verify(key, &header.signature));
@@ -308,10 +340,15 @@ mod tests {
             SignedRequest { upload: Some(&bigger), ..req },
             SignedRequest { upload: Some(&renamed), ..req },
             SignedRequest { upload: None, ..req },
+            SignedRequest { clock_offset: 1, ..req },
         ];
         for variant in variants {
             assert!(!variant.verify(key, &header.signature), "{variant:?}");
         }
+        let corrected = SignedRequest { clock_offset: -10_800, ..req };
+        let header: AuthHeader = corrected.authorization(key).to_string().parse().expect("own header parses");
+        assert_eq!(header.clock_offset, -10_800);
+        assert!(corrected.verify(key, &header.signature) && !req.verify(key, &header.signature));
     }
 
     #[test]
@@ -355,6 +392,14 @@ mod tests {
             Err(AuthHeaderError::Malformed("Timestamp")),
         );
         check(format!("{AUTH_SCHEME} KeyId={good}, Timestamp=0, Signature={sig}"), Ok(()));
+        check(format!("{AUTH_SCHEME} KeyId={good}, Timestamp=1, ClockOffset=-10800, Signature={sig}"), Ok(()));
+        check(format!("{AUTH_SCHEME} KeyId={good}, Timestamp=1, ClockOffset=172800, Signature={sig}"), Ok(()));
+        for offset in ["0", "-0", "+5", "05", "-05", "--5", "", "-", "9223372036854775808"] {
+            check(
+                format!("{AUTH_SCHEME} KeyId={good}, Timestamp=1, ClockOffset={offset}, Signature={sig}"),
+                Err(AuthHeaderError::Malformed("ClockOffset")),
+            );
+        }
         check(format!("{AUTH_SCHEME} garbage"), Err(AuthHeaderError::Unknown("garbage".into())));
     }
 
@@ -406,8 +451,13 @@ mod tests {
             size: 3,
         };
         let head = UploadHead::from(&claim);
-        let upload =
-            SignedRequest { method: "POST", path: "/v1/upload", timestamp: 1_700_000_000, upload: Some(&head) };
+        let upload = SignedRequest {
+            method: "POST",
+            path: "/v1/upload",
+            timestamp: 1_700_000_000,
+            clock_offset: 0,
+            upload: Some(&head),
+        };
         let header = upload.authorization(key);
         assert_eq!(hex::encode(header.signature), "9106a4b8b15016ed5ea908132c72a016cafa1595c0b941d74d36df8df9946286");
         let body = br#"{"outcome":"stored","stored_as":"sub/a.log","sha256":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","size":3}"#;
@@ -415,7 +465,13 @@ mod tests {
             receipt(key, 201, &header.signature, body),
             "98810f3cbb10e23c4e62aa508d6643b880cadfa7612aa2c342be3782cf705fad"
         );
-        let check = SignedRequest { method: "GET", path: "/v1/auth-check", timestamp: 1_700_000_000, upload: None };
+        let check = SignedRequest {
+            method: "GET",
+            path: "/v1/auth-check",
+            timestamp: 1_700_000_000,
+            clock_offset: 0,
+            upload: None,
+        };
         assert_eq!(
             hex::encode(check.authorization(key).signature),
             "a87d9db00b53204748a795a39455933729f6ac42896526d76ba0241af9668f6a"

@@ -49,20 +49,29 @@ impl Claimed {
     /// so that refusal is signed: the device can trust what it says about
     /// the receiver's clock (its body carries `receiver_time`).
     pub fn verify(self, upload: Option<&UploadHead>) -> Result<Verified, ApiError> {
-        let signed =
-            SignedRequest { method: &self.method, path: self.endpoint, timestamp: self.header.timestamp, upload };
+        let signed = SignedRequest {
+            method: &self.method,
+            path: self.endpoint,
+            timestamp: self.header.timestamp,
+            clock_offset: self.header.clock_offset,
+            upload,
+        };
         if !signed.verify(&self.device.key, &self.header.signature) {
             return Err(ApiError::BadSignature);
         }
-        let verified = Verified(Signer { device: self.device, request_signature: self.header.signature });
         let receiver_time = unix_now();
-        let offset = match freshness(self.header.timestamp, receiver_time) {
-            Freshness::Fresh => return Ok(verified),
-            // A signed timestamp may be up to 20 digits, beyond i64.
-            Freshness::Ahead(seconds) => i64::try_from(seconds).unwrap_or(i64::MAX),
-            Freshness::Behind(seconds) => -i64::try_from(seconds).unwrap_or(i64::MAX),
+        // A signed timestamp may be up to 20 digits, beyond i64.
+        let skew = i64::try_from(i128::from(self.header.timestamp) - i128::from(receiver_time)).unwrap_or(i64::MAX);
+        let verified = Verified {
+            signer: Signer { device: self.device, request_signature: self.header.signature },
+            clock_offset: skew.saturating_add(self.header.clock_offset),
         };
-        Err(verified.refuse(ApiError::ClockSkew { offset, receiver_time }))
+        match freshness(self.header.timestamp, receiver_time) {
+            Freshness::Fresh => Ok(verified),
+            Freshness::Ahead(_) | Freshness::Behind(_) => {
+                Err(verified.refuse(ApiError::ClockSkew { offset: skew, receiver_time }))
+            }
+        }
     }
 }
 
@@ -70,22 +79,32 @@ impl Claimed {
 /// signed, refusals included, so that nobody in the path can make a device
 /// believe the receiver refused a file.
 #[derive(Debug)]
-pub struct Verified(Signer);
+pub struct Verified {
+    signer: Signer,
+    clock_offset: i64,
+}
 
 impl Verified {
     pub fn device(&self) -> &Device {
-        &self.0.device
+        &self.signer.device
+    }
+
+    /// The device's own clock less the receiver's: the request's timestamp
+    /// less the receiver's clock, plus the offset the device signed it says
+    /// it corrected by (`ClockOffset`).
+    pub fn clock_offset(&self) -> i64 {
+        self.clock_offset
     }
 
     /// A JSON answer carrying a receipt that proves to the device that this
     /// receiver knows its key (see `signing::receipt`).
     pub fn answer(&self, status: StatusCode, body: &impl Serialize) -> HttpResponse {
-        self.0.signed(status, body, None)
+        self.signer.signed(status, body, None)
     }
 
     /// A refusal of this request, to be answered signed.
     pub fn refuse(&self, error: ApiError) -> ApiError {
-        ApiError::Signed { error: Box::new(error), signer: Box::new(self.0.clone()) }
+        ApiError::Signed { error: Box::new(error), signer: Box::new(self.signer.clone()) }
     }
 }
 

@@ -119,12 +119,11 @@ impl ApiError {
         }
     }
 
-    /// For a stale timestamp: how far it was off the receiver's clock, and
-    /// that clock.
-    pub fn clock_skew(&self) -> Option<(i64, u64)> {
+    /// The receiver's clock, told to a device whose timestamp was stale.
+    pub fn receiver_time(&self) -> Option<u64> {
         match self {
-            Self::Signed { error, .. } => error.clock_skew(),
-            Self::ClockSkew { offset, receiver_time } => Some((*offset, *receiver_time)),
+            Self::Signed { error, .. } => error.receiver_time(),
+            Self::ClockSkew { receiver_time, .. } => Some(*receiver_time),
             _ => None,
         }
     }
@@ -155,7 +154,7 @@ impl From<StoreError> for ApiError {
 impl ApiError {
     /// The JSON body of this error's answer.
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { error: self.to_string(), code: self.code(), receiver_time: self.clock_skew().map(|(_, now)| now) }
+        ErrorBody { error: self.to_string(), code: self.code(), receiver_time: self.receiver_time() }
     }
 }
 

@@ -37,8 +37,8 @@ struct DeviceRecord {
     last_rejection: Option<Rejection>,
     /// Whence the last upload this receiver answered came.
     last_address: Option<IpAddr>,
-    /// The device's clock less the receiver's, from its last signed request
-    /// refused as stale, and when that was.
+    /// The device's clock less the receiver's, from its last auth check,
+    /// and when that was.
     clock: Option<(i64, SystemTime)>,
 }
 
@@ -178,10 +178,9 @@ impl FleetStatus {
         record.last_rejection = Some(Rejection { at, code, message });
     }
 
-    /// Keeps how far a device's clock was off, from a request of its whose
-    /// signature verified but whose timestamp was stale. Not a rejection: a
-    /// device whose clock is off gets one such refusal per run, then signs
-    /// with the receiver's time and delivers.
+    /// Keeps how far a device's clock is off, from a verified request within
+    /// the window (a device whose clock is off signs by the receiver's time
+    /// and says by how much it corrected, signed). Not a rejection.
     pub fn record_clock(&self, device: &Device, offset: i64, at: SystemTime) {
         self.state().devices.entry(device.id.reveal().to_owned()).or_default().clock = Some((offset, at));
     }
@@ -287,8 +286,8 @@ pub struct DeviceReport {
     /// The client address of the last upload this receiver answered (since
     /// it started).
     pub last_address: Option<IpAddr>,
-    /// The device's clock offset when it last signed with its own clock
-    /// beyond the allowed skew (since the receiver started).
+    /// The device's clock offset at its last auth check (since the receiver
+    /// started).
     pub clock_offset: Option<ClockOffsetReport>,
 }
 

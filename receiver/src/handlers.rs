@@ -31,6 +31,9 @@ pub async fn auth_check<S: Store>(req: HttpRequest, state: web::Data<AppState<S>
     match claimed.and_then(|claimed| claimed.verify(None)) {
         Ok(verified) => {
             tracing::debug!(device = %verified.device().id.masked(), "auth check passed");
+            // Every run starts with one, so the status page follows the
+            // device's clock; only a fresh signed request can set it.
+            state.fleet.record_clock(verified.device(), verified.clock_offset(), SystemTime::now());
             Ok(verified.answer(StatusCode::OK, &AuthCheckReply { label: verified.device().label.clone() }))
         }
         Err(err) => Err(auth_failed(&state, client, key.as_deref(), err)),
@@ -119,14 +122,8 @@ async fn receive<S: Store>(
 /// with the key id's first characters, never an ID. An address over its
 /// limit gets 429 for such failures, and they are counted but not logged;
 /// a signed refusal (a verified request with a stale timestamp) stays as it
-/// is, as what it says about the clock is what the device needs, and the
-/// offset it measured goes to the device's fleet status.
+/// is, as what it says about the clock is what the device needs.
 fn auth_failed<S>(state: &AppState<S>, client: Option<IpAddr>, key: Option<&str>, err: ApiError) -> ApiError {
-    // Only a verified signature may set a device's clock offset; an honest
-    // device and a replay of its old request look alike here (SECURITY.md).
-    if let (Some(signer), Some((offset, _))) = (err.signer(), err.clock_skew()) {
-        state.fleet.record_clock(signer.device(), offset, SystemTime::now());
-    }
     let now = Instant::now();
     let throttled = if err.signer().is_some() { None } else { state.throttle.answer(client, now) };
     state.metrics.auth_failed();

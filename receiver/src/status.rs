@@ -14,6 +14,9 @@ use crate::fleet::{DeviceReport, DeviceState, FleetReport, Timestamp};
 use crate::metrics;
 use crate::store::Store;
 
+/// A clock offset the page mentions, in seconds (the JSON gives every one).
+const CLOCK_WORTH_SHOWING_SECS: u64 = 60;
+
 /// How often the page reloads itself, in seconds.
 const REFRESH_SECS: u32 = 30;
 
@@ -141,15 +144,16 @@ fn device_row(html: &mut String, device: &DeviceReport) {
         None => "&mdash;".to_owned(),
     };
     // Under the badge, not a column of its own: the table is wide already,
-    // and the time it was seen is in the tooltip.
+    // and the time it was seen is in the tooltip. Seconds off are the
+    // network's and the rounding's, not worth a word.
     let clock = match &device.clock_offset {
-        Some(c) => format!(
+        Some(c) if c.seconds.unsigned_abs() >= CLOCK_WORTH_SHOWING_SECS => format!(
             "<br><small class=\"clock\" title=\"seen {}\">clock {} {}</small>",
             when(&c.at),
             human_duration(c.seconds.unsigned_abs()),
             if c.seconds > 0 { "ahead" } else { "behind" },
         ),
-        None => String::new(),
+        _ => String::new(),
     };
     let _ = writeln!(
         html,

@@ -274,7 +274,8 @@ impl Client {
     ) -> Signed {
         let timestamp = clock.now();
         let header =
-            SignedRequest { method: method.as_str(), path: endpoint, timestamp, upload }.authorization(&self.key);
+            SignedRequest { method: method.as_str(), path: endpoint, timestamp, clock_offset: clock.offset(), upload }
+                .authorization(&self.key);
         let request = self.http.request(method, self.url(endpoint)).header(AUTHORIZATION, header.to_string());
         Signed { request: finish(request), signature: header.signature }
     }

@@ -1,6 +1,6 @@
 //! The HTTP API: what is stored, and every way a request is refused.
 
-use logferry_common::signing::{AuthHeader, UploadHead, verify_receipt};
+use logferry_common::signing::{AuthHeader, SignedRequest, UploadHead, verify_receipt};
 use logferry_common::wire::endpoint;
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
@@ -667,39 +667,51 @@ async fn multipart_and_request_line_details() {
 }
 
 /// A signed request with a stale timestamp gets a signed refusal carrying
-/// the receiver's time, and its offset becomes the device's last known
-/// clock offset on the status page (not a rejection); an unsigned one does
-/// neither.
+/// the receiver's time, and leaves nothing on the status page (a replay of
+/// an old request would look the same). The device then signs by that time
+/// and says, signed, by how much it corrected: that becomes its clock
+/// offset on the status page, not a rejection. The `ClockOffset` is covered
+/// by the signature.
 #[tokio::test]
-async fn a_stale_signed_request_learns_the_receivers_time_and_leaves_the_devices_clock_offset() {
+async fn a_stale_signed_request_learns_the_receivers_time_and_the_corrected_one_leaves_the_clock_offset() {
     let h = Harness::start();
+    let get = |auth: String| h.http.get(h.url(endpoint::AUTH_CHECK)).header("Authorization", auth).send();
+    let offset_shown = || async {
+        let report: Value = serde_json::from_str(&h.get_text(endpoint::DEVICES).await).expect("JSON");
+        report["devices"][0].clone()
+    };
     // Device clocks: 3 h behind, 2 days ahead, the year 2000.
     let cases = [now() - 3 * 3600, now() + 2 * 86_400, 946_684_800];
-    for timestamp in cases {
-        let auth = authorization(&device(), "GET", endpoint::AUTH_CHECK, timestamp, None);
+    for (n, device_time) in cases.into_iter().enumerate() {
+        let auth = authorization(&device(), "GET", endpoint::AUTH_CHECK, device_time, None);
         let signature = auth.parse::<AuthHeader>().expect("own header").signature;
-        let response =
-            h.http.get(h.url(endpoint::AUTH_CHECK)).header("Authorization", auth).send().await.expect("answer");
+        let response = get(auth).await.expect("answer");
         let tag = response.headers().get("x-logferry-receipt").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bytes = response.bytes().await.expect("body");
-        assert!(verify_receipt(&key(&device()), 401, &signature, &bytes, &tag.expect("signed")), "{timestamp}");
+        assert!(verify_receipt(&key(&device()), 401, &signature, &bytes, &tag.expect("signed")), "{device_time}");
         let body: Value = serde_json::from_slice(&bytes).expect("JSON");
         assert_eq!(body["code"], "clock_skew", "{body}");
         let receiver_time = body["receiver_time"].as_u64().expect("receiver_time");
         assert!(receiver_time.abs_diff(now()) <= 2, "{body}");
-        let report: Value = serde_json::from_str(&h.get_text(endpoint::DEVICES).await).expect("JSON");
-        let row = &report["devices"][0];
-        let offset = row["clock_offset"]["seconds"].as_i64().expect("an offset");
-        assert!(offset.abs_diff(timestamp as i64 - receiver_time as i64) <= 2, "{timestamp}: {row}");
+        if n == 0 {
+            assert_eq!(offset_shown().await["clock_offset"], Value::Null, "a stale request sets nothing");
+        }
+
+        let clock_offset = device_time as i64 - receiver_time as i64;
+        let corrected = SignedRequest {
+            method: "GET",
+            path: endpoint::AUTH_CHECK,
+            timestamp: receiver_time,
+            clock_offset,
+            upload: None,
+        }
+        .authorization(&key(&device()));
+        let tampered = AuthHeader { clock_offset: clock_offset + 1, ..corrected.clone() };
+        assert_eq!(answer(get(tampered.to_string()).await.expect("answer")).await.1["code"], "bad_signature");
+        assert_eq!(answer(get(corrected.to_string()).await.expect("answer")).await.0, 200, "{device_time}");
+        let row = offset_shown().await;
+        let shown = row["clock_offset"]["seconds"].as_i64().expect("an offset");
+        assert!(shown.abs_diff(clock_offset) <= 2, "{device_time}: {row}");
         assert_eq!(row["rejections"], 0, "{row}");
     }
-    // Unsigned (a stranger's key id cannot verify): no receiver_time, and the
-    // device's offset stays what its own signed request left.
-    let forged = authorization(&stranger(), "GET", endpoint::AUTH_CHECK, now() - 86_400, None);
-    let (status, body) =
-        answer(h.http.get(h.url(endpoint::AUTH_CHECK)).header("Authorization", forged).send().await.expect("answer"))
-            .await;
-    assert_eq!((status, body["code"].as_str(), body.get("receiver_time")), (401, Some("unknown_device"), None));
-    let report: Value = serde_json::from_str(&h.get_text(endpoint::DEVICES).await).expect("JSON");
-    assert!(report["devices"][0]["clock_offset"]["seconds"].as_i64() < Some(-800_000_000), "{report}");
 }

@@ -48,7 +48,8 @@ fn multipart(path: &str, content: &[u8]) -> (Vec<u8>, Vec<u8>) {
 /// An Authorization header naming the device's key id, with a signature
 /// that is not one.
 fn garbage_signature() -> String {
-    AuthHeader { key_id: key(&device()).key_id().clone(), timestamp: now(), signature: [0xA5; 32] }.to_string()
+    AuthHeader { key_id: key(&device()).key_id().clone(), timestamp: now(), clock_offset: 0, signature: [0xA5; 32] }
+        .to_string()
 }
 
 /// An answer as a raw client read it.

@@ -66,7 +66,7 @@ pub fn authorization(
 
 /// Signs fields exactly as given, valid or not.
 pub fn signed_head(id: &DeviceId, method: &str, endpoint: &str, timestamp: u64, upload: Option<&UploadHead>) -> String {
-    SignedRequest { method, path: endpoint, timestamp, upload }.authorization(&key(id)).to_string()
+    SignedRequest { method, path: endpoint, timestamp, clock_offset: 0, upload }.authorization(&key(id)).to_string()
 }
 
 /// Where a test receiver keeps uploads.

@@ -114,9 +114,8 @@ fn a_file_from_the_future_of_a_stepped_back_clock_is_sent_once_it_stayed_unchang
 
 /// A man in the middle answers the auth check with an unsigned clock_skew
 /// naming a time ten days ahead. The device retries it as any unsigned
-/// refusal and delivers; without a retry left it gives up (exit 6, files
-/// kept). Either way it never signs by that time: the receiver never sees a
-/// request of it stamped outside the window.
+/// refusal and delivers, its clock unchanged; without a retry left it gives
+/// up (exit 6, files kept) rather than sign by that time.
 #[test]
 fn an_unsigned_clock_skew_answer_does_not_move_the_devices_clock() {
     // (--retries, exit code, files sent)
@@ -133,6 +132,7 @@ fn an_unsigned_clock_skew_answer_does_not_move_the_devices_clock() {
         let summary = json(&run);
         assert_eq!(summary["sent"], sent, "{retries}: {run:?}");
         assert_eq!(summary["clock_offset_seconds"], Value::Null, "{retries}: {run:?}");
-        assert_eq!(devices(&h)["devices"][0]["clock_offset"], Value::Null, "{retries}: no stale request reached it");
+        let seen = &devices(&h)["devices"][0]["clock_offset"];
+        assert!(seen["seconds"].as_i64().is_none_or(|s| s.abs() <= 2), "{retries}: the receiver saw {seen}");
     }
 }

@@ -41,8 +41,14 @@ fn hold_the_only_slot(h: &Harness, hold: Duration) -> std::thread::JoinHandle<()
             let id: DeviceId = DEVICE.parse().expect("valid");
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
             let head = UploadHead::from(&claim);
-            let auth = SignedRequest { method: "POST", path: endpoint::UPLOAD, timestamp: now, upload: Some(&head) }
-                .authorization(&id.derive_key());
+            let auth = SignedRequest {
+                method: "POST",
+                path: endpoint::UPLOAD,
+                timestamp: now,
+                clock_offset: 0,
+                upload: Some(&head),
+            }
+            .authorization(&id.derive_key());
             let stalled = futures_util::stream::once(async move {
                 tokio::time::sleep(hold).await;
                 Err::<Vec<u8>, std::io::Error>(std::io::Error::other("the holder gives up"))
