@@ -136,3 +136,54 @@ fn an_unsigned_clock_skew_answer_does_not_move_the_devices_clock() {
         assert!(seen["seconds"].as_i64().is_none_or(|s| s.abs() <= 2), "{retries}: the receiver saw {seen}");
     }
 }
+
+/// A receiver that knows the device's key but refuses every clock, signed,
+/// each time naming a time an hour off the one just signed: the auth check
+/// asks again by it twice, no more, and then the run stops (exit 6) without
+/// reading a file.
+#[test]
+fn a_receiver_that_never_accepts_the_corrected_clock_gets_two_more_tries_and_no_more() {
+    use logferry_common::signing::{AuthHeader, receipt};
+    let h = Harness::start();
+    h.log("a.log", b"a\n");
+    let key = DEVICE.parse::<logferry_common::DeviceId>().expect("valid").derive_key();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = std::sync::Arc::clone(&done);
+    let asked = std::thread::spawn(move || {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (deadline, mut asked) = (Instant::now() + Duration::from_secs(10), 0);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let Ok((mut stream, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            stream.set_nonblocking(false).expect("blocking");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let Some(auth) = head.lines().find_map(|l| l.strip_prefix("authorization: ")) else { continue };
+            let auth: AuthHeader = auth.parse().expect("the sender's header");
+            asked += 1;
+            let body = format!(r#"{{"error":"off","code":"clock_skew","receiver_time":{}}}"#, auth.timestamp + 3600);
+            let tag = receipt(&key, 401, &auth.signature, body.as_bytes());
+            let answer = format!(
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nx-logferry-receipt: {tag}\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+        asked
+    });
+    let run = sender(h.dir.path(), &h.args(&address, &["--json"]));
+    done.store(true, Ordering::Relaxed);
+    assert_eq!(asked.join().expect("fake receiver"), 3, "{run:?}");
+    assert_eq!(run.code, Some(6), "{run:?}");
+    assert_eq!(json(&run)["clock_offset_seconds"], Value::Null, "an offset never accepted is not reported: {run:?}");
+    assert_eq!(files(&h.logs()), ["a.log"]);
+}
