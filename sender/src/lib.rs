@@ -10,6 +10,7 @@ pub mod config;
 pub mod deliver;
 pub mod exit;
 pub mod id_file;
+pub mod opened;
 pub mod report;
 pub mod sent;
 pub mod walk;
