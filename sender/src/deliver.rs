@@ -15,7 +15,7 @@ use crate::id_file::{self, IdFileError};
 use crate::opened::Opened;
 use crate::report::{Progress, Summary, human_bytes};
 use crate::sent::SetAside;
-use crate::{exit, sent, walk};
+use crate::{exit, prune, sent, walk};
 
 /// What stops a run before or during the walk.
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +192,20 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
             Err(Undelivered::Stop(fatal)) => return Err(fatal),
         }
     }
+    if let Some(keep) = config.keep_sent {
+        // Only after a run that reached the receiver: its clock was then
+        // within the freshness window, so the delivery times being compared
+        // were right, and so is the time they are compared with now.
+        let pruned = prune::prune(&config.sent_dir, keep, SystemTime::now());
+        if config.verbose && pruned.removed > 0 {
+            let ago = humantime::format_duration(keep);
+            progress
+                .say(&format!("removed {} files delivered more than {ago} ago from the sent folder", pruned.removed));
+        }
+        for (name, reason) in pruned.failed {
+            fail(summary, &progress, name, reason);
+        }
+    }
     Ok(())
 }
 
@@ -289,8 +303,7 @@ async fn deliver_one(
             receipt.size, receipt.sha256
         )));
     }
-    let (source, to, rel) =
-        (candidate.path.clone(), sent::Disposal::Keep(config.sent_dir.clone()), candidate.rel.clone());
+    let (source, to, rel) = (candidate.path.clone(), config.disposal(), candidate.rel.clone());
     let set_aside = tokio::task::spawn_blocking(move || sent::set_aside(&source, &file, &rel, &sha256, &to))
         .await
         .map_err(internal)?
