@@ -47,7 +47,7 @@ impl Snapshot {
 }
 
 /// A regular file opened for delivery, and what it was when opened.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Opened {
     file: Arc<File>,
     pub at_open: Snapshot,
