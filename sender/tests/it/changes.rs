@@ -56,7 +56,7 @@ fn race(h: &Harness, writer: impl FnOnce(&AtomicBool) + Send) -> usize {
 #[test]
 fn a_writer_renaming_same_size_same_mtime_files_over_the_logs_never_gets_new_content_set_aside() {
     let h = Harness::start();
-    let logs = h.logs();
+    let (logs, temp) = (h.logs(), h.path("status.json.tmp"));
     let mtime = SystemTime::now() - Duration::from_secs(3600);
     let replaced = AtomicU64::new(0);
     // The last content written under each name: what the writer left behind.
@@ -68,7 +68,8 @@ fn a_writer_renaming_same_size_same_mtime_files_over_the_logs_never_gets_new_con
             // raced while the receiver still takes new versions of it.
             let name = logs.join(format!("status-{:03}.json", generation / 50));
             let content = format!("{{\"generation\":{generation:012}}}\n");
-            let temp = logs.join(".status.json.tmp");
+            // Written beside the log folder (same file system), so that the
+            // sender never sees the half-made file, only the renames.
             std::fs::write(&temp, &content).expect("write");
             std::fs::File::options().write(true).open(&temp).expect("open").set_modified(mtime).expect("utimens");
             std::fs::rename(&temp, &name).expect("rename over");
@@ -103,7 +104,7 @@ fn a_writer_renaming_same_size_same_mtime_files_over_the_logs_never_gets_new_con
 #[test]
 fn logrotate_copytruncate_while_sending_loses_no_line_and_sets_aside_only_stored_bytes() {
     let h = Harness::start();
-    let (logs, rotations) = (h.logs(), AtomicU64::new(0));
+    let (logs, copying, rotations) = (h.logs(), h.path("app.log.copying"), AtomicU64::new(0));
     let written = AtomicU64::new(0);
     let runs = race(&h, |stop| {
         let live = logs.join("app.log");
@@ -117,8 +118,12 @@ fn logrotate_copytruncate_while_sending_loses_no_line_and_sets_aside_only_stored
             }
             // copytruncate, with the writer paused so that logrotate's own
             // window (lines between copy and truncate) loses nothing here.
+            // The copy is made beside the log folder and renamed in: a copy
+            // still being written is what --min-age waits out, and these
+            // runs use 0.
             let n = rotations.fetch_add(1, Ordering::Relaxed);
-            std::fs::copy(&live, logs.join(format!("app.log.{n}"))).expect("copy");
+            std::fs::copy(&live, &copying).expect("copy");
+            std::fs::rename(&copying, logs.join(format!("app.log.{n}"))).expect("rename");
             std::fs::File::options().write(true).open(&live).expect("open").set_len(0).expect("truncate");
         }
         written.store(line, Ordering::Relaxed);
