@@ -15,7 +15,10 @@
 #   ID_FILE       /etc/logferry/device-id
 #   RUN_AS        the user whose crontab runs the sender   [$SUDO_USER, else the current user]
 #   SCHEDULE      "*/15 * * * *"
-#   SENDER_ARGS   more sender options, e.g. "--ca-cert /etc/logferry/ca.pem"
+#   SENDER_ARGS   more sender options, e.g. "--ca-cert /etc/logferry/ca.pem", or
+#                 "--keep-sent 14d" to delete delivered files after two weeks
+#                 (the sent folder otherwise grows forever; "--keep-sent 0"
+#                 deletes each file once delivered instead of keeping it)
 #   CRONTAB_FILE  edit this file instead of RUN_AS's crontab (for tests)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"

@@ -2,7 +2,6 @@
 //! transient failures, and errors turned into sentences.
 
 use std::io::{self, Read};
-use std::path::Path;
 use std::time::Duration;
 
 use logferry_common::DeviceKey;
@@ -11,8 +10,8 @@ use logferry_common::wire::{AuthCheckReply, ErrorBody, ErrorCode, UploadReceipt,
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Body, Certificate, Method, StatusCode, Url};
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
+
+use crate::opened::{Opened, Rewound};
 
 use crate::clock::Clock;
 
@@ -81,6 +80,9 @@ pub enum RequestError {
          (an impostor, or a receiver too old to sign answers); nothing is moved aside"
     )]
     Unverified { url: String },
+    /// The local file cannot give the bytes that were hashed.
+    #[error("cannot read the file: {0}")]
+    Source(String),
 }
 
 impl RequestError {
@@ -120,7 +122,7 @@ impl RequestError {
                 matches!(*status, StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS)
                     || status.is_server_error()
             }
-            Self::Tls { .. } | Self::Garbled(_) | Self::Unverified { .. } => false,
+            Self::Tls { .. } | Self::Garbled(_) | Self::Source(_) | Self::Unverified { .. } => false,
         }
     }
 }
@@ -189,28 +191,38 @@ impl Client {
         }
     }
 
-    /// Uploads the first `claim.size` bytes of `file`, streamed.
-    pub async fn upload(&self, file: &Path, claim: &UploadClaim) -> Result<(StatusCode, UploadReceipt), RequestError> {
+    /// Uploads the first `claim.size` bytes of `file`, streamed; every
+    /// attempt reads them again from byte 0 of the same open file.
+    pub async fn upload(
+        &self,
+        file: &Opened,
+        claim: &UploadClaim,
+    ) -> Result<(StatusCode, UploadReceipt), RequestError> {
         self.with_retries(|| async {
-            let cannot_read = |e: io::Error| RequestError::Transport {
-                url: self.url(endpoint::UPLOAD).to_string(),
-                cause: format!("cannot read {}: {e}", file.display()),
-            };
+            // A file cut shorter since it was hashed (copytruncate) cannot
+            // give the claimed bytes; asking again would not help.
+            let now = file.now().map_err(|e| RequestError::Source(e.to_string()))?;
+            if now.len < claim.size {
+                return Err(RequestError::Source(format!(
+                    "it shrank from {} to {} bytes since it was hashed",
+                    claim.size, now.len
+                )));
+            }
             // Never more than declared: bytes appended meanwhile wait for the next run.
             let body = if claim.size <= UPLOAD_CHUNK as u64 {
-                // One trip to the blocking pool, not one for the open and
-                // one for each read: a burst of small files is bound by such
-                // per-file costs. The file fits in one read buffer anyway.
-                let (owned, size) = (file.to_owned(), claim.size);
+                // One trip to the blocking pool, not one for each read: a
+                // burst of small files is bound by such per-file costs. The
+                // file fits in one read buffer anyway.
+                let (mut source, size) = (file.rewound().take(claim.size), claim.size);
                 let read = tokio::task::spawn_blocking(move || {
                     let mut bytes = Vec::with_capacity(size as usize);
-                    std::fs::File::open(owned)?.take(size).read_to_end(&mut bytes)?;
+                    source.read_to_end(&mut bytes)?;
                     Ok(bytes)
                 });
-                Body::from(read.await.map_err(io::Error::other).and_then(|read| read).map_err(cannot_read)?)
+                let bytes = read.await.map_err(io::Error::other).and_then(|read| read);
+                Body::from(bytes.map_err(|e: io::Error| RequestError::Source(e.to_string()))?)
             } else {
-                let local = tokio::fs::File::open(file).await.map_err(cannot_read)?;
-                Body::wrap_stream(ReaderStream::with_capacity(local.take(claim.size), UPLOAD_CHUNK))
+                Body::wrap_stream(chunks(file.rewound().take(claim.size)))
             };
             // The fields are sent as exactly the text that is signed.
             let head = UploadHead::from(claim);
@@ -313,6 +325,20 @@ impl Client {
 struct Signed {
     request: reqwest::RequestBuilder,
     signature: [u8; 32],
+}
+
+/// The reader's bytes as a stream of `UPLOAD_CHUNK`-sized reads, each on
+/// the blocking pool.
+fn chunks(source: io::Take<Rewound>) -> impl futures_util::Stream<Item = io::Result<Vec<u8>>> {
+    futures_util::stream::try_unfold(source, |mut source| async move {
+        let (chunk, source) = tokio::task::spawn_blocking(move || {
+            let mut chunk = Vec::with_capacity(UPLOAD_CHUNK);
+            (&mut source).take(UPLOAD_CHUNK as u64).read_to_end(&mut chunk).map(|_| (chunk, source))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok((!chunk.is_empty()).then_some((chunk, source)))
+    })
 }
 
 /// Full jitter over an exponentially growing window, so a fleet that lost

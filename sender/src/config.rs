@@ -10,6 +10,7 @@ use reqwest::Url;
 
 use crate::exit;
 use crate::id_file::Exposure;
+use crate::sent::Disposal;
 
 /// Default folder name for delivered files, beside the log folder, as in the
 /// tool logferry replaces.
@@ -27,6 +28,7 @@ pub struct Options {
     pub id_exposure: Exposure,
     pub retries: u32,
     pub min_age: Duration,
+    pub keep_sent: Option<Duration>,
     pub jobs: usize,
     pub verbose: bool,
 }
@@ -49,6 +51,9 @@ pub struct Config {
     /// Files modified more recently than this are taken to be still being
     /// written, and wait for a later run.
     pub min_age: Duration,
+    /// How long delivered files stay in the sent folder, counted from their
+    /// move there; `None`: forever; zero: they are deleted instead of moved.
+    pub keep_sent: Option<Duration>,
     /// Uploads in flight at once.
     pub jobs: usize,
     /// Print a line per file (interactive use); otherwise only failures and
@@ -80,8 +85,20 @@ impl Config {
     /// folder, so that a folder that cannot be made stops the run before any
     /// upload rather than after each one.
     pub fn new(options: Options) -> Result<Self, ConfigError> {
-        let Options { host, port, folder, id_file, sent_dir, ca_cert, id_exposure, retries, min_age, jobs, verbose } =
-            options;
+        let Options {
+            host,
+            port,
+            folder,
+            id_file,
+            sent_dir,
+            ca_cert,
+            id_exposure,
+            retries,
+            min_age,
+            keep_sent,
+            jobs,
+            verbose,
+        } = options;
         let receiver = receiver_url(&host, port)?;
         let folder = folder.as_path();
         let folder_error = |reason: String| ConfigError::Folder { path: folder.to_owned(), reason };
@@ -105,7 +122,27 @@ impl Config {
         if sent_dir == folder {
             return Err(sent_error(io::Error::other("it is the log folder itself")));
         }
-        Ok(Self { receiver, folder, id_file, sent_dir, ca_cert, id_exposure, retries, min_age, jobs, verbose })
+        Ok(Self {
+            receiver,
+            folder,
+            id_file,
+            sent_dir,
+            ca_cert,
+            id_exposure,
+            retries,
+            min_age,
+            keep_sent,
+            jobs,
+            verbose,
+        })
+    }
+
+    /// Where a delivered file goes.
+    pub fn disposal(&self) -> Disposal {
+        match self.keep_sent {
+            Some(Duration::ZERO) => Disposal::Delete,
+            _ => Disposal::Keep(self.sent_dir.clone()),
+        }
     }
 }
 

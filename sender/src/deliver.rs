@@ -12,8 +12,10 @@ use logferry_common::wire::UploadOutcome;
 use crate::client::{Client, ClientOptions, RequestError};
 use crate::config::Config;
 use crate::id_file::{self, IdFileError};
+use crate::opened::Opened;
 use crate::report::{Progress, Summary, human_bytes};
-use crate::{exit, sent, walk};
+use crate::sent::SetAside;
+use crate::{exit, prune, sent, walk};
 
 /// What stops a run before or during the walk.
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +157,7 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
     let mut deliveries = futures_util::stream::iter(&found.files)
         .map(|candidate| {
             let client = &client;
-            async move { (candidate, deliver_one(client, config, second_look, &candidate.path, candidate).await) }
+            async move { (candidate, deliver_one(client, config, second_look, candidate).await) }
         })
         .buffer_unordered(config.jobs.max(1));
     while let Some((candidate, result)) = deliveries.next().await {
@@ -193,6 +195,20 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
             // Dropping the stream abandons the uploads in flight; none of
             // their files has been moved.
             Err(Undelivered::Stop(fatal)) => return Err(fatal),
+        }
+    }
+    if let Some(keep) = config.keep_sent {
+        // Only after a run that reached the receiver: its clock was then
+        // within the freshness window, so the delivery times being compared
+        // were right, and so is the time they are compared with now.
+        let pruned = prune::prune(&config.sent_dir, keep, SystemTime::now());
+        if config.verbose && pruned.removed > 0 {
+            let ago = humantime::format_duration(keep);
+            progress
+                .say(&format!("removed {} files delivered more than {ago} ago from the sent folder", pruned.removed));
+        }
+        for (name, reason) in pruned.failed {
+            fail(summary, &progress, name, reason);
         }
     }
     Ok(())
@@ -273,51 +289,43 @@ impl Stamp {
     }
 }
 
-/// The file's stamp once it is settled (see [`Settled`]), waiting until
-/// `second_look` for one whose mtime lies in the device clock's future.
-async fn settled_stamp(
-    path: &Path,
-    min_age: Duration,
-    second_look: tokio::time::Instant,
-) -> Result<Stamp, Undelivered> {
-    let look = || stamp(path).map_err(|e| Undelivered::Kept(format!("cannot read it: {e}")));
-    let first = look()?;
-    match first.settled(min_age) {
-        Settled::Yes => Ok(first),
-        Settled::NotYet => Err(Undelivered::NotYet),
-        Settled::IfUnchangedAtSecondLook => {
-            tokio::time::sleep_until(second_look).await;
-            if look()? == first { Ok(first) } else { Err(Undelivered::NotYet) }
-        }
-    }
-}
-
-/// Hashes, uploads, checks the receipt, and moves the file aside only if the
-/// receiver confirmed exactly these bytes and the file did not change since
-/// it was hashed.
+/// Opens the file once, then hashes, uploads, checks the receipt, and sets
+/// that open file aside only if the receiver confirmed exactly these bytes
+/// and it is still unchanged under its name.
 async fn deliver_one(
     client: &Client,
     config: &Config,
     second_look: tokio::time::Instant,
-    path: &Path,
     candidate: &walk::Candidate,
 ) -> Result<(UploadOutcome, u64, String), Undelivered> {
     let kept = |what: &str, e: io::Error| Undelivered::Kept(format!("{what}: {e}"));
-    let before = settled_stamp(path, config.min_age, second_look).await?;
-    let owned = path.to_owned();
-    let expected = before.len;
-    let (sha256, size) =
-        tokio::task::spawn_blocking(move || Sha256Digest::of_reader_expecting(std::fs::File::open(owned)?, expected))
-            .await
-            .map_err(|e| Undelivered::Stop(Fatal::Internal(e.to_string())))?
-            .map_err(|e| kept("cannot read it", e))?;
+    let internal = |e: tokio::task::JoinError| Undelivered::Stop(Fatal::Internal(e.to_string()));
+    let file = Opened::open(&candidate.path).map_err(|e| kept("cannot read it", e))?;
+    let before = Stamp { len: file.at_open.len, modified: file.at_open.modified };
+    match before.settled(config.min_age) {
+        Settled::Yes => {}
+        Settled::NotYet => return Err(Undelivered::NotYet),
+        Settled::IfUnchangedAtSecondLook => {
+            tokio::time::sleep_until(second_look).await;
+            if file.now().ok() != Some(file.at_open) {
+                return Err(Undelivered::NotYet);
+            }
+        }
+    }
+    let (source, expected) = (file.rewound(), before.len);
+    let (sha256, size) = tokio::task::spawn_blocking(move || Sha256Digest::of_reader_expecting(source, expected))
+        .await
+        .map_err(internal)?
+        .map_err(|e| kept("cannot read it", e))?;
     if size != before.len {
         return Err(Undelivered::NotYet);
     }
     let claim = UploadClaim { path: candidate.rel.clone(), sha256, size };
-    let (_, receipt) = client.upload(path, &claim).await.map_err(|e| match e {
+    let (_, receipt) = client.upload(&file, &claim).await.map_err(|e| match e {
         RequestError::Unreachable { .. } | RequestError::Tls { .. } => Undelivered::Stop(Fatal::from_request(e)),
         e if e.is_auth_failure() => Undelivered::Stop(Fatal::from_request(e)),
+        // Cut shorter meanwhile (copytruncate): its new content goes later.
+        RequestError::Source(_) if file.now().ok() != Some(file.at_open) => Undelivered::NotYet,
         e => Undelivered::Kept(e.to_string()),
     })?;
     if receipt.sha256 != sha256 || receipt.size != size {
@@ -326,15 +334,15 @@ async fn deliver_one(
             receipt.size, receipt.sha256
         )));
     }
-    if stamp(path).ok().as_ref() != Some(&before) {
-        // The receiver has the version that was hashed; the file stays, and
-        // a later run sends its final content (under a conflict name).
-        return Err(Undelivered::NotYet);
-    }
-    let (source, sent_dir, rel) = (path.to_owned(), config.sent_dir.clone(), candidate.rel.clone());
-    tokio::task::spawn_blocking(move || sent::move_aside(&source, &sent_dir, &rel, &sha256, size))
+    let (source, to, rel) = (candidate.path.clone(), config.disposal(), candidate.rel.clone());
+    let set_aside = tokio::task::spawn_blocking(move || sent::set_aside(&source, &file, &rel, &sha256, &to))
         .await
-        .map_err(|e| Undelivered::Stop(Fatal::Internal(e.to_string())))?
-        .map_err(|e| kept("delivered, but it could not be moved to the sent folder", e))?;
-    Ok((receipt.outcome, size, receipt.stored_as))
+        .map_err(internal)?
+        .map_err(|e| kept("delivered, but it could not be set aside", e))?;
+    match set_aside {
+        // The receiver has the version that was hashed; what the name holds
+        // now stays, and a later run sends it (under a conflict name).
+        SetAside::Changed => Err(Undelivered::NotYet),
+        SetAside::Moved(_) | SetAside::Deleted => Ok((receipt.outcome, size, receipt.stored_as)),
+    }
 }

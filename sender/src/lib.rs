@@ -11,6 +11,8 @@ pub mod config;
 pub mod deliver;
 pub mod exit;
 pub mod id_file;
+pub mod opened;
+pub mod prune;
 pub mod report;
 pub mod sent;
 pub mod walk;

@@ -63,6 +63,13 @@ struct Cli {
     #[arg(long, env = "LOGFERRY_MIN_AGE", default_value_t = 60)]
     min_age: u64,
 
+    /// Delete files moved into the sent folder longer ago than this (`7d`,
+    /// `12h`, `90m`), and the folders this empties; `0`: delete each file
+    /// right after its verified delivery instead of moving it [default: keep
+    /// forever].
+    #[arg(long, env = "LOGFERRY_KEEP_SENT", value_parser = humantime::parse_duration)]
+    keep_sent: Option<Duration>,
+
     /// Uploads in flight at once; they hide each other's network and fsync
     /// waits (the default is the fastest in scripts/bench.sh; the receiver
     /// allows 16 per device by default).
@@ -132,6 +139,7 @@ fn run() -> anyhow::Result<u8> {
         id_exposure: if cli.allow_readable_id_file { Exposure::AllowReadable } else { Exposure::OwnerOnly },
         retries: cli.retries,
         min_age: Duration::from_secs(cli.min_age),
+        keep_sent: cli.keep_sent,
         jobs: cli.jobs.into(),
         verbose: std::io::stderr().is_terminal(),
     };

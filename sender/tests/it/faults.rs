@@ -294,7 +294,8 @@ fn a_flaky_network_loses_and_duplicates_nothing() {
 fn a_file_that_grows_while_it_is_sent_is_never_moved_changed_and_arrives_final() {
     let h = Harness::start();
     let grown = h.logs().join("growing.bin");
-    std::fs::write(&grown, content(3, 64 << 20)).expect("write");
+    let first = content(3, 64 << 20);
+    std::fs::write(&grown, &first).expect("write");
     let args =
         [h.host(), h.logs().display().to_string(), "--id-file".into(), h.path("device-id").display().to_string()];
     let mut sender =
@@ -305,6 +306,8 @@ fn a_file_that_grows_while_it_is_sent_is_never_moved_changed_and_arrives_final()
     drop(file);
     assert!(sender.wait().expect("ends").success());
     assert!(grown.is_file(), "a file that changed during its upload is not moved");
+    let stored_first = std::fs::read(h.stored().join("growing.bin")).expect("the hashed prefix is stored");
+    assert!(stored_first == first, "the receiver holds exactly the bytes hashed before the append");
     let final_bytes = std::fs::read(&grown).expect("read");
 
     let run = h.send(&[]);

@@ -127,6 +127,7 @@ pub fn run_sender(mut command: Command, dir: &Path, args: &[String]) -> Run {
         .env_remove("LOGFERRY_ALLOW_READABLE_ID_FILE")
         .env_remove("LOGFERRY_QUIET")
         .env_remove("LOGFERRY_JSON")
+        .env_remove("LOGFERRY_KEEP_SENT")
         .env("LOGFERRY_MIN_AGE", "0")
         .output()
         .expect("sender runs");

@@ -1,6 +1,7 @@
 //! Black-box tests of the `sender` binary against an in-process receiver on
 //! 127.0.0.1:0, each in its own temporary folder.
 
+mod changes;
 mod clock;
 mod demo;
 mod external;

@@ -326,3 +326,56 @@ fn a_second_run_while_one_is_working_stops_at_once() {
     assert_eq!(h.send(&[]).code, Some(code::SUCCESS), "the lock goes with the process that held it");
     assert_eq!(files(&h.sent()), ["once.log"]);
 }
+
+#[test]
+fn keep_sent_0_deletes_each_file_after_its_verified_delivery_instead_of_moving_it() {
+    let h = Harness::start();
+    h.log("a/b/one.log", b"one\n");
+    h.log("two.log", b"two\n");
+    // A link where a move would need the folder `a`: a move is refused, a
+    // deletion needs no name in the sent folder.
+    std::fs::create_dir_all(h.sent()).expect("sent folder");
+    std::os::unix::fs::symlink(h.path("elsewhere"), h.sent().join("a")).expect("symlink");
+    let run = h.send(&["--keep-sent", "0"]);
+    assert_eq!(run.code, Some(code::SUCCESS), "{run:?}");
+    assert_eq!(files(&h.logs()), Vec::<String>::new());
+    assert_eq!(files(&h.sent()), ["a"], "nothing is kept, and the link is left alone");
+    assert_eq!(std::fs::read(h.stored().join("a/b/one.log")).expect("stored"), b"one\n");
+
+    // Already stored (an answer lost earlier): deleted all the same.
+    h.log("two.log", b"two\n");
+    let run = h.send(&["--keep-sent", "0"]);
+    assert!(run.stdout.contains("1 already stored"), "{run:?}");
+    assert_eq!(files(&h.logs()), Vec::<String>::new());
+    // Refused: it stays.
+    h.log("back\\slash.log", b"refused\n");
+    let run = h.send(&["--keep-sent", "0"]);
+    assert_eq!(run.code, Some(code::SOME_FILES_FAILED), "{run:?}");
+    assert_eq!(files(&h.logs()), ["back\\slash.log"]);
+}
+
+#[test]
+fn keep_sent_deletes_what_was_delivered_longer_ago_and_the_folders_it_empties() {
+    let h = Harness::start();
+    h.log("2026/11/old.log", b"old\n");
+    assert_eq!(h.send(&["--keep-sent", "1s"]).code, Some(code::SUCCESS));
+    assert_eq!(files(&h.sent()), ["2026/11/old.log"], "delivered just now: kept");
+    let outside = h.path("outside");
+    std::fs::create_dir(&outside).expect("mkdir");
+    std::fs::write(outside.join("precious.log"), b"not the sender's").expect("write");
+    std::os::unix::fs::symlink(&outside, h.sent().join("link")).expect("symlink");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    h.log("2026/12/new.log", b"new\n");
+    let run = h.send(&["--keep-sent", "1s"]);
+    assert_eq!(run.code, Some(code::SUCCESS), "{run:?}");
+    assert_eq!(files(&h.sent()), ["2026/12/new.log", "link"], "the old file and its folder went, nothing else");
+    assert!(!h.sent().join("2026/11").exists());
+    assert!(h.sent().join(logferry_sender::deliver::LOCK_FILE).is_file(), "the lock file stays");
+    assert!(outside.join("precious.log").is_file(), "a link is never followed");
+    assert_eq!(std::fs::read(h.stored().join("2026/11/old.log")).expect("still stored"), b"old\n");
+
+    let run = h.send(&["--keep-sent", "a week"]);
+    assert_eq!(run.code, Some(code::USAGE), "{run:?}");
+    assert!(run.stderr.contains("--keep-sent"), "{run:?}");
+}
