@@ -109,7 +109,8 @@ fn a_file_from_the_future_of_a_stepped_back_clock_is_sent_once_it_stayed_unchang
     assert_eq!((summary["sent"].as_u64(), summary["not_yet"].as_u64()), (Some(1), Some(1)), "{run:?}");
     assert_eq!(files(&h.sent()), ["finished.log"]);
     assert_eq!(files(&h.logs()), ["growing.log"]);
-    assert!(started.elapsed() >= Duration::from_secs(1), "the second look waited for --min-age");
+    let took = summary["elapsed_seconds"].as_f64().expect("elapsed");
+    assert!((1.0..5.0).contains(&took), "the second look waited for --min-age, no longer: {took} s");
 }
 
 /// A man in the middle answers the auth check with an unsigned clock_skew
