@@ -59,7 +59,9 @@ struct Cli {
     retries: u32,
 
     /// Seconds since a file's last change before it counts as finished; newer
-    /// files are still being written and wait for a later run.
+    /// files are still being written and wait for a later run. A file changed
+    /// in this device clock's future (the clock was set back since) counts as
+    /// finished if it is unchanged this long after the run walked the folder.
     #[arg(long, env = "LOGFERRY_MIN_AGE", default_value_t = 60)]
     min_age: u64,
 
