@@ -155,7 +155,7 @@ impl Drop for FaultProxy {
     }
 }
 
-fn handle(mut client: TcpStream, upstream: &str, fault: Fault, counts: &Counts, n: u64) {
+fn handle(mut client: TcpStream, upstream: &str, fault: Fault, counts: &Arc<Counts>, n: u64) {
     // What was read from the client before the upstream connection exists.
     let mut request = Vec::new();
     match fault {
@@ -197,14 +197,12 @@ fn handle(mut client: TcpStream, upstream: &str, fault: Fault, counts: &Counts, 
     let cut_after = (fault == Fault::CutMidBody).then(|| 300 + (n * 7919) % 20_000);
     let saw_upload = Arc::new(AtomicBool::new(false));
     let seen = Arc::clone(&saw_upload);
-    let up = std::thread::spawn(move || pump(client_read, server_write, cut_after, &seen));
+    let up_counts = Arc::clone(counts);
+    let up = std::thread::spawn(move || pump(client_read, server_write, cut_after, &seen, &up_counts));
     pump_answers(server, client, fault, &saw_upload, counts);
     let cut = up.join().unwrap_or(false);
     if cut {
         counts.cut.fetch_add(1, Ordering::Relaxed);
-    }
-    if saw_upload.load(Ordering::Relaxed) {
-        counts.uploads.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -234,8 +232,11 @@ fn forge(mut client: TcpStream, counts: &Counts, status: u16, body: &str) {
 }
 
 /// Copies `from` to `to`, or only the first `limit` bytes, after which both
-/// ends are shut; returns whether it cut. Notes when an upload passes.
-fn pump(mut from: TcpStream, mut to: TcpStream, limit: Option<u64>, saw_upload: &AtomicBool) -> bool {
+/// ends are shut; returns whether it cut. Notes and counts an upload as soon
+/// as its request line passes, before the receiver can answer it: counted
+/// only after the connection closed, a sender could finish first and the
+/// test read a count one short.
+fn pump(mut from: TcpStream, mut to: TcpStream, limit: Option<u64>, saw_upload: &AtomicBool, counts: &Counts) -> bool {
     let mut buf = [0u8; 16 * 1024];
     let mut sent = 0u64;
     loop {
@@ -243,8 +244,8 @@ fn pump(mut from: TcpStream, mut to: TcpStream, limit: Option<u64>, saw_upload: 
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if buf[..n].windows(UPLOAD_LINE.len()).any(|w| w == UPLOAD_LINE) {
-            saw_upload.store(true, Ordering::Relaxed);
+        if buf[..n].windows(UPLOAD_LINE.len()).any(|w| w == UPLOAD_LINE) && !saw_upload.swap(true, Ordering::Relaxed) {
+            counts.uploads.fetch_add(1, Ordering::Relaxed);
         }
         let allowed = limit.map_or(n as u64, |l| (l - sent).min(n as u64)) as usize;
         if to.write_all(&buf[..allowed]).is_err() {
@@ -269,10 +270,13 @@ const AUTH_CHECK_LINE: &[u8] = b"GET /v1/auth-check";
 /// one (so the upload was complete and committed), or passes the answer to
 /// an upload with its receipt stripped or changed. Either way the connection
 /// ends after one answer, as behind a middlebox that closes connections:
-/// every request then opens a new one and meets its own fault.
+/// every request then opens a new one and meets its own fault. The answer
+/// says `connection: close`, so the client never sends a request into a
+/// connection the proxy is closing (it would fail there, uncounted).
 fn pump_answers(mut server: TcpStream, mut client: TcpStream, fault: Fault, saw_upload: &AtomicBool, counts: &Counts) {
     let mut buf = [0u8; 16 * 1024];
     let mut answer = Vec::new();
+    let mut head_passed = false;
     loop {
         let n = match server.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -289,14 +293,22 @@ fn pump_answers(mut server: TcpStream, mut client: TcpStream, fault: Fault, saw_
             if !message_complete(&answer) {
                 continue;
             }
-            let altered = tamper_with_receipt(&answer, fault == Fault::StripReceipt);
-            if altered != answer {
+            let altered = edit_head(&answer, |line| tamper_with_receipt(line, fault == Fault::StripReceipt));
+            if altered != edit_head(&answer, |line| Some(line.to_owned())) {
                 counts.receipts_tampered.fetch_add(1, Ordering::Relaxed);
             }
             let _ = client.write_all(&altered);
             break;
         }
-        if client.write_all(&buf[..n]).is_err() || message_complete(&answer) {
+        let passed = if head_passed {
+            client.write_all(&buf[..n])
+        } else if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            head_passed = true;
+            client.write_all(&edit_head(&answer, |line| Some(line.to_owned())))
+        } else {
+            continue;
+        };
+        if passed.is_err() || message_complete(&answer) {
             break;
         }
     }
@@ -304,26 +316,34 @@ fn pump_answers(mut server: TcpStream, mut client: TcpStream, fault: Fault, saw_
     let _ = server.shutdown(Shutdown::Both);
 }
 
-/// The whole answer `bytes` with its receipt header removed (`strip`) or
-/// with the receipt's last hex digit changed; the body is untouched.
-fn tamper_with_receipt(bytes: &[u8], strip: bool) -> Vec<u8> {
+/// `bytes` (an answer's head and what follows) with each header line put
+/// through `edit` (None drops it) and any `connection` header replaced by
+/// `connection: close`; the rest is untouched.
+fn edit_head(bytes: &[u8], edit: impl Fn(&str) -> Option<String>) -> Vec<u8> {
     let Some(head_end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else { return bytes.to_vec() };
     let head = String::from_utf8_lossy(&bytes[..head_end]);
-    let lines = head.split("\r\n").filter_map(|line| {
-        if !line.to_ascii_lowercase().starts_with(RECEIPT_PREFIX) {
-            return Some(line.to_owned());
-        }
-        if strip {
-            return None;
-        }
-        let mut changed = line.trim_end().to_owned();
-        let last = changed.pop().map_or('0', |c| if c == '0' { '1' } else { '0' });
-        changed.push(last);
-        Some(changed)
-    });
-    let mut altered = lines.collect::<Vec<_>>().join("\r\n").into_bytes();
-    altered.extend_from_slice(&bytes[head_end..]);
-    altered
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default().to_owned();
+    let headers = lines.filter(|line| !line.to_ascii_lowercase().starts_with("connection:")).filter_map(edit);
+    let all: Vec<String> = [status].into_iter().chain(headers).chain(["connection: close".to_owned()]).collect();
+    let mut edited = all.join("\r\n").into_bytes();
+    edited.extend_from_slice(&bytes[head_end..]);
+    edited
+}
+
+/// A header line with the receipt removed (`strip`) or its last hex digit
+/// changed; other lines as they are.
+fn tamper_with_receipt(line: &str, strip: bool) -> Option<String> {
+    if !line.to_ascii_lowercase().starts_with(RECEIPT_PREFIX) {
+        return Some(line.to_owned());
+    }
+    if strip {
+        return None;
+    }
+    let mut changed = line.trim_end().to_owned();
+    let last = changed.pop().map_or('0', |c| if c == '0' { '1' } else { '0' });
+    changed.push(last);
+    Some(changed)
 }
 
 const RECEIPT_PREFIX: &str = "x-logferry-receipt:";
