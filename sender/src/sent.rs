@@ -13,6 +13,19 @@ use rustix::io::Errno;
 
 use crate::opened::{Opened, Snapshot};
 
+/// Prefix of the name a delivered file is taken to, beside its own, before
+/// it leaves the log folder (`Taken`). A run killed in between leaves it
+/// there; the next run's walk sends it under the name it was taken from
+/// ([`taken_from`]), so the receiver finds those bytes already stored there
+/// instead of keeping a second copy under the hidden name.
+pub const TAKING_PREFIX: &str = ".logferry-taking.";
+
+/// The name a file found under its taken name (`.logferry-taking.<name>`)
+/// was taken from.
+pub fn taken_from(name: &str) -> Option<&str> {
+    name.strip_prefix(TAKING_PREFIX).filter(|original| !original.is_empty())
+}
+
 /// Where a delivered file goes.
 #[derive(Debug, Clone)]
 pub enum Disposal {
@@ -86,12 +99,12 @@ fn place(taken: &Taken<'_>, sent_dir: &Path, rel: &RelPath, digest: &Sha256Diges
 ///
 /// Linux cannot unlink or rename a name only if it still holds a given
 /// inode, so the name is first renamed (atomically, whatever it holds) to
-/// a fresh hidden name in the same folder, and what arrived there is checked
-/// by device and inode against the open file: only then is it the file that
-/// was delivered, now out of every writer's way. Anything else is renamed
-/// back. The hidden name is in the log folder, so should the run die before
-/// the file leaves it, the next run sends it (nothing is lost; the store may
-/// get one more copy under that name).
+/// its hidden name in the same folder ([`TAKING_PREFIX`]), and what arrived
+/// there is checked by device and inode against the open file: only then is
+/// it the file that was delivered, now out of every writer's way. Anything
+/// else is renamed back. The hidden name is in the log folder, so should the
+/// run die before the file leaves it, the next run sends it again under its
+/// own name: nothing is lost, and the receiver answers "already stored".
 #[derive(Debug)]
 struct Taken<'a> {
     hidden: PathBuf,
@@ -109,7 +122,17 @@ impl<'a> Taken<'a> {
         if file.now()? != file.at_open {
             return Ok(None);
         }
-        let hidden = source.with_file_name(format!(".logferry-taking-{:016x}", rand::random::<u64>()));
+        let name = source.file_name().unwrap_or_default();
+        if name.to_str().and_then(taken_from).is_some() {
+            // Left by a run that died after taking it: already off every
+            // writer's name, so it is taken where it is.
+            let there = Snapshot::of(&fs::symlink_metadata(source)?);
+            let unchanged = there.same_inode(&file.at_open) && file.now()?.same_content(&file.at_open);
+            return Ok(unchanged.then(|| Self { hidden: source.to_owned(), source, file }));
+        }
+        let mut hidden_name = std::ffi::OsString::from(TAKING_PREFIX);
+        hidden_name.push(name);
+        let hidden = source.with_file_name(hidden_name);
         match rename_no_replace(source, &hidden) {
             Ok(true) => {}
             Ok(false) => {
@@ -159,7 +182,7 @@ impl<'a> Taken<'a> {
     /// file under that name meanwhile, that one is never replaced: the taken
     /// one stays under its hidden name, which the next run sends.
     fn put_back(&self) -> io::Result<()> {
-        if rename_no_replace(&self.hidden, self.source)? {
+        if self.hidden == self.source || rename_no_replace(&self.hidden, self.source)? {
             return Ok(());
         }
         Err(io::Error::new(
@@ -393,7 +416,7 @@ mod tests {
         assert_eq!(fs::read_dir(&sent).expect("list").count(), 0);
 
         // Put back while a writer has made a new file under the name.
-        let hidden = dir.path().join(".logferry-taking-test");
+        let hidden = dir.path().join(".logferry-taking.test");
         fs::rename(&source, &hidden).expect("take");
         fs::write(&source, b"newer\n").expect("a writer makes the name anew");
         let taken = Taken { hidden: hidden.clone(), source: &source, file: &delivered };

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use logferry_common::RelPath;
 use walkdir::WalkDir;
 
+use crate::sent;
+
 /// A file to deliver.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -50,7 +52,11 @@ pub fn walk(folder: &Path, sent_dir: &Path) -> Found {
             found.skipped.push(relative.display().to_string());
             continue;
         }
-        match RelPath::from_local(relative) {
+        // A file a killed run had taken after delivering it goes under the
+        // name it was taken from (see `sent::TAKING_PREFIX`).
+        let original = relative.file_name().and_then(|n| n.to_str()).and_then(sent::taken_from);
+        let sent_as = original.map_or_else(|| relative.to_owned(), |name| relative.with_file_name(name));
+        match RelPath::from_local(&sent_as) {
             Ok(rel) => found.files.push(Candidate { path: entry.into_path(), rel }),
             Err(reason) => {
                 found.unusable.push((relative.display().to_string(), format!("its name cannot be sent: {reason}")))

@@ -146,3 +146,29 @@ fn logrotate_copytruncate_while_sending_loses_no_line_and_sets_aside_only_stored
         rotations.load(Ordering::Relaxed)
     );
 }
+
+/// A run killed after taking a delivered file off its name leaves it under
+/// its hidden name; the next run sends it under the name it was taken from,
+/// so the receiver keeps no second copy, and sets it aside there. A taken
+/// file the receiver has not seen goes under its own name too.
+#[test]
+fn a_file_left_under_its_taken_name_is_sent_under_its_own_and_stored_once() {
+    let h = Harness::start();
+    h.log("day/temp.csv", b"t,v\n1,2\n");
+    assert_eq!(h.send(&[]).code, Some(0));
+    assert_eq!(files(&h.sent()), ["day/temp.csv"]);
+    // As a kill between taking and moving leaves them.
+    h.log("day/.logferry-taking.temp.csv", b"t,v\n1,2\n");
+    h.log("day/.logferry-taking.new.csv", b"t,v\n3,4\n");
+
+    let run = h.send(&[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("1 sent") && run.stdout.contains("1 already stored"), "{run:?}");
+    assert_eq!(files(&h.logs()), Vec::<String>::new(), "{run:?}");
+    assert_eq!(files(&h.sent()), ["day/new.csv", "day/temp.csv"]);
+    assert_eq!(
+        files(&h.stored()),
+        ["day/new.csv", "day/new.csv.sha256", "day/temp.csv", "day/temp.csv.sha256"],
+        "no copy under a hidden name"
+    );
+}
