@@ -14,6 +14,7 @@
 #
 #   PROFILE   release | debug                    [release]
 #   OUT       where the packages go              [target/debian]
+#   COMPRESS  dpkg-deb's compression             [xz; scripts/test-packages.sh: gzip, faster]
 #
 # Binaries missing under target/ are built first: amd64 with cargo (this
 # machine is x86_64), arm64 and armhf with scripts/cross.sh (aarch64 and
@@ -24,6 +25,7 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 PROFILE="${PROFILE:-release}"
 OUT="${OUT:-$repo/target/debian}"
+COMPRESS="${COMPRESS:-xz}"
 archs=("$@")
 [ ${#archs[@]} -gt 0 ] || archs=(amd64 arm64 armhf)
 version="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)"
@@ -144,7 +146,7 @@ finish() { # STAGE PACKAGE ARCH DEPENDS DESCRIPTION [EXTRA CONTROL LINES]
     } >"$stage/DEBIAN/control"
     chmod 644 "$stage/DEBIAN/control" "$stage/DEBIAN/md5sums"
     install -d "$OUT"
-    dpkg-deb --root-owner-group --build "$stage" "$OUT/${package}_${version}_${arch}.deb" >/dev/null
+    dpkg-deb --root-owner-group -Z"$COMPRESS" --build "$stage" "$OUT/${package}_${version}_${arch}.deb" >/dev/null
     echo "package: $OUT/${package}_${version}_${arch}.deb"
 }
 

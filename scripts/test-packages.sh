@@ -32,7 +32,7 @@ check() { # DESCRIPTION COMMAND...
     fi
 }
 
-OUT="$tmp/debs" scripts/package.sh amd64
+OUT="$tmp/debs" COMPRESS=gzip scripts/package.sh amd64
 version="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)"
 sender_deb="$tmp/debs/logferry-sender_${version}_amd64.deb"
 receiver_deb="$tmp/debs/logferry-receiver_${version}_amd64.deb"
