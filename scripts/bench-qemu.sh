@@ -31,6 +31,7 @@ for name in "${order[@]}"; do
 done
 tmp="$(mktemp -d)"
 pids=()
+# shellcheck disable=SC2154
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"' EXIT
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 start_receiver() { # DIR PORT EXTRA...

@@ -75,7 +75,10 @@ glibc_needed() {
     readelf --version-info --wide "$1" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1
 }
 depends_of() { # BINARY
-    local deps="libc6 (>= $(glibc_needed "$1"))"
+    local glibc deps
+    glibc="$(glibc_needed "$1")"
+    [ -n "$glibc" ] || { echo "package.sh: no glibc version found in $1" >&2; return 1; }
+    deps="libc6 (>= $glibc)"
     readelf -d "$1" | grep -q 'NEEDED.*libgcc_s' && deps="$deps, libgcc-s1"
     echo "$deps"
 }
