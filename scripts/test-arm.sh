@@ -21,6 +21,8 @@ cd "$(dirname "$0")/.."
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 scripts/cross.sh --debug --sender "${targets[@]}"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
 for target in "${targets[@]}"; do
     case "$target" in
         aarch64-unknown-linux-gnu) emulator="qemu-aarch64 -L /usr/aarch64-linux-gnu" ;;
@@ -42,6 +44,11 @@ for target in "${targets[@]}"; do
         )
     fi
     LOGFERRY_TEST_SENDER="$emulator target/$target/debug/sender" \
-        cargo test -p logferry-sender --test it -- "${pick[@]}"
+        cargo test -p logferry-sender --test it -- "${pick[@]}" 2>&1 | tee "$log"
+    # A renamed test would silently drop out of the subset: count them.
+    if [ "${pick[0]}" != --skip ] && ! grep -q "^test result: ok. ${#pick[@]} passed" "$log"; then
+        echo "test-arm: expected ${#pick[@]} tests to run on $target; a test of the subset was renamed?" >&2
+        exit 1
+    fi
     echo "test-arm: $target $((SECONDS - start)) s"
 done
