@@ -59,7 +59,7 @@ impl Device {
     }
 
     fn sender(&self, host: &str, extra: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sender"));
+        let mut command = sender_command();
         command
             .arg(host)
             .arg(self.root.join("logs"))
@@ -298,8 +298,7 @@ fn a_file_that_grows_while_it_is_sent_is_never_moved_changed_and_arrives_final()
     std::fs::write(&grown, &first).expect("write");
     let args =
         [h.host(), h.logs().display().to_string(), "--id-file".into(), h.path("device-id").display().to_string()];
-    let mut sender =
-        Command::new(env!("CARGO_BIN_EXE_sender")).args(&args).env("LOGFERRY_MIN_AGE", "0").spawn().expect("starts");
+    let mut sender = sender_command().args(&args).env("LOGFERRY_MIN_AGE", "0").spawn().expect("starts");
     wait_for("the upload to start", Duration::from_secs(30), || staging_busy(&h.path("store")));
     let mut file = std::fs::OpenOptions::new().append(true).open(&grown).expect("open");
     std::io::Write::write_all(&mut file, b"one more line\n").expect("append");
@@ -331,7 +330,7 @@ fn overlapping_runs_on_one_folder_never_upload_twice() {
     let args =
         [h.host(), h.logs().display().to_string(), "--id-file".into(), h.path("device-id").display().to_string()];
     let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_sender"))
+        sender_command()
             .args(&args)
             .env("LOGFERRY_MIN_AGE", "0")
             .stdout(Stdio::null())

@@ -100,6 +100,29 @@ impl Harness {
     }
 }
 
+/// The sender to run: the binary cargo built for these tests, or the
+/// command line in `LOGFERRY_TEST_SENDER` (split at whitespace; a relative
+/// path is taken from the workspace root), such as an emulator and a
+/// cross-compiled binary:
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu target/aarch64-unknown-linux-gnu/debug/sender`
+/// (scripts/test.sh runs a subset of these tests so).
+pub fn sender_command() -> Command {
+    let line = std::env::var("LOGFERRY_TEST_SENDER").unwrap_or_default();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut words = line.split_whitespace().map(|word| {
+        let path = Path::new(word);
+        if word.contains('/') && path.is_relative() { root.join(path).into_os_string() } else { word.into() }
+    });
+    match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words);
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_sender")),
+    }
+}
+
 /// Writes a file only its owner may read, as an ID file must be.
 pub fn write_secret(path: &Path, content: &str) {
     use std::os::unix::fs::PermissionsExt;
@@ -111,7 +134,7 @@ pub fn write_secret(path: &Path, content: &str) {
 /// and no terminal, as under cron. Files count as finished at once (tests
 /// write them just before sending) unless `args` give `--min-age`.
 pub fn sender(dir: &Path, args: &[String]) -> Run {
-    run_sender(Command::new(env!("CARGO_BIN_EXE_sender")), dir, args)
+    run_sender(sender_command(), dir, args)
 }
 
 /// Like [`sender`], with `command` running the binary (under `faketime`, say).
