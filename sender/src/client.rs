@@ -9,7 +9,7 @@ use logferry_common::signing::{RECEIPT_HEADER, SignedRequest, UploadClaim, Uploa
 use logferry_common::wire::{AuthCheckReply, ErrorBody, ErrorCode, UploadReceipt, endpoint, field};
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
-use reqwest::{Body, Certificate, Method, StatusCode, Url};
+use reqwest::{Body, Method, StatusCode, Url};
 
 use crate::opened::{Opened, Rewound};
 
@@ -33,9 +33,9 @@ const CLOCK_CORRECTIONS: u32 = 2;
 /// How the client reaches the receiver.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Trust only these CA certificates for HTTPS (the lab's own CA);
-    /// otherwise the system's trusted roots.
-    pub ca_certs: Option<Vec<Certificate>>,
+    /// HTTPS trusting only the lab's own CA (`pinned_ca`); otherwise the
+    /// system's trusted roots.
+    pub pinned_ca: Option<rustls::ClientConfig>,
     /// Further attempts after a transient failure.
     pub retries: u32,
     /// Say on stderr when a retry is coming (interactive use).
@@ -149,8 +149,8 @@ impl Client {
             .user_agent(concat!("logferry-sender/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT);
-        if let Some(certs) = options.ca_certs.clone() {
-            builder = builder.tls_certs_only(certs);
+        if let Some(tls) = options.pinned_ca.clone() {
+            builder = builder.tls_backend_preconfigured(tls);
         }
         Ok(Self { http: builder.build()?, base, key, options, clock: Clock::default() })
     }

@@ -125,8 +125,8 @@ pub const LOCK_FILE: &str = ".logferry-sender.lock";
 async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal> {
     let _lock = lock(config)?;
     let id = id_file::read(&config.id_file, config.id_exposure)?;
-    let ca_certs = config.ca_cert.as_deref().map(read_ca_certs).transpose()?;
-    let options = ClientOptions { ca_certs, retries: config.retries, verbose: config.verbose };
+    let pinned_ca = config.ca_cert.as_deref().map(read_ca_certs).transpose()?;
+    let options = ClientOptions { pinned_ca, retries: config.retries, verbose: config.verbose };
     // Slow on purpose (Argon2id): once per run, off the async threads.
     let key = tokio::task::spawn_blocking(move || id.derive_key())
         .await
@@ -234,14 +234,10 @@ fn lock(config: &Config) -> Result<std::fs::File, Fatal> {
     }
 }
 
-fn read_ca_certs(path: &Path) -> Result<Vec<reqwest::Certificate>, Fatal> {
+fn read_ca_certs(path: &Path) -> Result<rustls::ClientConfig, Fatal> {
     let fail = |why: String| Fatal::Tls(format!("cannot use the CA certificate file {}: {why}", path.display()));
     let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| fail(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail("it holds no PEM certificate".to_owned()));
-    }
-    Ok(certs)
+    crate::pinned_ca::client_config(&pem).map_err(fail)
 }
 
 fn fail(summary: &mut Summary, progress: &Progress, name: String, reason: String) {

@@ -12,6 +12,7 @@ pub mod deliver;
 pub mod exit;
 pub mod id_file;
 pub mod opened;
+pub mod pinned_ca;
 pub mod prune;
 pub mod report;
 pub mod sent;

@@ -2,6 +2,7 @@
 //! never quietly downgraded.
 
 use std::path::Path;
+use std::process::Command;
 
 use logferry_receiver::TlsFiles;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -88,11 +89,12 @@ fn an_unverifiable_certificate_is_its_own_failure_and_nothing_is_sent() {
     assert!(!h.stored().exists(), "nothing arrived");
 }
 
-#[test]
-fn the_make_cert_script_makes_a_pair_that_works_end_to_end() {
+/// A receiver serving HTTPS with a pair `scripts/make-cert.sh` made (valid
+/// from now on, for 825 days), and the sender's arguments to reach it.
+fn receiver_with_a_script_made_pair() -> (Harness, Vec<String>, tempfile::TempDir) {
     let certs = tempfile::tempdir().expect("tempdir");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-cert.sh");
-    let made = std::process::Command::new("bash")
+    let made = Command::new("bash")
         .arg(&script)
         .arg("127.0.0.1")
         .arg(certs.path())
@@ -101,19 +103,40 @@ fn the_make_cert_script_makes_a_pair_that_works_end_to_end() {
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let tls = TlsFiles { cert: certs.path().join("receiver.pem"), key: certs.path().join("receiver.key") };
     let h = Harness::start_with(|_, config| config.tls = Some(tls));
+    let args = vec![
+        format!("https://{}", h.host()),
+        h.logs().display().to_string(),
+        "--id-file".into(),
+        h.path("device-id").display().to_string(),
+        "--ca-cert".into(),
+        certs.path().join("ca.pem").display().to_string(),
+    ];
+    (h, args, certs)
+}
+
+#[test]
+fn the_make_cert_script_makes_a_pair_that_works_end_to_end() {
+    let (h, args, _certs) = receiver_with_a_script_made_pair();
     h.log("via-script.log", b"ok\n");
-    let ca = certs.path().join("ca.pem").display().to_string();
-    let run = sender(
-        h.dir.path(),
-        &[
-            format!("https://{}", h.host()),
-            h.logs().display().to_string(),
-            "--id-file".into(),
-            h.path("device-id").display().to_string(),
-            "--ca-cert".into(),
-            ca,
-        ],
-    );
+    let run = sender(h.dir.path(), &args);
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(files(&h.sent()), ["via-script.log"]);
+}
+
+/// A Pi's clock after a power cut lies before the certificate was made, or
+/// long after it expired: with the lab's CA pinned, its dates are not held
+/// against the device (the chain, the name and the signatures still are),
+/// so it still delivers, and learns the receiver's time over HTTPS.
+#[test]
+fn with_a_pinned_ca_a_device_clock_outside_the_certificates_dates_still_delivers() {
+    let (h, args, _certs) = receiver_with_a_script_made_pair();
+    for (n, spec) in ["-3h", "@2000-01-01 00:00:00", "+3000d"].into_iter().enumerate() {
+        let name = format!("run-{n}.log");
+        h.log(&name, b"ok\n");
+        let mut faked = Command::new("faketime");
+        faked.arg("-f").arg(spec).arg(env!("CARGO_BIN_EXE_sender"));
+        let run = run_sender(faked, h.dir.path(), &args);
+        assert_eq!(run.code, Some(0), "{spec}: {run:?}");
+        assert!(files(&h.sent()).contains(&name), "{spec}: {run:?}");
+    }
 }
