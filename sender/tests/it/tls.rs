@@ -94,12 +94,7 @@ fn an_unverifiable_certificate_is_its_own_failure_and_nothing_is_sent() {
 fn receiver_with_a_script_made_pair() -> (Harness, Vec<String>, tempfile::TempDir) {
     let certs = tempfile::tempdir().expect("tempdir");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-cert.sh");
-    let made = Command::new("bash")
-        .arg(&script)
-        .arg("127.0.0.1")
-        .arg(certs.path())
-        .output()
-        .expect("script runs");
+    let made = Command::new("bash").arg(&script).arg("127.0.0.1").arg(certs.path()).output().expect("script runs");
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let tls = TlsFiles { cert: certs.path().join("receiver.pem"), key: certs.path().join("receiver.key") };
     let h = Harness::start_with(|_, config| config.tls = Some(tls));
