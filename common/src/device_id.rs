@@ -20,7 +20,7 @@ const KEY_ID_LABEL: &[u8] = b"logferry key id v2";
 /// Argon2id's cost for turning an ID into its key. Every request and key id
 /// is an HMAC keyed by that key, so whoever captured one and wants to test
 /// candidate IDs offline pays this for each candidate: 8 MiB of memory and
-/// some 20,000 times one HMAC-SHA256 (BENCHMARKS.md, `kdf_cost`), and the
+/// 20,000 to 29,000 times one HMAC-SHA256 (BENCHMARKS.md, `kdf_cost`), and the
 /// memory keeps GPUs from running many at once.
 /// 8 MiB also keeps the sender, which derives its key once per run, within
 /// its memory budget on a Pi.
