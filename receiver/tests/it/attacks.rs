@@ -272,9 +272,13 @@ async fn device_row(h: &Harness) -> Value {
 #[tokio::test]
 async fn forty_attackers_holding_uploads_open_do_not_stall_the_real_device() {
     let head_timeout = Duration::from_secs(2);
+    // Exactly the slots the device's four uploads at a time need, and no
+    // waiting for one: should an attacker hold a slot, a real upload gets
+    // 429 busy at once, which the checks below see without timing anything.
     let h = Harness::start_with(Limits {
         max_uploads: 4,
-        max_uploads_per_device: 2,
+        max_uploads_per_device: 4,
+        queue_wait: Duration::ZERO,
         head_timeout,
         auth_failures_per_minute: 10,
         ..Limits::default()
@@ -292,8 +296,8 @@ async fn forty_attackers_holding_uploads_open_do_not_stall_the_real_device() {
     // The slow heads are under way before the device starts.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // The device sends 20 files, four at a time (twice its own slots), in
-    // groups spread over more than a second.
+    // The device sends 20 files, four at a time (all the slots there are),
+    // in groups spread over more than a second.
     let t0 = tokio::time::Instant::now();
     let real: Vec<_> = futures_util::stream::iter(0..20u64)
         .map(|i| {
@@ -316,12 +320,11 @@ async fn forty_attackers_holding_uploads_open_do_not_stall_the_real_device() {
         answers.extend(got.into_iter().map(|answer| (kind, answer)));
     }
 
-    // Every real upload stored, none refused busy, none waiting on a head.
+    // Every real upload stored: none found a slot held by an attacker.
     let slowest = real.iter().map(|r| r.3).max().expect("uploads");
     eprintln!("slowest of the real uploads: {slowest:?}; {} attacks answered", answers.len());
-    for (i, status, body, took) in &real {
+    for (i, status, body, _) in &real {
         assert_eq!(*status, 201, "real upload {i}: {body}");
-        assert!(*took < head_timeout / 2, "real upload {i} took {took:?}, as if it waited for an attacker");
     }
 
     // Every attack was refused: at once, or at the head deadline for those

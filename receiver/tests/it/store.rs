@@ -257,23 +257,27 @@ async fn check(backend: &Backend, case: Case) {
     assert_eq!(inventory(&h).await, data_files, "{name}: the inventory lists the data files");
 }
 
-/// What a receiver opening the store lists, as (path, size) of the test device.
-async fn inventory(h: &Harness) -> Vec<(String, u64)> {
+/// What a receiver opening the store lists, as (device, path, size), sorted.
+async fn stored_listing(h: &Harness) -> Vec<(String, String, u64)> {
     let ready = logferry_receiver::open(&h.config()).expect("opens");
-    let mut listed: Vec<(String, u64)> = ready
+    let mut listed: Vec<(String, String, u64)> = ready
         .state
         .store
         .inventory()
         .await
         .expect("inventory")
         .into_iter()
-        .map(|StoredFile { device, path, size, .. }| {
-            assert_eq!(device.reveal(), DEVICE);
-            (path.to_string(), size)
-        })
+        .map(|StoredFile { device, path, size, .. }| (device.reveal().to_owned(), path.to_string(), size))
         .collect();
     listed.sort();
     listed
+}
+
+/// [`stored_listing`], as (path, size) of the test device, the only one there.
+async fn inventory(h: &Harness) -> Vec<(String, u64)> {
+    let listed = stored_listing(h).await;
+    assert!(listed.iter().all(|(device, ..)| device == DEVICE), "{listed:?}");
+    listed.into_iter().map(|(_, path, size)| (path, size)).collect()
 }
 
 /// Lays `files` (path → bytes, one device's folder) out on disk, checks that
@@ -395,18 +399,7 @@ async fn check_shared_store(backend: Backend) {
         .collect();
     files.sort();
     for _ in receivers {
-        let ready = logferry_receiver::open(&h.config()).expect("opens");
-        let mut listed: Vec<(String, String, u64)> = ready
-            .state
-            .store
-            .inventory()
-            .await
-            .expect("inventory")
-            .into_iter()
-            .map(|StoredFile { device, path, size, .. }| (device.reveal().to_owned(), path.to_string(), size))
-            .collect();
-        listed.sort();
-        assert_eq!(listed, files, "the inventory is rebuilt from the store alone");
+        assert_eq!(stored_listing(&h).await, files, "the inventory is rebuilt from the store alone");
     }
     for addr in receivers {
         let mut shown = 0;
