@@ -7,10 +7,12 @@ interleaved round by round, so that a noisy neighbour on the machine slows
 ours and the floor alike. Test data is made once and moved back into place
 after each run. Writes the tables to BENCHMARKS.md.
 
-Two sections, chosen with CASES (both by default): `transfer` (cases 1-5:
-delivering files) and `keys` (cases 6-9: the device key derivation, and the
-receiver's start-up and reload with DEVICES devices). A section not measured
-is kept in BENCHMARKS.md as the run that measured it left it.
+Three sections, chosen with CASES (all by default): `transfer` (cases 1-5:
+delivering files), `keys` (cases 6-9: the device key derivation, and the
+receiver's start-up and reload with DEVICES devices) and `slowlink` (case
+10, in scripts/bench_slowlink.py: text logs over a 20 Mbit/s link, against
+rsync and rclone, and a resumed upload). A section not measured is kept in
+BENCHMARKS.md as the run that measured it left it.
 """
 
 import hashlib
@@ -29,6 +31,8 @@ import sys
 import tempfile
 import time
 
+import bench_slowlink
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 RUNS = int(os.environ.get("RUNS", "3"))
@@ -39,7 +43,7 @@ SENDERS = int(os.environ.get("SENDERS", "50"))
 PER_SENDER = int(os.environ.get("PER_SENDER", "200"))
 JOBS_SWEEP = [int(j) for j in os.environ.get("JOBS_SWEEP", "1 2 4 8 16").split()]
 BENCH_DIR = os.environ.get("BENCH_DIR", "/var/tmp")
-SECTIONS = ("transfer", "keys")
+SECTIONS = ("transfer", "keys", "slowlink")
 CASES = os.environ.get("CASES", " ".join(SECTIONS)).split()
 DEVICES = int(os.environ.get("DEVICES", "1000"))
 # Each sender run is killed after this long: every loop here is bounded.
@@ -662,7 +666,7 @@ def keys_section(work):
 
 MARK = "<!-- bench section {}: rewritten by a run that measures it -->"
 END = "<!-- end of bench section {} -->"
-TITLES = {"transfer": "Transfer: cases 1-5", "keys": "Device keys: cases 6-9"}
+TITLES = {"transfer": "Transfer: cases 1-5", "keys": "Device keys: cases 6-9", "slowlink": "Slow link: case 10"}
 
 
 def main():
@@ -679,6 +683,8 @@ def main():
             measured["transfer"] = transfer_section(work)
         if "keys" in CASES:
             measured["keys"] = keys_section(work)
+        if "slowlink" in CASES:
+            measured["slowlink"] = bench_slowlink.slowlink_section(work, sys.modules[__name__])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     path = os.path.join(ROOT, "BENCHMARKS.md")
