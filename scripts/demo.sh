@@ -65,8 +65,8 @@ status=0
 echo "    sender exit code: $status"
 
 echo "==> what arrived (the device folder is named by its secret ID, shown here as <DEVICE-ID>)"
-device_dir=$(find received_files -mindepth 1 -maxdepth 1 -type d ! -name .staging)
-find received_files -type f ! -path '*/.staging/*' | sort | sed "s|$device_dir|received_files/<DEVICE-ID>|; s/^/    /"
+device_dir=$(find received_files -mindepth 1 -maxdepth 1 -type d ! -name '.*')
+find "$device_dir" -type f | sort | sed "s|$device_dir|received_files/<DEVICE-ID>|; s/^/    /"
 echo "==> sha256sum -c in every received folder"
 find "$device_dir" -name '*.sha256' -printf '%h\n' | sort -u | while read -r folder; do
     (cd "$folder" && sha256sum -c ./*.sha256) | sed 's/^/    /'

@@ -22,9 +22,55 @@ pub fn human_duration(seconds: u64) -> String {
     }
 }
 
+/// Parses `1048576`, `512KiB`, `512MiB`, `2GiB`, `1.5GB`, … (binary and
+/// decimal units, any case).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        other => return Err(format!("unknown unit {other:?}; use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)")),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a size such as 512MiB or 2GiB"))?;
+    let bytes = value * multiplier as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes <= u64::MAX as f64) {
+        return Err(format!("{text:?} is not a usable size"));
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        let cases: &[(&str, Result<u64, ()>)] = &[
+            ("1048576", Ok(1 << 20)),
+            ("512MiB", Ok(512 << 20)),
+            ("2GiB", Ok(2 << 30)),
+            ("2 gib", Ok(2 << 30)),
+            ("1.5GB", Ok(1_500_000_000)),
+            ("10kb", Ok(10_000)),
+            ("0", Err(())),
+            ("", Err(())),
+            ("MiB", Err(())),
+            ("12 parsecs", Err(())),
+            ("-5", Err(())),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_byte_size(text).map_err(|_| ()), *expected, "{text:?}");
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -16,5 +16,5 @@ pub mod wire;
 
 pub use device_id::{DeviceId, DeviceIdError, DeviceKey, KeyDeriver, KeyId};
 pub use digest::{Sha256Digest, Sha256Hasher};
-pub use human::{human_bytes, human_duration};
+pub use human::{human_bytes, human_duration, parse_byte_size};
 pub use rel_path::{PathError, RelPath};

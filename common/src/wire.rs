@@ -19,6 +19,10 @@ pub mod endpoint {
     pub const AUTH_CHECK: &str = "/v1/auth-check";
     /// `POST`, signed, `multipart/form-data`: one file.
     pub const UPLOAD: &str = "/v1/upload";
+    /// `POST`, signed, `multipart/form-data` with an upload's head only: how
+    /// many of the file's bytes the receiver already holds from a cut-off
+    /// upload of it, so that the next one continues from there.
+    pub const UPLOAD_OFFSET: &str = "/v1/upload/offset";
     /// `GET`, unauthenticated, HTML: the fleet status page for people.
     pub const STATUS_PAGE: &str = "/";
     /// `GET`, unauthenticated, JSON: the fleet status for scripts.
@@ -32,9 +36,42 @@ pub mod field {
     pub const PATH: &str = "path";
     pub const SHA256: &str = "sha256";
     pub const SIZE: &str = "size";
+    /// Optional: the file part starts at this byte of the file, continuing
+    /// what the receiver holds (see [`UploadOffset`](super::UploadOffset)).
+    pub const OFFSET: &str = "offset";
+    /// Optional: the file part is compressed with this [`Encoding`](super::Encoding).
+    pub const ENCODING: &str = "encoding";
     /// Last, so the receiver knows what to expect before the first byte.
     pub const FILE: &str = "file";
-    pub const ORDER: [&str; 4] = [PATH, SHA256, SIZE, FILE];
+    pub const ORDER: [&str; 6] = [PATH, SHA256, SIZE, OFFSET, ENCODING, FILE];
+}
+
+/// Files at least this big are resumable: a receiver that offers resuming
+/// keeps what arrived of a cut-off upload of one, and a sender asks for
+/// that offset before sending one. Below it, starting over costs less
+/// than the round trip of asking.
+pub const RESUMABLE_MIN_SIZE: u64 = 1 << 20;
+
+/// A compression of the file part that a receiver may accept. The size and
+/// SHA-256 an upload declares are always those of the original bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// Zstandard (RFC 8878): one or more frames that decode to the bytes.
+    Zstd,
+    /// An encoding from a newer receiver that this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Encoding {
+    /// The text of the `encoding` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Zstd => "zstd",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 /// Whether an upload made a new copy or found the same bytes already there.
@@ -64,6 +101,22 @@ pub struct UploadReceipt {
 pub struct AuthCheckReply {
     /// The label given to this device in the receiver's ids file, if any.
     pub label: Option<String>,
+    /// Encodings the receiver decodes in uploads; none from a receiver that
+    /// predates compression, so a sender then sends files as they are.
+    #[serde(default)]
+    pub encodings: Vec<Encoding>,
+    /// Whether the receiver keeps cut-off uploads of resumable files (at
+    /// least [`RESUMABLE_MIN_SIZE`]) and answers `UPLOAD_OFFSET`.
+    #[serde(default)]
+    pub resume: bool,
+}
+
+/// Body of a 2xx answer to an offset query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadOffset {
+    /// How many bytes from the start of the file the receiver holds; an
+    /// upload with this `offset` sends the rest.
+    pub offset: u64,
 }
 
 /// Body of a health answer.
@@ -103,6 +156,8 @@ pub enum ErrorCode {
     SizeMismatch,
     ChecksumMismatch,
     PathConflict,
+    /// The `offset` is beyond what the receiver holds of the file; ask again.
+    OffsetMismatch,
     /// The file is larger than the receiver accepts.
     TooLarge,
     /// The receiver is at its limit of concurrent uploads; retry later.

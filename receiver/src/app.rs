@@ -57,6 +57,11 @@ pub fn configure<S: Store>(cfg: &mut web::ServiceConfig, state: web::Data<AppSta
                 .default_service(wrong_method()),
         )
         .service(
+            web::resource(endpoint::UPLOAD_OFFSET)
+                .route(web::post().to(handlers::upload_offset::<S>))
+                .default_service(wrong_method()),
+        )
+        .service(
             web::resource(endpoint::STATUS_PAGE)
                 .route(web::get().to(status::page::<S>))
                 .default_service(wrong_method()),
@@ -79,6 +84,9 @@ pub fn run<S: Store>(listener: TcpListener, state: AppState<S>, tls: Option<Serv
     actix_web::rt::spawn(watch_ids(state.clone()));
     if let Some(every) = fleet_refresh {
         actix_web::rt::spawn(refresh_fleet(state.clone(), every));
+    }
+    if state.store.keeps_partials() {
+        actix_web::rt::spawn(expire_partials(state.clone()));
     }
     let server = HttpServer::new(move || {
         let state = state.clone();
@@ -134,6 +142,22 @@ async fn refresh_fleet<S: Store>(state: web::Data<AppState<S>>, every: Duration)
             Ok(files) => state.fleet.refresh(files, SystemTime::now()),
             Err(err) => tracing::warn!("cannot re-read the store for the fleet status: {err}"),
         }
+    }
+}
+
+/// Removes what cut-off uploads left once it is older than the partial
+/// TTL, looking a few times per TTL (at most hourly); it ends with the
+/// server's runtime.
+async fn expire_partials<S: Store>(state: web::Data<AppState<S>>) {
+    let ttl = state.limits.partial_ttl;
+    let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(3600));
+    loop {
+        match state.store.expire_partials(ttl).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed partial uploads older than --partial-ttl"),
+            Err(err) => tracing::warn!("cannot remove expired partial uploads: {err}"),
+        }
+        actix_web::rt::time::sleep(every).await;
     }
 }
 

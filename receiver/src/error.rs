@@ -59,8 +59,20 @@ pub enum ApiError {
          {0} s (the receiver's --head-timeout)"
     )]
     HeadTimeout(u64),
-    #[error("the request body is sent with Content-Encoding {0:?}; this receiver takes uploads only unencoded")]
+    #[error(
+        "the request body is sent with Content-Encoding {0:?}; this receiver takes the body unencoded \
+         (the file part may be compressed, see the encoding field)"
+    )]
     UnsupportedEncoding(String),
+    #[error("the file part cannot be decoded: {0}")]
+    CorruptEncoding(String),
+    #[error("the file part is encoded as {0:?}; this receiver decodes only \"zstd\"")]
+    UnknownEncoding(String),
+    #[error(
+        "the upload continues from byte {offset}, but the receiver holds only {held} bytes of this file; \
+         ask for the offset again"
+    )]
+    OffsetMismatch { offset: u64, held: u64 },
     #[error("no such endpoint; see PROTOCOL.md")]
     NotFound,
     #[error("this endpoint does not accept that method; see PROTOCOL.md")]
@@ -81,7 +93,7 @@ impl ApiError {
             Self::BadSignature => ErrorCode::BadSignature,
             Self::ClockSkew { .. } => ErrorCode::ClockSkew,
             Self::InvalidPath { .. } => ErrorCode::InvalidPath,
-            Self::MalformedUpload(_) => ErrorCode::MalformedUpload,
+            Self::MalformedUpload(_) | Self::CorruptEncoding(_) => ErrorCode::MalformedUpload,
             Self::SizeMismatch { .. } => ErrorCode::SizeMismatch,
             Self::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
             Self::PathConflict(_) => ErrorCode::PathConflict,
@@ -89,7 +101,8 @@ impl ApiError {
             Self::Busy { .. } => ErrorCode::Busy,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::Timeout(_) | Self::HeadTimeout(_) => ErrorCode::Timeout,
-            Self::UnsupportedEncoding(_) => ErrorCode::UnsupportedEncoding,
+            Self::UnsupportedEncoding(_) | Self::UnknownEncoding(_) => ErrorCode::UnsupportedEncoding,
+            Self::OffsetMismatch { .. } => ErrorCode::OffsetMismatch,
             Self::NotFound => ErrorCode::NotFound,
             Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Self::Storage(_) => ErrorCode::StorageError,
@@ -107,6 +120,16 @@ impl ApiError {
         match self {
             Self::Signed { error, .. } => error.code().is_auth_failure(),
             _ => true,
+        }
+    }
+
+    /// Whether the bytes that arrived are wrong, not merely incomplete: what
+    /// the receiver holds of such an upload is not worth continuing.
+    pub fn is_bad_data(&self) -> bool {
+        match self {
+            Self::Signed { error, .. } => error.is_bad_data(),
+            Self::SizeMismatch { .. } | Self::ChecksumMismatch { .. } | Self::CorruptEncoding(_) => true,
+            _ => false,
         }
     }
 
@@ -143,6 +166,12 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(message) => Self::PathConflict(message),
             StoreError::Full(message) => Self::InsufficientStorage(message),
             StoreError::Raced(what) => Self::Busy { what, retry_after: 1 },
+            StoreError::OffsetBeyond { offset, held } => Self::OffsetMismatch { offset, held },
+            // Until the receiver notices the other connection is gone: at
+            // most its idle timeout.
+            StoreError::PartialInUse => {
+                Self::Busy { what: "another upload of this file is still arriving", retry_after: 5 }
+            }
             StoreError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
                 Self::InsufficientStorage("its disk is full".to_owned())
             }
@@ -168,7 +197,7 @@ impl ResponseError for ApiError {
             | ErrorCode::ClockSkew => StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidPath | ErrorCode::MalformedUpload => StatusCode::BAD_REQUEST,
             ErrorCode::SizeMismatch | ErrorCode::ChecksumMismatch => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::PathConflict => StatusCode::CONFLICT,
+            ErrorCode::PathConflict | ErrorCode::OffsetMismatch => StatusCode::CONFLICT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Busy => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,

@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use logferry_common::wire::{AuthCheckReply, Health, PROTOCOL_VERSION, UploadOutcome, endpoint};
+use logferry_common::wire::{AuthCheckReply, Encoding, Health, PROTOCOL_VERSION, UploadOutcome, endpoint};
 
 use crate::app::AppState;
 use crate::auth;
@@ -34,7 +34,12 @@ pub async fn auth_check<S: Store>(req: HttpRequest, state: web::Data<AppState<S>
             // Every run starts with one, so the status page follows the
             // device's clock; only a fresh signed request can set it.
             state.fleet.record_clock(verified.device(), verified.clock_offset(), SystemTime::now());
-            Ok(verified.answer(StatusCode::OK, &AuthCheckReply { label: verified.device().label.clone() }))
+            let reply = AuthCheckReply {
+                label: verified.device().label.clone(),
+                encodings: vec![Encoding::Zstd],
+                resume: state.store.keeps_partials(),
+            };
+            Ok(verified.answer(StatusCode::OK, &reply))
         }
         Err(err) => Err(auth_failed(&state, client, key.as_deref(), err)),
     }
@@ -107,7 +112,7 @@ async fn receive<S: Store>(
     progress: &mut Progress,
 ) -> Result<Stored, ApiError> {
     let limits = &state.limits;
-    upload::read_head(req, payload, &state.ids, limits, progress)
+    upload::read_head(req, endpoint::UPLOAD, payload, &state.ids, limits, progress)
         .await?
         .verify(limits, progress)?
         .take_slot(&state.slots)
@@ -116,6 +121,30 @@ async fn receive<S: Store>(
         .await?
         .commit(&state.store)
         .await
+}
+
+/// How much of a file a cut-off upload left: the same head as an upload,
+/// verified the same way, answered without taking a slot.
+pub async fn upload_offset<S: Store>(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState<S>>,
+) -> Result<HttpResponse, ApiError> {
+    let client = client_ip(&req, &state.trusted_proxies);
+    let mut progress = Progress::default();
+    let limits = &state.limits;
+    let asked = async {
+        upload::read_head(&req, endpoint::UPLOAD_OFFSET, payload, &state.ids, limits, &mut progress)
+            .await?
+            .verify(limits, &mut progress)?
+            .held(&state.store)
+            .await
+    };
+    match asked.await {
+        Ok((verified, offset)) => Ok(verified.answer(StatusCode::OK, &offset)),
+        Err(err) if err.counts_against_client() => Err(auth_failed(&state, client, progress.key.as_deref(), err)),
+        Err(err) => Err(err),
+    }
 }
 
 /// Counts a failed authentication against the client's address and logs it

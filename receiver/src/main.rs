@@ -70,7 +70,7 @@ struct Cli {
     tls_key: Option<PathBuf>,
 
     /// Largest file accepted: bytes, or with a unit (512MiB, 2GiB, 1.5GB).
-    #[arg(long, env = "LOGFERRY_MAX_FILE_SIZE", default_value = "4GiB", value_parser = limits::parse_byte_size)]
+    #[arg(long, env = "LOGFERRY_MAX_FILE_SIZE", default_value = "4GiB", value_parser = logferry_common::parse_byte_size)]
     max_file_size: u64,
 
     /// Uploads in progress at once, over all devices (more get 429 and retry).
@@ -101,6 +101,11 @@ struct Cli {
     /// Free space to keep on the store's disk: bytes, or with a unit (507 below it).
     #[arg(long, env = "LOGFERRY_MIN_FREE_SPACE", default_value = "512MiB", value_parser = limits::parse_byte_size_or_zero)]
     min_free_space: u64,
+
+    /// How long what arrived of a cut-off upload (files of 1 MiB or more) is
+    /// kept for the device to continue it (1h, 24h, 3days).
+    #[arg(long, env = "LOGFERRY_PARTIAL_TTL", default_value_t = Limits::default().partial_ttl.into())]
+    partial_ttl: humantime::Duration,
 
     /// Failed authentications allowed per client address per minute (then 429).
     #[arg(long, env = "LOGFERRY_AUTH_FAILURES_PER_MINUTE", default_value_t = Limits::default().auth_failures_per_minute)]
@@ -143,6 +148,7 @@ impl Cli {
     fn config(&self) -> anyhow::Result<Config> {
         anyhow::ensure!(self.max_uploads > 0 && self.max_uploads_per_device > 0, "upload limits must be at least 1");
         anyhow::ensure!(self.idle_timeout > 0 && self.head_timeout > 0, "timeouts must be at least 1 second");
+        anyhow::ensure!(!Duration::from(self.partial_ttl).is_zero(), "--partial-ttl must be more than 0");
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
@@ -161,6 +167,7 @@ impl Cli {
                 min_bytes_per_sec: self.min_rate.max(1),
                 auth_failures_per_minute: self.auth_failures_per_minute,
                 min_free_space: self.min_free_space,
+                partial_ttl: self.partial_ttl.into(),
             },
             tls,
             stale_after: self.stale_after.into(),

@@ -10,11 +10,12 @@ pub mod s3;
 
 use std::future::Future;
 use std::io;
+use std::time::Duration;
 
 use bytes::Bytes;
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
-use logferry_common::{DeviceId, RelPath};
+use logferry_common::{DeviceId, RelPath, Sha256Hasher};
 
 use disk::{DiskStaged, DiskStore};
 use s3::{S3Staged, S3Store};
@@ -31,6 +32,13 @@ pub enum StoreError {
     /// stored and answers accordingly.
     #[error("{0}")]
     Raced(&'static str),
+    /// An upload continues from further than the store holds of the file.
+    #[error("the upload continues from byte {offset}, but only {held} are held")]
+    OffsetBeyond { offset: u64, held: u64 },
+    /// Another upload of the same file is still writing what it holds (a
+    /// connection that broke without the receiver noticing yet).
+    #[error("another upload of this file is still arriving")]
+    PartialInUse,
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -70,18 +78,43 @@ pub struct StoredFile {
 }
 
 /// Bytes of one upload on their way into the store. Dropping it without
-/// committing discards them: nothing becomes visible.
+/// committing makes nothing visible; what arrived of a resumable upload is
+/// kept for the next one to continue (see [`Store::held`]).
 pub trait Staged {
     fn write(&mut self, chunk: Bytes) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// Drops what arrived instead of keeping it for a resume: the bytes
+    /// were wrong, not merely incomplete.
+    fn discard(self) -> impl Future<Output = ()>;
 }
 
 pub trait Store: Send + Sync + 'static {
     type Staged: Staged;
 
-    /// Starts receiving the upload `claim` of `device`, refusing it at once
-    /// when the store has no room for it. Knowing the name and checksum
-    /// before the first byte lets a backend pick the final name up front.
-    fn stage(&self, device: &DeviceId, claim: &UploadClaim) -> impl Future<Output = Result<Self::Staged, StoreError>>;
+    /// Starts receiving the upload `claim` of `device` from byte `offset`
+    /// of the file on, refusing it at once when the store has no room for
+    /// it. Knowing the name and checksum before the first byte lets a
+    /// backend pick the final name up front. The hasher returned has hashed
+    /// the file's bytes before `offset`, which the store holds from a
+    /// cut-off upload of the same claim; what it holds beyond `offset` is
+    /// dropped.
+    fn stage(
+        &self,
+        device: &DeviceId,
+        claim: &UploadClaim,
+        offset: u64,
+    ) -> impl Future<Output = Result<(Self::Staged, Sha256Hasher), StoreError>>;
+
+    /// How many bytes of the file `claim` the store holds from cut-off
+    /// uploads of it: where the next upload of it may start.
+    fn held(&self, device: &DeviceId, claim: &UploadClaim) -> impl Future<Output = Result<u64, StoreError>>;
+
+    /// Whether the store keeps cut-off uploads of resumable files at all.
+    fn keeps_partials(&self) -> bool;
+
+    /// Removes what cut-off uploads left that has not grown for `ttl`;
+    /// returns how many were removed.
+    fn expire_partials(&self, ttl: Duration) -> impl Future<Output = Result<usize, StoreError>>;
 
     /// Makes a staged upload visible under its device and path, durably,
     /// never replacing other content. The caller has verified that the staged
@@ -115,16 +148,55 @@ impl Staged for AnyStaged {
             Self::S3(staged) => staged.write(chunk).await,
         }
     }
+
+    async fn discard(self) {
+        match self {
+            Self::Disk(staged) => staged.discard().await,
+            Self::S3(staged) => staged.discard().await,
+        }
+    }
 }
 
 impl Store for AnyStore {
     type Staged = AnyStaged;
 
-    async fn stage(&self, device: &DeviceId, claim: &UploadClaim) -> Result<AnyStaged, StoreError> {
+    async fn stage(
+        &self,
+        device: &DeviceId,
+        claim: &UploadClaim,
+        offset: u64,
+    ) -> Result<(AnyStaged, Sha256Hasher), StoreError> {
         Ok(match self {
-            Self::Disk(store) => AnyStaged::Disk(store.stage(device, claim).await?),
-            Self::S3(store) => AnyStaged::S3(store.stage(device, claim).await?),
+            Self::Disk(store) => {
+                let (staged, hasher) = store.stage(device, claim, offset).await?;
+                (AnyStaged::Disk(staged), hasher)
+            }
+            Self::S3(store) => {
+                let (staged, hasher) = store.stage(device, claim, offset).await?;
+                (AnyStaged::S3(staged), hasher)
+            }
         })
+    }
+
+    async fn held(&self, device: &DeviceId, claim: &UploadClaim) -> Result<u64, StoreError> {
+        match self {
+            Self::Disk(store) => store.held(device, claim).await,
+            Self::S3(store) => store.held(device, claim).await,
+        }
+    }
+
+    fn keeps_partials(&self) -> bool {
+        match self {
+            Self::Disk(store) => store.keeps_partials(),
+            Self::S3(store) => store.keeps_partials(),
+        }
+    }
+
+    async fn expire_partials(&self, ttl: Duration) -> Result<usize, StoreError> {
+        match self {
+            Self::Disk(store) => store.expire_partials(ttl).await,
+            Self::S3(store) => store.expire_partials(ttl).await,
+        }
     }
 
     async fn commit(&self, staged: AnyStaged) -> Result<Committed, StoreError> {

@@ -14,22 +14,32 @@ use std::time::Instant;
 use actix_multipart::{Field, Multipart, MultipartError};
 use actix_web::http::header::CONTENT_ENCODING;
 use actix_web::{HttpRequest, web};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use logferry_common::rel_path::MAX_PATH_BYTES;
 use logferry_common::signing::{UploadClaim, UploadHead, parse_decimal};
-use logferry_common::wire::{UploadReceipt, endpoint, field};
+use logferry_common::wire::{Encoding, UploadOffset, UploadReceipt, field};
 use logferry_common::{PathError, RelPath, Sha256Digest, Sha256Hasher};
+use zstd::stream::raw::{DParameter, InBuffer, Operation as _, OutBuffer};
 
 use crate::auth::{self, Claimed, Verified};
 use crate::error::ApiError;
 use crate::ids::{Device, IdsFile};
 use crate::limits::{Limits, Slot, UploadSlots};
-use crate::store::Store;
+use crate::store::{Staged as _, Store};
 
 /// Longest `sha256` field: 64 hex characters.
 const MAX_SHA256_FIELD_BYTES: usize = 64;
-/// Longest `size` field: `u64::MAX` has 20 digits.
+/// Longest `size` (and `offset`) field: `u64::MAX` has 20 digits.
 const MAX_SIZE_FIELD_BYTES: usize = 20;
+/// Longer than any encoding's name.
+const MAX_ENCODING_FIELD_BYTES: usize = 16;
+/// Largest zstd window a frame may ask for: 8 MiB, what RFC 8878 asks every
+/// decoder to support, so that decoding one upload holds at most that much
+/// memory.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+/// Decoded bytes are counted and written in pieces of at most this size.
+const DECODED_PIECE: usize = 128 * 1024;
 
 /// What is known about an upload so far, for its log line. Filled in as the
 /// steps go; the device only once its signature verified.
@@ -54,15 +64,17 @@ pub struct Head {
 /// Reads what must be known before anything is decided: the Authorization
 /// header and the three text fields, bounded in size and, together, in time
 /// (`head_timeout`): a client that trickles them holds nothing but its
-/// connection, and not for long.
+/// connection, and not for long. `endpoint` is the upload's, or the offset
+/// query's, whose body is the same head.
 pub async fn read_head(
     req: &HttpRequest,
+    endpoint: &'static str,
     payload: web::Payload,
     ids: &IdsFile,
     limits: &Limits,
     progress: &mut Progress,
 ) -> Result<Head, ApiError> {
-    let claimed = auth::claim(req, endpoint::UPLOAD, ids)?;
+    let claimed = auth::claim(req, endpoint, ids)?;
     progress.key = Some(claimed.key_short().to_owned());
     if let Some(encoding) = req.headers().get(CONTENT_ENCODING) {
         let encoding = encoding.to_str().unwrap_or("(not text)").trim();
@@ -72,9 +84,9 @@ pub async fn read_head(
     }
     let mut form = Multipart::new(req.headers(), payload);
     let fields = async {
-        let path = read_text_field(&mut form, field::PATH, MAX_PATH_BYTES).await?;
-        let sha256 = read_text_field(&mut form, field::SHA256, MAX_SHA256_FIELD_BYTES).await?;
-        let size = read_text_field(&mut form, field::SIZE, MAX_SIZE_FIELD_BYTES).await?;
+        let path = read_head_field(&mut form, field::PATH, MAX_PATH_BYTES).await?;
+        let sha256 = read_head_field(&mut form, field::SHA256, MAX_SHA256_FIELD_BYTES).await?;
+        let size = read_head_field(&mut form, field::SIZE, MAX_SIZE_FIELD_BYTES).await?;
         Ok::<_, ApiError>(UploadHead { path, sha256, size })
     };
     let head = tokio::time::timeout(limits.head_timeout, fields)
@@ -147,6 +159,15 @@ pub struct Slotted {
 }
 
 impl VerifiedHead {
+    /// The answer to an offset query: how much of this file a cut-off
+    /// upload left in the store. Cheap, so it takes no slot.
+    pub async fn held<S: Store>(self, store: &S) -> Result<(Verified, UploadOffset), ApiError> {
+        match store.held(&self.verified.device().id, &self.claim).await {
+            Ok(offset) => Ok((self.verified, UploadOffset { offset })),
+            Err(error) => Err(self.verified.refuse(error.into())),
+        }
+    }
+
     /// Waits for a slot, up to the queue time: only verified uploads queue.
     pub async fn take_slot(self, slots: &UploadSlots) -> Result<Slotted, ApiError> {
         match slots.take(self.verified.device().key.key_id()).await {
@@ -168,40 +189,115 @@ pub struct Received<Staged> {
 }
 
 impl Slotted {
-    /// Streams the file field into staging while hashing it. More bytes than
+    /// Streams the file field into staging while hashing it (decoding it
+    /// first when it is compressed), continuing what a cut-off upload of
+    /// the same file left when the upload gives an offset. More bytes than
     /// declared stop it at the first one too many; a body that does not end
     /// cleanly after the file is never stored, even when the bytes so far
     /// happen to verify.
     pub async fn receive<S: Store>(self, store: &S, limits: &Limits) -> Result<Received<S::Staged>, ApiError> {
         let Self { head: VerifiedHead { verified, claim, mut form }, slot } = self;
-        match stream_body(&verified, &claim, &mut form, store, limits).await {
-            Ok((staged, received)) => Ok(Received { verified, claim, staged, received, _slot: slot }),
-            Err(error) => Err(verified.refuse(error)),
+        let pace = Pace { limits, deadline: limits.body_deadline(Instant::now(), claim.size) };
+        let opened = match body_fields(&pace, &claim, &mut form).await {
+            Ok(fields) => store
+                .stage(&verified.device().id, &claim, fields.offset)
+                .await
+                .map_err(ApiError::from)
+                .map(|(staged, hasher)| (fields, staged, hasher)),
+            Err(error) => Err(error),
+        };
+        let (fields, mut staged, hasher) = opened.map_err(|error| verified.refuse(error))?;
+        match stream_file(&claim, fields, hasher, &pace, &mut form, &mut staged).await {
+            Ok(received) => Ok(Received { verified, claim, staged, received, _slot: slot }),
+            Err(error) => {
+                // Incomplete bytes are kept for the next try to continue;
+                // wrong ones are not worth continuing.
+                if error.is_bad_data() {
+                    staged.discard().await;
+                }
+                Err(verified.refuse(error))
+            }
         }
     }
 }
 
-async fn stream_body<S: Store>(
-    verified: &Verified,
+/// What the fields between the head and the file say about the file part.
+struct BodyFields {
+    offset: u64,
+    decoder: Option<ZstdDecoder>,
+    file: Field,
+}
+
+/// Reads the optional `offset` and `encoding` fields and opens the `file`
+/// field, all within one idle timeout.
+async fn body_fields(pace: &Pace<'_>, claim: &UploadClaim, form: &mut Multipart) -> Result<BodyFields, ApiError> {
+    let read = async {
+        let mut next = pace.next(form).await?;
+        let mut offset = 0;
+        if matches!(&next, Some(Ok(found)) if found.name() == Some(field::OFFSET)) {
+            let text = read_text(expect_field(next, field::OFFSET)?, field::OFFSET, MAX_SIZE_FIELD_BYTES).await?;
+            offset = parse_decimal(&text).filter(|offset| *offset <= claim.size).ok_or_else(|| {
+                ApiError::MalformedUpload(format!(
+                    "the offset field must be a byte count in decimal, at most the size {}, not {text:?}",
+                    claim.size
+                ))
+            })?;
+            next = pace.next(form).await?;
+        }
+        let mut decoder = None;
+        if matches!(&next, Some(Ok(found)) if found.name() == Some(field::ENCODING)) {
+            let text =
+                read_text(expect_field(next, field::ENCODING)?, field::ENCODING, MAX_ENCODING_FIELD_BYTES).await?;
+            if text != Encoding::Zstd.as_str() {
+                return Err(ApiError::UnknownEncoding(text));
+            }
+            decoder = Some(ZstdDecoder::new()?);
+            next = pace.next(form).await?;
+        }
+        Ok(BodyFields { offset, decoder, file: expect_field(next, field::FILE)? })
+    };
+    tokio::time::timeout(pace.limits.idle_timeout, read).await.map_err(|_| {
+        ApiError::Timeout(format!(
+            "the fields before the file did not arrive within {} s",
+            pace.limits.idle_timeout.as_secs()
+        ))
+    })?
+}
+
+async fn stream_file<Staged: crate::store::Staged>(
     claim: &UploadClaim,
+    fields: BodyFields,
+    mut hasher: Sha256Hasher,
+    pace: &Pace<'_>,
     form: &mut Multipart,
-    store: &S,
-    limits: &Limits,
-) -> Result<(S::Staged, Sha256Digest), ApiError> {
-    use crate::store::Staged as _;
-    let pace = Pace { limits, deadline: limits.body_deadline(Instant::now(), claim.size) };
-    let mut file = pace.next(form).await.and_then(|next| expect_field(next, field::FILE))?;
-    let mut staged = store.stage(&verified.device().id, claim).await?;
-    let mut hasher = Sha256Hasher::default();
-    while let Some(chunk) = pace.next(&mut file).await? {
-        let chunk = chunk.map_err(malformed)?;
-        hasher.update(&chunk);
+    staged: &mut Staged,
+) -> Result<Sha256Digest, ApiError> {
+    let BodyFields { mut decoder, mut file, .. } = fields;
+    let mut keep = async |bytes: Bytes, hasher: &mut Sha256Hasher| {
+        hasher.update(&bytes);
         if hasher.len() > claim.size {
             return Err(ApiError::SizeMismatch { declared: claim.size, received_at_least: hasher.len() });
         }
-        staged.write(chunk).await?;
+        Ok::<_, ApiError>(staged.write(bytes).await?)
+    };
+    while let Some(chunk) = pace.next(&mut file).await? {
+        let chunk = chunk.map_err(malformed)?;
+        match &mut decoder {
+            None => keep(chunk, &mut hasher).await?,
+            Some(decoder) => {
+                let mut input = InBuffer::around(&chunk);
+                // Decoded a bounded piece at a time, each counted before
+                // the next: a bomb stops one piece past the declared size.
+                while let Some(decoded) = decoder.next_piece(&mut input)? {
+                    keep(decoded, &mut hasher).await?;
+                }
+            }
+        }
     }
     drop(file);
+    if decoder.as_ref().is_some_and(|decoder| !decoder.at_frame_end) {
+        return Err(ApiError::CorruptEncoding("the zstd data ends in the middle of a frame".to_owned()));
+    }
     if let Some(extra) = pace.next(form).await? {
         return Err(match extra {
             Ok(extra) => ApiError::MalformedUpload(format!(
@@ -218,7 +314,46 @@ async fn stream_body<S: Store>(
     if received != claim.sha256 {
         return Err(ApiError::ChecksumMismatch { declared: claim.sha256, received });
     }
-    Ok((staged, received))
+    Ok(received)
+}
+
+/// A zstd stream decoded as it arrives, frames one after another.
+struct ZstdDecoder {
+    inner: zstd::stream::raw::Decoder<'static>,
+    /// No frame is half decoded: the data may end here.
+    at_frame_end: bool,
+}
+
+impl ZstdDecoder {
+    fn new() -> Result<Self, ApiError> {
+        let mut inner = zstd::stream::raw::Decoder::new().map_err(ApiError::Storage)?;
+        inner.set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX)).map_err(ApiError::Storage)?;
+        Ok(Self { inner, at_frame_end: true })
+    }
+
+    /// The next piece (at most [`DECODED_PIECE`] bytes) decoded from
+    /// `input`; `None` once `input` is used up and nothing is pending.
+    fn next_piece(&mut self, input: &mut InBuffer<'_>) -> Result<Option<Bytes>, ApiError> {
+        loop {
+            let mut piece = Vec::with_capacity(DECODED_PIECE);
+            let mut output = OutBuffer::around(&mut piece);
+            let consumed_before = input.pos();
+            let hint =
+                self.inner.run(input, &mut output).map_err(|e| ApiError::CorruptEncoding(format!("zstd: {e}")))?;
+            let full = output.pos() == DECODED_PIECE;
+            // A call that moved nothing says nothing about the frame (at a
+            // frame's end it asks for the next frame's header).
+            if input.pos() != consumed_before || output.pos() > 0 {
+                self.at_frame_end = hint == 0;
+            }
+            if !piece.is_empty() {
+                return Ok(Some(Bytes::from(piece)));
+            }
+            if input.pos() == input.src.len() && !full {
+                return Ok(None);
+            }
+        }
+    }
 }
 
 /// Step 5: the upload is durably in the store, and the signed answer to it.
@@ -290,8 +425,7 @@ fn expect_field(next: Option<Result<Field, MultipartError>>, expected: &str) -> 
 /// A text field's bytes, at most `max` of them, as UTF-8 whatever charset
 /// its part declares. The path's limit is the path rule's, so a path that
 /// is too long is `invalid_path` whether it is long or very long.
-async fn read_text_field(form: &mut Multipart, expected: &str, max: usize) -> Result<String, ApiError> {
-    let mut field = expect_field(form.next().await, expected)?;
+async fn read_text(mut field: Field, expected: &str, max: usize) -> Result<String, ApiError> {
     let mut bytes = Vec::new();
     while let Some(chunk) = field.next().await {
         let chunk = chunk.map_err(malformed)?;
@@ -317,6 +451,10 @@ async fn read_text_field(form: &mut Multipart, expected: &str, max: usize) -> Re
             ApiError::MalformedUpload(format!("the field {expected:?} is not valid UTF-8"))
         }
     })
+}
+
+async fn read_head_field(form: &mut Multipart, expected: &str, max: usize) -> Result<String, ApiError> {
+    read_text(expect_field(form.next().await, expected)?, expected, max).await
 }
 
 fn malformed(err: MultipartError) -> ApiError {

@@ -1,19 +1,22 @@
 //! Talking to the receiver: signed requests, streamed uploads, retries of
 //! transient failures, and errors turned into sentences.
 
+use std::cell::Cell;
 use std::io::{self, Read};
 use std::time::Duration;
 
 use logferry_common::DeviceKey;
 use logferry_common::signing::{RECEIPT_HEADER, SignedRequest, UploadClaim, UploadHead, verify_receipt};
-use logferry_common::wire::{AuthCheckReply, ErrorBody, ErrorCode, UploadReceipt, endpoint, field};
+use logferry_common::wire::{
+    AuthCheckReply, Encoding, ErrorBody, ErrorCode, RESUMABLE_MIN_SIZE, UploadOffset, UploadReceipt, endpoint, field,
+};
 use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Body, Method, StatusCode, Url};
 
-use crate::opened::{Opened, Rewound};
-
+use crate::body::{self, Bandwidth, Compression, SAMPLE_SIZE};
 use crate::clock::Clock;
+use crate::opened::Opened;
 
 /// How long to wait for a connection before calling the receiver unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +43,16 @@ pub struct ClientOptions {
     pub retries: u32,
     /// Say on stderr when a retry is coming (interactive use).
     pub verbose: bool,
+    pub compression: Compression,
+    /// `--bwlimit`: the cap on file bytes sent, over all uploads at once.
+    pub bandwidth: Option<Bandwidth>,
+}
+
+/// What the receiver said, in its answer to the auth check, that it can do.
+#[derive(Debug, Clone, Copy, Default)]
+struct Accepts {
+    zstd: bool,
+    resume: bool,
 }
 
 #[derive(Debug)]
@@ -49,6 +62,8 @@ pub struct Client {
     key: DeviceKey,
     options: ClientOptions,
     clock: Clock,
+    /// Nothing until the auth check tells.
+    accepts: Accepts,
 }
 
 /// Why a request did not get a 2xx answer.
@@ -110,14 +125,29 @@ impl RequestError {
         }
     }
 
+    /// Whether the receiver found the bytes it got wrong: a signed
+    /// `size_mismatch` or `checksum_mismatch`.
+    fn is_verdict_on_bytes(&self) -> bool {
+        matches!(
+            self,
+            Self::Refused {
+                signed: true,
+                body: Some(ErrorBody { code: ErrorCode::SizeMismatch | ErrorCode::ChecksumMismatch, .. }),
+                ..
+            }
+        )
+    }
+
     /// Whether trying again later may succeed: no connection, a broken one,
-    /// an answer that says "not now" (408, 429, 5xx), or a refusal nobody
-    /// signed. A signed verdict on the request itself (401, 413, 422, …)
-    /// will not change by asking again.
+    /// an answer that says "not now" (408, 429, 5xx), an offset that the
+    /// receiver no longer holds (the next try asks again), or a refusal
+    /// nobody signed. A signed verdict on the request itself (401, 413,
+    /// 422, …) will not change by asking again.
     fn is_transient(&self) -> bool {
         match self {
             Self::Unreachable { .. } | Self::Transport { .. } => true,
             Self::Refused { signed: false, .. } => true,
+            Self::Refused { body: Some(ErrorBody { code: ErrorCode::OffsetMismatch, .. }), .. } => true,
             Self::Refused { status, .. } => {
                 matches!(*status, StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS)
                     || status.is_server_error()
@@ -152,7 +182,7 @@ impl Client {
         if let Some(tls) = options.pinned_ca.clone() {
             builder = builder.tls_backend_preconfigured(tls);
         }
-        Ok(Self { http: builder.build()?, base, key, options, clock: Clock::default() })
+        Ok(Self { http: builder.build()?, base, key, options, clock: Clock::default(), accepts: Accepts::default() })
     }
 
     /// The clock every request is signed with: the device's, corrected once
@@ -169,12 +199,13 @@ impl Client {
         let mut clock = self.clock;
         let mut corrections = 0;
         loop {
-            let attempt = self
+            let attempt: Result<(_, AuthCheckReply), _> = self
                 .with_retries(|| async { Ok(self.signed(clock, Method::GET, endpoint::AUTH_CHECK, None, |r| r)) })
                 .await;
             match attempt {
                 Ok((_, reply)) => {
                     self.clock = clock;
+                    self.accepts = Accepts { zstd: reply.encodings.contains(&Encoding::Zstd), resume: reply.resume };
                     return Ok(reply);
                 }
                 Err(err) => match err.receiver_time() {
@@ -192,11 +223,36 @@ impl Client {
     }
 
     /// Uploads the first `claim.size` bytes of `file`, streamed; every
-    /// attempt reads them again from byte 0 of the same open file.
+    /// attempt reads them again from the same open file. A resumable file
+    /// continues from what the receiver holds of it; should those bytes and
+    /// the rest not verify together (the receiver then drops what it held),
+    /// the whole file is sent once more.
     pub async fn upload(
         &self,
         file: &Opened,
         claim: &UploadClaim,
+    ) -> Result<(StatusCode, UploadReceipt), RequestError> {
+        let resumable = self.accepts.resume && claim.size >= RESUMABLE_MIN_SIZE;
+        let continued_from = Cell::new(0);
+        match self.send_file(file, claim, resumable, &continued_from).await {
+            Err(err) if continued_from.get() > 0 && err.is_verdict_on_bytes() => {
+                if self.options.verbose {
+                    eprintln!("{}: {err}; sending the whole file again", claim.path);
+                }
+                self.send_file(file, claim, false, &continued_from).await
+            }
+            done => done,
+        }
+    }
+
+    /// One upload with its retries; with `resume`, each attempt first asks
+    /// how much the receiver holds and sends only the rest.
+    async fn send_file(
+        &self,
+        file: &Opened,
+        claim: &UploadClaim,
+        resume: bool,
+        continued_from: &Cell<u64>,
     ) -> Result<(StatusCode, UploadReceipt), RequestError> {
         self.with_retries(|| async {
             // A file cut shorter since it was hashed (copytruncate) cannot
@@ -208,35 +264,90 @@ impl Client {
                     claim.size, now.len
                 )));
             }
-            // Never more than declared: bytes appended meanwhile wait for the next run.
-            let body = if claim.size <= UPLOAD_CHUNK as u64 {
-                // One trip to the blocking pool, not one for each read: a
-                // burst of small files is bound by such per-file costs. The
-                // file fits in one read buffer anyway.
-                let (mut source, size) = (file.rewound().take(claim.size), claim.size);
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut bytes = Vec::with_capacity(size as usize);
-                    source.read_to_end(&mut bytes)?;
-                    Ok(bytes)
-                });
-                let bytes = read.await.map_err(io::Error::other).and_then(|read| read);
-                Body::from(bytes.map_err(|e: io::Error| RequestError::Source(e.to_string()))?)
-            } else {
-                Body::wrap_stream(chunks(file.rewound().take(claim.size)))
-            };
+            let offset = if resume { self.held(claim).await? } else { 0 };
+            continued_from.set(offset);
+            if offset > 0 && self.options.verbose {
+                eprintln!("{}: the receiver holds {offset} of its {} bytes; sending the rest", claim.path, claim.size);
+            }
+            let (part, encoding) = self.file_part(file, claim, offset).await?;
             // The fields are sent as exactly the text that is signed.
             let head = UploadHead::from(claim);
-            let form = Form::new()
-                .text(field::PATH, head.path.clone())
-                .text(field::SHA256, head.sha256.clone())
-                .text(field::SIZE, head.size.clone())
-                .part(
-                    field::FILE,
-                    Part::stream_with_length(body, claim.size).file_name(claim.path.file_name().to_owned()),
-                );
+            let mut form = head_form(&head);
+            if offset > 0 {
+                form = form.text(field::OFFSET, offset.to_string());
+            }
+            if let Some(encoding) = encoding {
+                form = form.text(field::ENCODING, encoding.as_str());
+            }
+            let form = form.part(field::FILE, part.file_name(claim.path.file_name().to_owned()));
             Ok(self.signed(self.clock, Method::POST, endpoint::UPLOAD, Some(&head), |r| r.multipart(form)))
         })
         .await
+    }
+
+    /// How many bytes of the file the receiver holds from a cut-off upload.
+    async fn held(&self, claim: &UploadClaim) -> Result<u64, RequestError> {
+        let head = UploadHead::from(claim);
+        let form = head_form(&head);
+        let request =
+            self.signed(self.clock, Method::POST, endpoint::UPLOAD_OFFSET, Some(&head), |r| r.multipart(form));
+        let (_, reply): (_, UploadOffset) = self.send(request).await?;
+        if reply.offset > claim.size {
+            return Err(RequestError::Garbled(format!(
+                "the receiver says it holds {} bytes of a {}-byte file",
+                reply.offset, claim.size
+            )));
+        }
+        Ok(reply.offset)
+    }
+
+    /// The file part: the bytes from `offset` to the claimed size, never more
+    /// (bytes appended meanwhile wait for the next run), compressed when the
+    /// receiver decodes zstd and `--compress` and the bytes make it worth it.
+    async fn file_part(
+        &self,
+        file: &Opened,
+        claim: &UploadClaim,
+        offset: u64,
+    ) -> Result<(Part, Option<Encoding>), RequestError> {
+        let source_error = |e: io::Error| RequestError::Source(e.to_string());
+        let remaining = claim.size - offset;
+        let compression = if self.accepts.zstd { self.options.compression } else { Compression::Off };
+        let bandwidth = self.options.bandwidth.clone();
+        if remaining <= UPLOAD_CHUNK as u64 {
+            // One trip to the blocking pool, not one for each read: a burst
+            // of small files is bound by such per-file costs. The file fits
+            // in one read buffer anyway.
+            let source = file.reader_from(offset).take(remaining);
+            let read = tokio::task::spawn_blocking(move || read_small(source, remaining, compression));
+            let (bytes, encoding) = read.await.map_err(io::Error::other).and_then(|read| read).map_err(source_error)?;
+            if let Some(bandwidth) = &bandwidth {
+                bandwidth.take(bytes.len()).await;
+            }
+            let len = bytes.len() as u64;
+            return Ok((Part::stream_with_length(Body::from(bytes), len), encoding));
+        }
+        let compress = match compression {
+            Compression::Off => false,
+            Compression::Zstd => true,
+            Compression::Auto => {
+                let sample = file.reader_from(offset).take(SAMPLE_SIZE as u64);
+                tokio::task::spawn_blocking(move || read_small(sample, SAMPLE_SIZE as u64, Compression::Auto))
+                    .await
+                    .map_err(io::Error::other)
+                    .and_then(|read| read)
+                    .map_err(source_error)?
+                    .1
+                    .is_some()
+            }
+        };
+        let source = file.reader_from(offset).take(remaining);
+        Ok(if compress {
+            let encoded = body::zstd_reader(source, remaining).map_err(source_error)?;
+            (Part::stream(Body::wrap_stream(chunks(encoded, bandwidth))), Some(Encoding::Zstd))
+        } else {
+            (Part::stream_with_length(Body::wrap_stream(chunks(source, bandwidth)), remaining), None)
+        })
     }
 
     /// Sends the request `build` makes, making it anew (freshly signed, body
@@ -327,17 +438,51 @@ struct Signed {
     signature: [u8; 32],
 }
 
-/// The reader's bytes as a stream of `UPLOAD_CHUNK`-sized reads, each on
-/// the blocking pool.
-fn chunks(source: io::Take<Rewound>) -> impl futures_util::Stream<Item = io::Result<Vec<u8>>> {
-    futures_util::stream::try_unfold(source, |mut source| async move {
+/// The upload form's head: the three signed fields, as the text signed.
+fn head_form(head: &UploadHead) -> Form {
+    Form::new()
+        .text(field::PATH, head.path.clone())
+        .text(field::SHA256, head.sha256.clone())
+        .text(field::SIZE, head.size.clone())
+}
+
+/// All `len` bytes of `source` (a small file, or a sample), compressed
+/// when `compression` says so; `Auto` only when that shrinks them enough.
+fn read_small(source: impl Read, len: u64, compression: Compression) -> io::Result<(Vec<u8>, Option<Encoding>)> {
+    let mut bytes = Vec::with_capacity(len as usize);
+    source.take(len).read_to_end(&mut bytes)?;
+    let compressed = match compression {
+        Compression::Off => None,
+        Compression::Auto => body::compressed_if_worth_it(&bytes),
+        Compression::Zstd => Some(zstd::bulk::compress(&bytes, body::ZSTD_LEVEL)?),
+    };
+    Ok(match compressed {
+        Some(compressed) => (compressed, Some(Encoding::Zstd)),
+        None => (bytes, None),
+    })
+}
+
+/// The reader's bytes as a stream of reads of up to `UPLOAD_CHUNK` (smaller
+/// under a bandwidth cap), each on the blocking pool and each paced by it.
+fn chunks<R: Read + Send + 'static>(
+    source: R,
+    bandwidth: Option<Bandwidth>,
+) -> impl futures_util::Stream<Item = io::Result<Vec<u8>>> {
+    let piece = bandwidth.as_ref().map_or(UPLOAD_CHUNK, |cap| cap.piece_size(UPLOAD_CHUNK));
+    futures_util::stream::try_unfold((source, bandwidth), move |(mut source, bandwidth)| async move {
         let (chunk, source) = tokio::task::spawn_blocking(move || {
-            let mut chunk = Vec::with_capacity(UPLOAD_CHUNK);
-            (&mut source).take(UPLOAD_CHUNK as u64).read_to_end(&mut chunk).map(|_| (chunk, source))
+            let mut chunk = Vec::with_capacity(piece);
+            (&mut source).take(piece as u64).read_to_end(&mut chunk).map(|_| (chunk, source))
         })
         .await
         .map_err(io::Error::other)??;
-        Ok((!chunk.is_empty()).then_some((chunk, source)))
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        if let Some(bandwidth) = &bandwidth {
+            bandwidth.take(chunk.len()).await;
+        }
+        Ok(Some((chunk, (source, bandwidth))))
     })
 }
 

@@ -2,12 +2,14 @@
 
 use std::io;
 use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use logferry_common::wire::DEFAULT_PORT;
 use reqwest::Url;
 
+pub use crate::body::Compression;
 use crate::exit;
 use crate::id_file::Exposure;
 use crate::sent::Disposal;
@@ -30,6 +32,8 @@ pub struct Options {
     pub min_age: Duration,
     pub keep_sent: Option<Duration>,
     pub jobs: usize,
+    pub compression: Compression,
+    pub bwlimit: Option<NonZeroU64>,
     pub verbose: bool,
 }
 
@@ -56,6 +60,10 @@ pub struct Config {
     pub keep_sent: Option<Duration>,
     /// Uploads in flight at once.
     pub jobs: usize,
+    /// When files are compressed on the wire.
+    pub compression: Compression,
+    /// The cap on file bytes sent per second, over all uploads at once.
+    pub bwlimit: Option<NonZeroU64>,
     /// Print a line per file (interactive use); otherwise only failures and
     /// the summary, as cron mails whatever is printed.
     pub verbose: bool,
@@ -97,6 +105,8 @@ impl Config {
             min_age,
             keep_sent,
             jobs,
+            compression,
+            bwlimit,
             verbose,
         } = options;
         let receiver = receiver_url(&host, port)?;
@@ -133,6 +143,8 @@ impl Config {
             min_age,
             keep_sent,
             jobs,
+            compression,
+            bwlimit,
             verbose,
         })
     }

@@ -9,6 +9,7 @@ use logferry_common::Sha256Digest;
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
 
+use crate::body::Bandwidth;
 use crate::client::{Client, ClientOptions, RequestError};
 use crate::config::Config;
 use crate::id_file::{self, IdFileError};
@@ -126,7 +127,13 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
     let _lock = lock(config)?;
     let id = id_file::read(&config.id_file, config.id_exposure)?;
     let pinned_ca = config.ca_cert.as_deref().map(read_ca_certs).transpose()?;
-    let options = ClientOptions { pinned_ca, retries: config.retries, verbose: config.verbose };
+    let options = ClientOptions {
+        pinned_ca,
+        retries: config.retries,
+        verbose: config.verbose,
+        compression: config.compression,
+        bandwidth: config.bwlimit.map(Bandwidth::new),
+    };
     // Slow on purpose (Argon2id): once per run, off the async threads.
     let key = tokio::task::spawn_blocking(move || id.derive_key())
         .await

@@ -5,6 +5,7 @@
 //! `main.rs` turns the command line into a [`Config`]; everything here works
 //! from that and never sees the argument parser.
 
+pub mod body;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -1,10 +1,11 @@
 use std::io::IsTerminal;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{CommandFactory, Parser, Subcommand};
-use logferry_sender::config::Options;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use logferry_sender::config::{Compression, Options};
 use logferry_sender::id_file::{DEFAULT_ID_FILE, Exposure};
 use logferry_sender::{Config, exit};
 
@@ -78,6 +79,18 @@ struct Cli {
     #[arg(long, env = "LOGFERRY_JOBS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
 
+    /// Compress files on the wire with zstd: auto (when the receiver decodes
+    /// it and the file's first 128 KiB shrink by more than 10%), zstd (every
+    /// file the receiver can take so), none. The receiver stores the
+    /// original bytes either way.
+    #[arg(long, env = "LOGFERRY_COMPRESS", value_enum, default_value_t = CompressArg::Auto)]
+    compress: CompressArg,
+
+    /// Most bytes per second to send, over all uploads at once (512KiB, 2MiB,
+    /// 1MB): for metered links and shared uplinks [default: no limit].
+    #[arg(long, env = "LOGFERRY_BWLIMIT", value_name = "RATE", value_parser = parse_rate)]
+    bwlimit: Option<NonZeroU64>,
+
     /// Print nothing when every file was delivered (cron mails any output);
     /// failures and their summary are still printed.
     #[arg(long, short, env = "LOGFERRY_QUIET", conflicts_with = "json")]
@@ -90,6 +103,28 @@ struct Cli {
     /// List what would be sent, without contacting the receiver or moving anything.
     #[arg(long, short = 'n')]
     dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CompressArg {
+    Auto,
+    Zstd,
+    None,
+}
+
+impl From<CompressArg> for Compression {
+    fn from(arg: CompressArg) -> Self {
+        match arg {
+            CompressArg::Auto => Self::Auto,
+            CompressArg::Zstd => Self::Zstd,
+            CompressArg::None => Self::Off,
+        }
+    }
+}
+
+fn parse_rate(text: &str) -> Result<NonZeroU64, String> {
+    logferry_common::parse_byte_size(text)
+        .and_then(|rate| NonZeroU64::new(rate).ok_or_else(|| "must be more than 0".to_owned()))
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +178,8 @@ fn run() -> anyhow::Result<u8> {
         min_age: Duration::from_secs(cli.min_age),
         keep_sent: cli.keep_sent,
         jobs: cli.jobs.into(),
+        compression: cli.compress.into(),
+        bwlimit: cli.bwlimit,
         verbose: std::io::stderr().is_terminal(),
     };
     let config = match Config::new(options) {

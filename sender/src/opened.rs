@@ -74,11 +74,16 @@ impl Opened {
     /// byte 0 whatever other readers of the handle did, so a retry rereads
     /// exactly what the first attempt read.
     pub fn rewound(&self) -> Rewound {
-        Rewound { file: Arc::clone(&self.file), pos: 0 }
+        self.reader_from(0)
+    }
+
+    /// Reads the file from byte `pos` on, by position like [`Self::rewound`].
+    pub fn reader_from(&self, pos: u64) -> Rewound {
+        Rewound { file: Arc::clone(&self.file), pos }
     }
 }
 
-/// A reader over an [`Opened`] file from byte 0 (`pread`, no shared offset).
+/// A reader over an [`Opened`] file from a given byte (`pread`, no shared offset).
 #[derive(Debug)]
 pub struct Rewound {
     file: Arc<File>,

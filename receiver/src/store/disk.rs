@@ -2,6 +2,13 @@
 //! `<stored name>.sha256`, staged in `<root>/.staging/` (the stored name is
 //! the relative path, escaped; see `RelPath::store_candidates`).
 //!
+//! Resumable files (at least `RESUMABLE_MIN_SIZE`) are staged instead in
+//! `<root>/.partial/<hash of device, checksum, size and path>`, which
+//! outlives a cut-off upload and a restart, so that the next upload of the
+//! same claim continues it. A partial file is written only under an
+//! exclusive `flock` and while it has one link: once committed (linked into
+//! place) it is the stored file, and its partial name is only removed.
+//!
 //! Durability: the staged file and its checksum file are fsynced before
 //! they are linked into place, every folder that gains an entry is fsynced,
 //! and only then does commit return. Data and checksum file share a folder,
@@ -12,16 +19,17 @@
 //! link planted in the store cannot lead out.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::num::NonZeroU64;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
 use logferry_common::durable::{create_dirs, exists_no_follow, holds_exactly, sync_dir};
 use logferry_common::signing::UploadClaim;
-use logferry_common::wire::UploadOutcome;
-use logferry_common::{DeviceId, RelPath, Sha256Digest};
+use logferry_common::wire::{RESUMABLE_MIN_SIZE, UploadOutcome};
+use logferry_common::{DeviceId, RelPath, Sha256Digest, Sha256Hasher};
 use rand::TryRng;
 use rand::rngs::SysRng;
 use tokio::sync::mpsc;
@@ -32,6 +40,10 @@ use super::{Committed, Staged, Store, StoreError, StoredFile};
 /// Folder of in-progress uploads. Device folders are 16 hex characters, so
 /// this name can never clash with one.
 const STAGING_DIR: &str = ".staging";
+/// Folder of resumable uploads in progress or cut off; kept across restarts.
+const PARTIAL_DIR: &str = ".partial";
+/// Reads of a partial file's first bytes, to hash what it holds.
+const PREFIX_READ: usize = 256 * 1024;
 /// Chunks queued between the network and the disk writer per upload: enough
 /// to keep both busy, little enough to keep memory flat.
 const QUEUED_CHUNKS: usize = 16;
@@ -47,6 +59,7 @@ const HELD_UPLOAD_MAX: u64 = 256 * 1024;
 pub struct DiskStore {
     root: PathBuf,
     staging: PathBuf,
+    partial: PathBuf,
     /// Free space to keep on the file system, in bytes.
     min_free: u64,
 }
@@ -61,20 +74,98 @@ impl DiskStore {
     /// staging files were removed.
     pub fn open(root: &Path, min_free: u64) -> io::Result<(Self, usize)> {
         fs::create_dir_all(root)?;
-        let staging = root.join(STAGING_DIR);
-        match fs::create_dir(&staging) {
-            Ok(()) => sync_dir(root)?,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
+        let (staging, partial) = (root.join(STAGING_DIR), root.join(PARTIAL_DIR));
+        for folder in [&staging, &partial] {
+            match fs::create_dir(folder) {
+                Ok(()) => sync_dir(root)?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
         }
         let mut removed = 0;
         for entry in fs::read_dir(&staging)? {
             fs::remove_file(entry?.path())?;
             removed += 1;
         }
-        Ok((Self { root: root.to_owned(), staging, min_free }, removed))
+        Ok((Self { root: root.to_owned(), staging, partial, min_free }, removed))
     }
 
+    /// Where a resumable upload of `claim` by `device` is staged. Named by
+    /// everything that identifies the upload, so that only the same bytes
+    /// under the same name from the same device continue it.
+    fn partial_path(&self, device: &DeviceId, claim: &UploadClaim) -> PathBuf {
+        let identity =
+            format!("logferry partial\n{}\n{}\n{}\n{}", device.reveal(), claim.sha256, claim.size, claim.path.as_str());
+        self.partial.join(Sha256Digest::of_bytes(identity.as_bytes()).to_string())
+    }
+
+    /// Opens and locks the partial file at `path`, keeps its first `offset`
+    /// bytes (it must hold that many) and hashes them; the file is left
+    /// positioned at `offset`.
+    fn open_partial(&self, path: &Path, size: u64, offset: u64) -> Result<(File, Sha256Hasher), StoreError> {
+        self.check_room(size - offset)?;
+        // A few tries: the name may be committed or expired, and made anew,
+        // between opening it and holding its lock.
+        for _ in 0..3 {
+            let Some(file) = lock_partial(path, true)? else { continue };
+            let held = file.metadata()?.len();
+            if offset > held {
+                return Err(StoreError::OffsetBeyond { offset, held });
+            }
+            file.set_len(offset)?;
+            let mut hasher = Sha256Hasher::default();
+            let mut buffer = vec![0; PREFIX_READ];
+            while hasher.len() < offset {
+                let want = (offset - hasher.len()).min(PREFIX_READ as u64) as usize;
+                let read = file.read_at(&mut buffer[..want], hasher.len())?;
+                if read == 0 {
+                    return Err(io::Error::other("a partial upload shrank while it was locked").into());
+                }
+                hasher.update(&buffer[..read]);
+            }
+            (&file).seek(SeekFrom::Start(offset))?;
+            return Ok((file, hasher));
+        }
+        Err(StoreError::PartialInUse)
+    }
+}
+
+/// Opens (`create`: or creates) the partial file at `path` and takes its
+/// lock. `None` when the name changed hands meanwhile, or led to a file
+/// that had been committed, whose name is then removed: try again.
+fn lock_partial(path: &Path, create: bool) -> Result<Option<File>, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => return Err(StoreError::PartialInUse),
+        Err(e) => return Err(io::Error::from(e).into()),
+    }
+    let locked = file.metadata()?;
+    let named = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if (named.dev(), named.ino()) != (locked.dev(), locked.ino()) {
+        return Ok(None);
+    }
+    if locked.nlink() > 1 {
+        // Committed, and the crash or failure that followed kept its
+        // partial name: it is a stored file now, never to be written.
+        fs::remove_file(path)?;
+        return Ok(None);
+    }
+    Ok(Some(file))
+}
+
+impl DiskStore {
     fn new_staging_file(&self, purpose: &str) -> io::Result<(StagingName, File)> {
         let mut nonce = [0u8; 12];
         SysRng.try_fill_bytes(&mut nonce).map_err(io::Error::other)?;
@@ -125,18 +216,57 @@ enum Body {
 
 #[derive(Debug)]
 struct Writer {
-    name: StagingName,
+    name: Staging,
     chunks: Option<mpsc::Sender<Bytes>>,
-    task: Option<JoinHandle<Result<(), StoreError>>>,
+    task: Option<JoinHandle<Result<File, StoreError>>>,
+    /// Once finished: the written file, kept open so that a partial file's
+    /// lock is held until it is committed or removed.
+    file: Option<File>,
+}
+
+/// Where a streamed upload is written.
+#[derive(Debug)]
+enum Staging {
+    /// Removed unless committed.
+    Temporary(StagingName),
+    /// Kept unless committed or discarded (see [`lock_partial`]).
+    Partial(PathBuf),
+}
+
+impl Staging {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Temporary(name) => &name.0,
+            Self::Partial(path) => path,
+        }
+    }
 }
 
 impl Writer {
+    fn start(name: Staging, file: File, offset: u64, store: DiskStore) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
+        let task = tokio::task::spawn_blocking(move || write_all_chunks(file, offset, rx, store));
+        Self { name, chunks: Some(tx), task: Some(task), file: None }
+    }
+
     /// Waits for the writer to flush and fsync everything sent so far.
     async fn finish(&mut self) -> Result<(), StoreError> {
         self.chunks = None;
         match self.task.take() {
-            Some(task) => task.await.map_err(io::Error::other)?,
+            Some(task) => {
+                self.file = Some(task.await.map_err(io::Error::other)??);
+                Ok(())
+            }
             None => Err(io::Error::other("staged upload already finished").into()),
+        }
+    }
+
+    /// Removes a partial file's name once it is committed or discarded,
+    /// while its lock is still held.
+    fn remove_partial(&self) -> io::Result<()> {
+        match &self.name {
+            Staging::Partial(path) => fs::remove_file(path),
+            Staging::Temporary(_) => Ok(()),
         }
     }
 }
@@ -161,6 +291,15 @@ impl Staged for DiskStaged {
         writer.finish().await?;
         Err(io::Error::other("the staging writer stopped unexpectedly").into())
     }
+
+    async fn discard(self) {
+        if let Body::Streamed(mut writer) = self.body {
+            let _ = writer.finish().await;
+            if let Err(e) = blocking(move || Ok(writer.remove_partial()?)).await {
+                tracing::warn!("cannot remove a discarded partial upload: {e}");
+            }
+        }
+    }
 }
 
 /// Bytes available to unprivileged writers on the file system of `path`.
@@ -175,9 +314,16 @@ fn no_room(free: u64, needed: u64, reserve: u64) -> StoreError {
     ))
 }
 
-fn write_all_chunks(file: File, mut chunks: mpsc::Receiver<Bytes>, store: DiskStore) -> Result<(), StoreError> {
+/// Writes the chunks to `file` from its byte `offset` on (where it is
+/// positioned), then fsyncs it and gives it back.
+fn write_all_chunks(
+    file: File,
+    offset: u64,
+    mut chunks: mpsc::Receiver<Bytes>,
+    store: DiskStore,
+) -> Result<File, StoreError> {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
-    let (mut written, mut next_check, mut flushing_from) = (0u64, SPACE_CHECK_EVERY, 0u64);
+    let (mut written, mut next_check, mut flushing_from) = (0u64, SPACE_CHECK_EVERY, offset);
     while let Some(chunk) = chunks.blocking_recv() {
         out.write_all(&chunk)?;
         written += chunk.len() as u64;
@@ -191,7 +337,7 @@ fn write_all_chunks(file: File, mut chunks: mpsc::Receiver<Bytes>, store: DiskSt
             // disk works while the rest arrives and the final fsync waits
             // only for the last few MiB. (The advice also drops those pages
             // from the cache once written: nothing reads them again.)
-            let in_file = written - out.buffer().len() as u64;
+            let in_file = offset + written - out.buffer().len() as u64;
             if let Some(len) = NonZeroU64::new(in_file - flushing_from) {
                 rustix::fs::fadvise(out.get_ref(), flushing_from, Some(len), rustix::fs::Advice::DontNeed)
                     .map_err(io::Error::from)?;
@@ -200,7 +346,8 @@ fn write_all_chunks(file: File, mut chunks: mpsc::Receiver<Bytes>, store: DiskSt
         }
     }
     let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-    Ok(file.sync_all()?)
+    file.sync_all()?;
+    Ok(file)
 }
 
 impl Store for DiskStore {
@@ -208,9 +355,26 @@ impl Store for DiskStore {
 
     /// A small upload is refused for want of room when it is committed,
     /// which is as soon as its body is in; a larger one at once.
-    async fn stage(&self, device: &DeviceId, claim: &UploadClaim) -> Result<DiskStaged, StoreError> {
+    async fn stage(
+        &self,
+        device: &DeviceId,
+        claim: &UploadClaim,
+        offset: u64,
+    ) -> Result<(DiskStaged, Sha256Hasher), StoreError> {
         let size = claim.size;
-        let body = if size <= HELD_UPLOAD_MAX {
+        let mut hasher = Sha256Hasher::default();
+        let body = if size >= RESUMABLE_MIN_SIZE {
+            let (store, path) = (self.clone(), self.partial_path(device, claim));
+            let (file, held, path) = blocking(move || {
+                let (file, held) = store.open_partial(&path, size, offset)?;
+                Ok((file, held, path))
+            })
+            .await?;
+            hasher = held;
+            Body::Streamed(Writer::start(Staging::Partial(path), file, offset, self.clone()))
+        } else if offset != 0 {
+            return Err(StoreError::OffsetBeyond { offset, held: 0 });
+        } else if size <= HELD_UPLOAD_MAX {
             Body::Held(Vec::new())
         } else {
             let store = self.clone();
@@ -219,13 +383,52 @@ impl Store for DiskStore {
                 Ok(store.new_staging_file("upload")?)
             })
             .await?;
-            let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
-            let store = self.clone();
-            let task = tokio::task::spawn_blocking(move || write_all_chunks(file, rx, store));
-            Body::Streamed(Writer { name, chunks: Some(tx), task: Some(task) })
+            Body::Streamed(Writer::start(Staging::Temporary(name), file, 0, self.clone()))
         };
         let device_dir = self.root.join(device.reveal());
-        Ok(DiskStaged { store: self.clone(), device_dir, claim: claim.clone(), body })
+        Ok((DiskStaged { store: self.clone(), device_dir, claim: claim.clone(), body }, hasher))
+    }
+
+    async fn held(&self, device: &DeviceId, claim: &UploadClaim) -> Result<u64, StoreError> {
+        if claim.size < RESUMABLE_MIN_SIZE {
+            return Ok(0);
+        }
+        let (path, size) = (self.partial_path(device, claim), claim.size);
+        blocking(move || match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.nlink() == 1 => Ok(meta.len().min(size)),
+            Ok(_) => Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
+    fn keeps_partials(&self) -> bool {
+        true
+    }
+
+    async fn expire_partials(&self, ttl: Duration) -> Result<usize, StoreError> {
+        let folder = self.partial.clone();
+        blocking(move || {
+            let mut removed = 0;
+            for entry in fs::read_dir(&folder)? {
+                let path = entry?.path();
+                // One in use is not expired, however old its last byte.
+                let file = match lock_partial(&path, false) {
+                    Ok(Some(file)) => file,
+                    Ok(None) | Err(StoreError::PartialInUse) => continue,
+                    Err(StoreError::Io(e)) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                let idle = file.metadata()?.modified()?.elapsed().unwrap_or_default();
+                if idle >= ttl {
+                    fs::remove_file(&path)?;
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
     }
 
     async fn commit(&self, staged: DiskStaged) -> Result<Committed, StoreError> {
@@ -245,7 +448,12 @@ impl Store for DiskStore {
             }
             Body::Streamed(mut writer) => {
                 writer.finish().await?;
-                blocking(move || store.place(&writer.name.0, &device_dir, &claim)).await
+                blocking(move || {
+                    let committed = store.place(writer.name.path(), &device_dir, &claim)?;
+                    writer.remove_partial()?;
+                    Ok(committed)
+                })
+                .await
             }
         }
     }

@@ -26,12 +26,13 @@
 use std::fmt;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
-use logferry_common::{DeviceId, RelPath, Sha256Digest};
+use logferry_common::{DeviceId, RelPath, Sha256Digest, Sha256Hasher};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
@@ -516,12 +517,24 @@ impl Staged for S3Staged {
             }
         }
     }
+
+    /// Nothing is kept anyway: dropping aborts a multipart upload.
+    async fn discard(self) {}
 }
 
 impl Store for S3Store {
     type Staged = S3Staged;
 
-    async fn stage(&self, device: &DeviceId, claim: &UploadClaim) -> Result<S3Staged, StoreError> {
+    /// Keeps no partial uploads: a cut-off upload starts over.
+    async fn stage(
+        &self,
+        device: &DeviceId,
+        claim: &UploadClaim,
+        offset: u64,
+    ) -> Result<(S3Staged, Sha256Hasher), StoreError> {
+        if offset != 0 {
+            return Err(StoreError::OffsetBeyond { offset, held: 0 });
+        }
         let mask = Mask(device);
         let (name, body) = match self.choose(device, claim, &mask).await? {
             Choice::AlreadyThere(name) => (name, Body::AlreadyThere),
@@ -551,7 +564,19 @@ impl Store for S3Store {
                 (name, Body::Parts(parts))
             }
         };
-        Ok(S3Staged { device: device.clone(), claim: claim.clone(), name, body })
+        Ok((S3Staged { device: device.clone(), claim: claim.clone(), name, body }, Sha256Hasher::default()))
+    }
+
+    async fn held(&self, _device: &DeviceId, _claim: &UploadClaim) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    fn keeps_partials(&self) -> bool {
+        false
+    }
+
+    async fn expire_partials(&self, _ttl: Duration) -> Result<usize, StoreError> {
+        Ok(0)
     }
 
     async fn commit(&self, mut staged: S3Staged) -> Result<Committed, StoreError> {

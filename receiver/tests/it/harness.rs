@@ -352,16 +352,27 @@ impl Harness {
             std::fs::read_dir(&staging).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
         assert!(leftovers.is_empty(), "staging not empty: {leftovers:?}");
         let mut files = Vec::new();
-        collect(&self.store(), &self.store(), &staging, &mut files);
+        collect(&self.store(), &self.store(), &[staging, self.store().join(".partial")], &mut files);
         files.sort();
         files
     }
+
+    /// The sizes of what cut-off uploads left for a resume (never visible
+    /// among the stored files).
+    pub fn partials(&self) -> Vec<u64> {
+        let partial = self.store().join(".partial");
+        let mut sizes: Vec<u64> = std::fs::read_dir(partial)
+            .map(|d| d.flatten().map(|e| e.metadata().expect("stat").len()).collect())
+            .unwrap_or_default();
+        sizes.sort();
+        sizes
+    }
 }
 
-fn collect(root: &Path, dir: &Path, skip: &Path, out: &mut Vec<String>) {
+fn collect(root: &Path, dir: &Path, skip: &[PathBuf], out: &mut Vec<String>) {
     for entry in std::fs::read_dir(dir).expect("readable").flatten() {
         let path = entry.path();
-        if path == skip {
+        if skip.contains(&path) {
             continue;
         }
         if entry.file_type().expect("type").is_dir() {

@@ -108,13 +108,15 @@ async fn uploads_past_the_per_device_limit_get_429_with_retry_after_until_a_slot
 const CONTENT: &[u8] = b"sensor,value\n1,2\n";
 
 #[test]
-fn a_body_that_stalls_gets_408_and_leaves_nothing() {
+fn a_body_that_stalls_gets_408_and_leaves_nothing_visible() {
     let h = Harness::start_with(Limits { idle_timeout: Duration::from_secs(1), ..Limits::default() });
     let mut stalled = start_upload(&h, &vec![1u8; 1 << 20], 10);
     let (status, body) = read_answer(&mut stalled);
     assert!(status.starts_with("HTTP/1.1 408"), "{status} {body}");
     assert!(body.contains(r#""code":"timeout""#) && body.contains("no data arrived"), "{body}");
     assert_eq!(h.stored_files(), Vec::<String>::new());
+    // A resumable file: what arrived is kept, out of sight, for a resume.
+    assert_eq!(h.partials().len(), 1);
 }
 
 #[test]
@@ -139,6 +141,7 @@ fn a_body_that_trickles_below_the_minimum_rate_gets_408() {
     assert!(status.starts_with("HTTP/1.1 408"), "{status} {body}");
     assert!(body.contains("slower than"), "{body}");
     assert_eq!(h.stored_files(), Vec::<String>::new());
+    assert_eq!(h.partials().len(), 1, "kept for a resume, out of sight");
 }
 
 #[test]

@@ -162,6 +162,12 @@ fn staging_busy(store: &Path) -> bool {
     std::fs::read_dir(store.join(".staging")).is_ok_and(|mut d| d.next().is_some())
 }
 
+/// An upload is being written: a small one in staging, a resumable one in
+/// `.partial` (which, unlike staging, outlives a restart, for a resume).
+fn upload_in_progress(store: &Path) -> bool {
+    staging_busy(store) || std::fs::read_dir(store.join(".partial")).is_ok_and(|mut d| d.next().is_some())
+}
+
 #[test]
 fn receiver_killed_mid_upload_shows_no_partial_file_and_the_next_run_delivers() {
     let rounds = scale("LOGFERRY_FAULT_ROUNDS", 3);
@@ -178,7 +184,7 @@ fn receiver_killed_mid_upload_shows_no_partial_file_and_the_next_run_delivers() 
 
         let receiver = ExternalReceiver::start(dir.path(), &[]);
         let mut sender = device.spawn(&receiver.address, &["--retries", "0"]);
-        if wait_for("an upload to start", Duration::from_secs(20), || staging_busy(&store)) {
+        if wait_for("an upload to start", Duration::from_secs(20), || upload_in_progress(&store)) {
             mid_upload += 1;
         }
         std::thread::sleep(Duration::from_millis(round * 37 % 120));
