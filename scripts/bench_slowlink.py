@@ -36,8 +36,9 @@ RESUME_MIB = int(os.environ.get("RESUME_MIB", "64"))
 # packet is larger than the bucket and tbf drops every one.
 RATE_MBIT = 20
 TBF = ["rate", f"{RATE_MBIT}mbit", "burst", "32kbit", "latency", "400ms"]
-# Ports inside the namespace, which is new and holds nothing else.
-RSYNC_PORT, WEBDAV_PORT = 8730, 8080
+# The peers' servers listen from this port up, a new one for each run,
+# inside the namespace, which is new and holds nothing else.
+FIRST_PORT = 8730
 # Targets: rsync's time over ours; our wire bytes over the raw bytes; the
 # share of a cut-off file sent twice; the memory compression may add.
 RSYNC_OVER_OURS = 1.2
@@ -231,6 +232,7 @@ class Case:
     def __init__(self, work, bench, ns):
         self.work, self.bench, self.ns = work, bench, ns
         self.processes = []
+        self.ports = FIRST_PORT - 1
         self.ids_file = os.path.join(work, "slow-ids.txt")
         open(self.ids_file, "w").close()
         raw = int(SLOW_MB * 1e6)
@@ -342,9 +344,50 @@ class Case:
         shutil.rmtree(os.path.dirname(store))
         return run
 
-    def peer(self, command, device, dest, name):
-        """rsync or rclone: timed, the destination checked, the files put back."""
-        run = self.timed(command, f"{name}.log")
+    def rsync(self, device):
+        """rsync -z zstd to a fresh rsync daemon with an empty module folder."""
+        dest = tempfile.mkdtemp(dir=self.work, prefix="rsync-dest-")
+        port = self.port()
+        conf = os.path.join(self.work, f"rsyncd-{port}.conf")
+        with open(conf, "w") as f:
+            f.write(f"use chroot = no\nuid = 0\ngid = 0\nlog file = {self.work}/rsyncd.log\n"
+                    f"[logs]\n    path = {dest}\n    read only = no\n")
+        server = self.spawn(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}"],
+                            "rsyncd.out", env=tool_env())
+        client = ["rsync", "-a", "-z", "--compress-choice=zstd", "--fsync", "--remove-source-files",
+                  device["logs"] + "/", f"rsync://127.0.0.1:{port}/logs/"]
+        return self.peer(server, port, client, device, dest, "rsync")
+
+    def rclone(self, device):
+        """rclone move to a fresh `rclone serve webdav` of an empty folder (a
+        server kept from an earlier run would answer from its directory
+        cache that the files are there already, and rclone would delete the
+        sources without sending them)."""
+        dest = tempfile.mkdtemp(dir=self.work, prefix="webdav-dest-")
+        port = self.port()
+        conf = os.path.join(self.work, "rclone.conf")
+        open(conf, "w").close()
+        server = self.spawn(["rclone", "serve", "webdav", dest, "--addr", f"127.0.0.1:{port}", "--config", conf],
+                            "webdav.log", env=tool_env())
+        client = ["rclone", "move", device["logs"], ":webdav:", "--webdav-url", f"http://127.0.0.1:{port}",
+                  "--config", conf]
+        return self.peer(server, port, client, device, dest, "rclone")
+
+    def port(self):
+        """A port not used before in the namespace (none left in TIME_WAIT)."""
+        self.ports += 1
+        return self.ports
+
+    def peer(self, server, port, client, device, dest, name):
+        """A peer's run: timed from its client's start, the destination
+        checked, the files put back."""
+        try:
+            self.ns.wait_port(port, server, f"the {name} server")
+            run = self.timed(client, f"{name}.log")
+        finally:
+            stop(server)
+            self.processes.remove(server)
+            server.logfile.close()
         verify(dest, device["files"], name)
         left = files_in(device["logs"])
         if left:
@@ -442,7 +485,7 @@ def slowlink_section(work, bench):
 
 
 def measure(case, bench, started, rsync_version, rclone_version):
-    work, ns, log = case.work, case.ns, bench.log
+    ns, log = case.ns, bench.log
     log(f"slowlink: namespace {ns.name}, lo shaped by tbf {' '.join(TBF)}")
     log(f"slowlink: making the test data ({SLOW_FILES} files, {SLOW_MB:g} MB; one of {RESUME_MIB} MiB)")
     logs = case.device("slow-device", lambda logs: make_logs(logs, SLOW_FILES, int(SLOW_MB * 1e6), 10))
@@ -453,36 +496,14 @@ def measure(case, bench, started, rsync_version, rclone_version):
         size, compressor = compressed_size(os.path.join(logs["logs"], rel))
         compressed += size
 
-    # The peers' servers, in the namespace for the whole case.
-    rsync_dest = os.path.join(work, "rsync-dest")
-    webdav_dest = os.path.join(work, "webdav-dest")
-    os.makedirs(rsync_dest)
-    os.makedirs(webdav_dest)
-    rsync_conf = os.path.join(work, "rsyncd.conf")
-    with open(rsync_conf, "w") as f:
-        f.write(f"use chroot = no\nuid = 0\ngid = 0\nlog file = {work}/rsyncd.log\n"
-                f"[logs]\n    path = {rsync_dest}\n    read only = no\n")
-    rsync_daemon = case.spawn(["rsync", "--daemon", "--no-detach", f"--config={rsync_conf}", f"--port={RSYNC_PORT}"],
-                              "rsyncd.out", env=tool_env())
-    ns.wait_port(RSYNC_PORT, rsync_daemon, "the rsync daemon")
-    rclone_conf = os.path.join(work, "rclone.conf")
-    open(rclone_conf, "w").close()
-    webdav = case.spawn(["rclone", "serve", "webdav", webdav_dest, "--addr", f"127.0.0.1:{WEBDAV_PORT}",
-                         "--config", rclone_conf], "webdav.log", env=tool_env())
-    ns.wait_port(WEBDAV_PORT, webdav, "rclone serve webdav")
-    rsync_command = ["rsync", "-a", "-z", "--compress-choice=zstd", "--fsync", "--remove-source-files",
-                     logs["logs"] + "/", f"rsync://127.0.0.1:{RSYNC_PORT}/logs/"]
-    rclone_command = ["rclone", "move", logs["logs"], ":webdav:", "--webdav-url", f"http://127.0.0.1:{WEBDAV_PORT}",
-                      "--config", rclone_conf]
-
     runs = {"auto": [], "none": [], "rsync": [], "rclone": []}
     resumes = []
     for round_ in range(1, bench.RUNS + 1):
         log(f"slowlink: round {round_} of {bench.RUNS}")
         for key, run in (("auto", lambda: case.logferry(logs, None, "logferry-auto")),
-                         ("rsync", lambda: case.peer(rsync_command, logs, rsync_dest, "rsync")),
+                         ("rsync", lambda: case.rsync(logs)),
                          ("none", lambda: case.logferry(logs, "none", "logferry-none")),
-                         ("rclone", lambda: case.peer(rclone_command, logs, webdav_dest, "rclone"))):
+                         ("rclone", lambda: case.rclone(logs))):
             runs[key].append(run())
             r = runs[key][-1]
             log(f"  {LABELS[key]}: {r['s']:.1f} s, {r['wire'] / 1e6:.2f} MB on the wire, "
