@@ -214,6 +214,8 @@ impl Slotted {
                 // wrong ones are not worth continuing.
                 if error.is_bad_data() {
                     staged.discard().await;
+                } else {
+                    staged.abandon().await;
                 }
                 Err(verified.refuse(error))
             }
