@@ -133,17 +133,19 @@ async fn bad_compressed_parts_are_refused_and_leave_nothing() {
         std::io::Write::write_all(&mut encoder, &content).expect("encodes");
         encoder.finish().expect("finished")
     };
-    let cases: [(&str, Option<&str>, Vec<u8>, u16, &str, &str); 6] = [
+    // What, the encoding field, the file part; the status, code and a word of the message.
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, (u16, &'a str, &'a str));
+    let cases: [Case; 6] = [
         // 64 MiB of zeros in about 2 KiB: refused as soon as the decoded
         // bytes pass the declared 2 MiB.
-        ("bomb", Some("zstd"), zstd(&vec![0u8; 64 << 20]), 422, "size_mismatch", "or more"),
-        ("other bytes", Some("zstd"), zstd(&other), 422, "checksum_mismatch", "hash to"),
-        ("not zstd", Some("zstd"), random_bytes(5000), 400, "malformed_upload", "cannot be decoded"),
-        ("cut frame", Some("zstd"), truncated, 400, "malformed_upload", "middle of a frame"),
-        ("window over 8 MiB", Some("zstd"), huge_window, 400, "malformed_upload", "cannot be decoded"),
-        ("unknown encoding", Some("br"), content.clone(), 415, "unsupported_encoding", "\"br\""),
+        ("bomb", Some("zstd"), zstd(&vec![0u8; 64 << 20]), (422, "size_mismatch", "or more")),
+        ("other bytes", Some("zstd"), zstd(&other), (422, "checksum_mismatch", "hash to")),
+        ("not zstd", Some("zstd"), random_bytes(5000), (400, "malformed_upload", "cannot be decoded")),
+        ("cut frame", Some("zstd"), truncated, (400, "malformed_upload", "middle of a frame")),
+        ("window over 8 MiB", Some("zstd"), huge_window, (400, "malformed_upload", "cannot be decoded")),
+        ("unknown encoding", Some("br"), content.clone(), (415, "unsupported_encoding", "\"br\"")),
     ];
-    for (what, encoding, file, status, expected_code, says) in cases {
+    for (what, encoding, file, (status, expected_code, says)) in cases {
         let (got, body) = h.upload_part(&claim("data.log", &content), None, encoding, file).await;
         assert_eq!((got, code(&body)), (status, Some(expected_code)), "{what}: {body}");
         assert!(body["error"].as_str().is_some_and(|e| e.contains(says)), "{what}: {body}");
