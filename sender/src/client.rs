@@ -3,6 +3,8 @@
 
 use std::cell::Cell;
 use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use logferry_common::DeviceKey;
@@ -64,6 +66,8 @@ pub struct Client {
     clock: Clock,
     /// Nothing until the auth check tells.
     accepts: Accepts,
+    /// File bytes handed to the connection so far, every attempt counted.
+    wire_bytes: Arc<AtomicU64>,
 }
 
 /// Why a request did not get a 2xx answer.
@@ -182,7 +186,20 @@ impl Client {
         if let Some(tls) = options.pinned_ca.clone() {
             builder = builder.tls_backend_preconfigured(tls);
         }
-        Ok(Self { http: builder.build()?, base, key, options, clock: Clock::default(), accepts: Accepts::default() })
+        Ok(Self {
+            http: builder.build()?,
+            base,
+            key,
+            options,
+            clock: Clock::default(),
+            accepts: Accepts::default(),
+            wire_bytes: Arc::default(),
+        })
+    }
+
+    /// File bytes put on the wire so far (compressed, resumed, retried).
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire_bytes.load(Ordering::Relaxed)
     }
 
     /// The clock every request is signed with: the device's, corrected once
@@ -325,6 +342,7 @@ impl Client {
                 bandwidth.take(bytes.len()).await;
             }
             let len = bytes.len() as u64;
+            self.wire_bytes.fetch_add(len, Ordering::Relaxed);
             return Ok((Part::stream_with_length(Body::from(bytes), len), encoding));
         }
         let compress = match compression {
@@ -344,9 +362,11 @@ impl Client {
         let source = file.reader_from(offset).take(remaining);
         Ok(if compress {
             let encoded = body::zstd_reader(source, remaining).map_err(source_error)?;
-            (Part::stream(Body::wrap_stream(chunks(encoded, bandwidth))), Some(Encoding::Zstd))
+            let stream = chunks(encoded, bandwidth, Arc::clone(&self.wire_bytes));
+            (Part::stream(Body::wrap_stream(stream)), Some(Encoding::Zstd))
         } else {
-            (Part::stream_with_length(Body::wrap_stream(chunks(source, bandwidth)), remaining), None)
+            let stream = chunks(source, bandwidth, Arc::clone(&self.wire_bytes));
+            (Part::stream_with_length(Body::wrap_stream(stream), remaining), None)
         })
     }
 
@@ -463,13 +483,15 @@ fn read_small(source: impl Read, len: u64, compression: Compression) -> io::Resu
 }
 
 /// The reader's bytes as a stream of reads of up to `UPLOAD_CHUNK` (smaller
-/// under a bandwidth cap), each on the blocking pool and each paced by it.
+/// under a bandwidth cap), each on the blocking pool, paced by the cap and
+/// counted in `sent`.
 fn chunks<R: Read + Send + 'static>(
     source: R,
     bandwidth: Option<Bandwidth>,
+    sent: Arc<AtomicU64>,
 ) -> impl futures_util::Stream<Item = io::Result<Vec<u8>>> {
     let piece = bandwidth.as_ref().map_or(UPLOAD_CHUNK, |cap| cap.piece_size(UPLOAD_CHUNK));
-    futures_util::stream::try_unfold((source, bandwidth), move |(mut source, bandwidth)| async move {
+    futures_util::stream::try_unfold((source, bandwidth, sent), move |(mut source, bandwidth, sent)| async move {
         let (chunk, source) = tokio::task::spawn_blocking(move || {
             let mut chunk = Vec::with_capacity(piece);
             (&mut source).take(piece as u64).read_to_end(&mut chunk).map(|_| (chunk, source))
@@ -482,7 +504,8 @@ fn chunks<R: Read + Send + 'static>(
         if let Some(bandwidth) = &bandwidth {
             bandwidth.take(chunk.len()).await;
         }
-        Ok(Some((chunk, (source, bandwidth))))
+        sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok(Some((chunk, (source, bandwidth, sent))))
     })
 }
 

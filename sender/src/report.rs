@@ -17,6 +17,9 @@ pub struct Summary {
     pub planned: Vec<(String, u64)>,
     pub sent: u64,
     pub sent_bytes: u64,
+    /// File bytes put on the wire, every attempt counted: less than the
+    /// files' sizes when compressed or resumed.
+    pub wire_bytes: u64,
     pub already_stored: u64,
     /// Files that stay for the next run, with the reason.
     pub failed: Vec<(String, String)>,
@@ -44,9 +47,14 @@ impl fmt::Display for Summary {
                 self.failed.len()
             )?;
         } else {
+            let on_wire = if self.wire_bytes == self.sent_bytes {
+                String::new()
+            } else {
+                format!("; {} on the wire", human_bytes(self.wire_bytes))
+            };
             write!(
                 f,
-                "logferry: {} sent ({}), {} already stored, {} failed",
+                "logferry: {} sent ({}{on_wire}), {} already stored, {} failed",
                 self.sent,
                 human_bytes(self.sent_bytes),
                 self.already_stored,
@@ -77,6 +85,7 @@ struct SummaryJson<'a> {
     dry_run: bool,
     sent: u64,
     sent_bytes: u64,
+    wire_bytes: u64,
     already_stored: u64,
     failed: Vec<FileJson<'a>>,
     not_yet: u64,
@@ -107,6 +116,7 @@ impl Summary {
             dry_run: self.dry_run,
             sent: self.sent,
             sent_bytes: self.sent_bytes,
+            wire_bytes: self.wire_bytes,
             already_stored: self.already_stored,
             failed: self
                 .failed

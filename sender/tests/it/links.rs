@@ -64,6 +64,7 @@ fn text_logs_go_compressed_and_arrive_as_they_were() {
     assert_eq!(encoded_uploads(&proxy), 2, "both compressed");
     let raw = (big.len() + small.len()) as u64;
     assert!(bytes_up(&proxy) * 5 < raw, "{} bytes on the wire for {raw}", bytes_up(&proxy));
+    assert!(run.stdout.contains("on the wire"), "the summary says so: {run:?}");
     assert_eq!(std::fs::read(h.stored().join("day.log")).expect("stored"), big);
     assert_eq!(std::fs::read(h.stored().join("notes/hour.log")).expect("stored"), small);
     let line = std::fs::read_to_string(h.stored().join("day.log.sha256")).expect("checksum file");
