@@ -190,6 +190,7 @@ mod tests {
         let summary = Summary {
             sent: 2,
             sent_bytes: 2048,
+            wire_bytes: 2048,
             already_stored: 1,
             failed: vec![("a".into(), "b".into())],
             skipped: 1,
@@ -202,6 +203,8 @@ mod tests {
             "logferry: 2 sent (2.0 KiB), 1 already stored, 1 failed, 3 still being written (left for a later run), \
              1 skipped (links or special files), in 1.2 s"
         );
+        let compressed = Summary { wire_bytes: 300, ..summary.clone() };
+        assert!(compressed.to_string().starts_with("logferry: 2 sent (2.0 KiB; 300 B on the wire), "), "{compressed}");
         let behind = Summary { clock_offset: Some(-10_800), ..summary };
         assert!(
             behind.to_string().ends_with(
@@ -212,6 +215,7 @@ mod tests {
         );
         let json: serde_json::Value = serde_json::from_str(&behind.to_json(0, None)).expect("JSON");
         assert_eq!(json["clock_offset_seconds"], -10_800);
+        assert_eq!(json["wire_bytes"], 2048);
     }
 
     #[test]
