@@ -56,8 +56,10 @@ for d in $(seq "$devices"); do
         head -c $((RANDOM * 8 + 100)) /dev/urandom >"device-$d/logs/day/sample-$f.log"
     done
     printf 'boot ok\n' >"device-$d/logs/boot.log"
+    # Text, which goes compressed (zstd, in a chunked body through nginx).
+    seq 1 20000 | sed "s/.*/2026-11-30T12:00:&Z pi-$d soil=4&/" >"device-$d/logs/day/sensors.log"
 done
-expected=$((devices * (files_per_device + 1)))
+expected=$((devices * (files_per_device + 2)))
 
 # Starts receiver $1 and sets $address (not through $(...): the receiver
 # would hold the substitution's pipe open and it would never end).

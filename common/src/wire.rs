@@ -208,4 +208,13 @@ mod tests {
         );
         assert!(!serde_json::to_string(&body).expect("serializes").contains("receiver_time"));
     }
+
+    #[test]
+    fn a_receiver_that_predates_compression_and_resuming_is_offered_neither() {
+        let old: AuthCheckReply = serde_json::from_str(r#"{"label":null}"#).expect("valid");
+        assert_eq!(old, AuthCheckReply { label: None, encodings: Vec::new(), resume: false });
+        let newer: AuthCheckReply =
+            serde_json::from_str(r#"{"label":"x","encodings":["br","zstd"],"resume":true}"#).expect("valid");
+        assert_eq!(newer.encodings, [Encoding::Unknown, Encoding::Zstd]);
+    }
 }

@@ -68,13 +68,14 @@ pub async fn upload<S: Store>(
     let masked = progress.verified.as_ref().map(|d| d.id.masked());
     let device = masked.as_deref().unwrap_or("-");
     let path = progress.path.as_deref().unwrap_or("-");
+    let (resumed_from, encoding) = (progress.resumed_from, progress.encoding);
     let shown_client = client_addr.map(|ip| ip.to_string());
     let client = shown_client.as_deref().unwrap_or("-");
     match result {
         Ok(Stored { verified, receipt }) => {
             state.metrics.upload_done(receipt.outcome, receipt.size);
             state.fleet.record_commit(verified.device(), &receipt, client_addr, SystemTime::now());
-            tracing::info!(client, device, path, size = receipt.size, stored_as = %receipt.stored_as, outcome = metrics::outcome_name(receipt.outcome), ms, "upload");
+            tracing::info!(client, device, path, size = receipt.size, resumed_from, encoding, stored_as = %receipt.stored_as, outcome = metrics::outcome_name(receipt.outcome), ms, "upload");
             let status = match receipt.outcome {
                 UploadOutcome::Stored => StatusCode::CREATED,
                 UploadOutcome::AlreadyStored => StatusCode::OK,
@@ -97,7 +98,7 @@ pub async fn upload<S: Store>(
             if actix_web::ResponseError::status_code(&err).is_server_error() {
                 tracing::error!(client, device, path, size = progress.size, outcome = "failed", status, code = ?err.code(), ms, "upload failed: {err}")
             } else {
-                tracing::warn!(client, device, path, size = progress.size, outcome = "rejected", status, code = ?err.code(), ms, "upload rejected: {err}")
+                tracing::warn!(client, device, path, size = progress.size, resumed_from, encoding, outcome = "rejected", status, code = ?err.code(), ms, "upload rejected: {err}")
             }
             Err(err)
         }
@@ -117,7 +118,7 @@ async fn receive<S: Store>(
         .verify(limits, progress)?
         .take_slot(&state.slots)
         .await?
-        .receive(&state.store, limits)
+        .receive(&state.store, limits, progress)
         .await?
         .commit(&state.store)
         .await

@@ -86,6 +86,10 @@ pub trait Staged {
     /// Drops what arrived instead of keeping it for a resume: the bytes
     /// were wrong, not merely incomplete.
     fn discard(self) -> impl Future<Output = ()>;
+
+    /// Keeps what arrived of a resumable upload that ended early, once it
+    /// is written: an offset query after the refusal finds all of it.
+    fn abandon(self) -> impl Future<Output = ()>;
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -153,6 +157,13 @@ impl Staged for AnyStaged {
         match self {
             Self::Disk(staged) => staged.discard().await,
             Self::S3(staged) => staged.discard().await,
+        }
+    }
+
+    async fn abandon(self) {
+        match self {
+            Self::Disk(staged) => staged.abandon().await,
+            Self::S3(staged) => staged.abandon().await,
         }
     }
 }

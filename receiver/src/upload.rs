@@ -51,6 +51,10 @@ pub struct Progress {
     /// The path as sent (the log formats quote it).
     pub path: Option<String>,
     pub size: Option<u64>,
+    /// Where the file part started, when it continued a cut-off upload.
+    pub resumed_from: Option<u64>,
+    /// The file part's encoding, when it was compressed.
+    pub encoding: Option<&'static str>,
 }
 
 /// Step 1: the request names a listed key, and its signed head (path,
@@ -195,15 +199,24 @@ impl Slotted {
     /// declared stop it at the first one too many; a body that does not end
     /// cleanly after the file is never stored, even when the bytes so far
     /// happen to verify.
-    pub async fn receive<S: Store>(self, store: &S, limits: &Limits) -> Result<Received<S::Staged>, ApiError> {
+    pub async fn receive<S: Store>(
+        self,
+        store: &S,
+        limits: &Limits,
+        progress: &mut Progress,
+    ) -> Result<Received<S::Staged>, ApiError> {
         let Self { head: VerifiedHead { verified, claim, mut form }, slot } = self;
         let pace = Pace { limits, deadline: limits.body_deadline(Instant::now(), claim.size) };
         let opened = match body_fields(&pace, &claim, &mut form).await {
-            Ok(fields) => store
-                .stage(&verified.device().id, &claim, fields.offset)
-                .await
-                .map_err(ApiError::from)
-                .map(|(staged, hasher)| (fields, staged, hasher)),
+            Ok(fields) => {
+                progress.resumed_from = Some(fields.offset).filter(|offset| *offset > 0);
+                progress.encoding = fields.decoder.as_ref().map(|_| Encoding::Zstd.as_str());
+                store
+                    .stage(&verified.device().id, &claim, fields.offset)
+                    .await
+                    .map_err(ApiError::from)
+                    .map(|(staged, hasher)| (fields, staged, hasher))
+            }
             Err(error) => Err(error),
         };
         let (fields, mut staged, hasher) = opened.map_err(|error| verified.refuse(error))?;
@@ -214,6 +227,8 @@ impl Slotted {
                 // wrong ones are not worth continuing.
                 if error.is_bad_data() {
                     staged.discard().await;
+                } else {
+                    staged.abandon().await;
                 }
                 Err(verified.refuse(error))
             }

@@ -1,11 +1,12 @@
 //! A file's bytes as they go on the wire: compressed with zstd when the
 //! receiver decodes it and the file compresses, and paced by `--bwlimit`.
 
-use std::io::{self, Read};
+use std::io;
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 /// When files are compressed on the wire (`--compress`).
@@ -20,39 +21,85 @@ pub enum Compression {
     Off,
 }
 
-/// zstd's own default level. On text logs it gives nearly all of what the
-/// slower levels give (scripts/bench-notes.md has the figures), and it
-/// compresses far faster than 100 Mbit/s on one core of a Raspberry
-/// Pi-class CPU, so the link stays the bottleneck.
-pub const ZSTD_LEVEL: i32 = 3;
-/// The window the encoder may use: 1 MiB. Text logs repeat themselves
-/// within a few lines, so a larger window buys little, and this bounds
-/// the encoder's memory (the window plus its match tables) to a few MiB.
-const ZSTD_WINDOW_LOG: u32 = 20;
-/// How much of a file is compressed to judge whether compressing it pays.
-pub const SAMPLE_SIZE: usize = 128 * 1024;
-/// Compression pays when the sample shrinks to less than this share:
+/// zstd level 1, its fastest regular level: on text logs it compresses
+/// within 2% of level 3 (better on sensor logs) and a third faster, so a
+/// Pi-class CPU keeps up with a 100 Mbit/s link with room to spare
+/// (scripts/bench-notes.md has the figures per level).
+pub const ZSTD_LEVEL: i32 = 1;
+/// A file is compressed in blocks of this size, each one zstd frame: the
+/// frames need no memory of one another, so a few compressors serve every
+/// upload in flight, and on logs independent 128 KiB frames compress as
+/// well as one stream (scripts/bench-notes.md). Also how much of a file is
+/// compressed to judge whether compressing it pays.
+pub const BLOCK_SIZE: usize = 128 * 1024;
+/// Compression pays when a block shrinks to less than this share:
 /// compressed data, images and archives do not, and are sent as they are.
 const WORTH_IT: f64 = 0.9;
 
-/// Whether zstd shrinks `sample` (a file's first bytes, or all of a small
-/// one) enough to be worth it; the compressed bytes when it does.
-pub fn compressed_if_worth_it(sample: &[u8]) -> Option<Vec<u8>> {
-    if sample.is_empty() {
-        return None;
-    }
-    let compressed = zstd::bulk::compress(sample, ZSTD_LEVEL).ok()?;
-    ((compressed.len() as f64) < sample.len() as f64 * WORTH_IT).then_some(compressed)
+/// The zstd compressors of a run, shared by every upload in flight: at most
+/// one per core at work at once (compressing is bound by the CPU, so more
+/// would not be faster), each reused, so that memory does not grow with
+/// `--jobs`.
+#[derive(Debug)]
+pub struct Compressors {
+    idle: Mutex<Vec<Compressor>>,
+    at_work: Semaphore,
 }
 
-/// A reader of `source`'s `len` bytes, compressed as they are read.
-pub fn zstd_reader<R: Read>(source: R, len: u64) -> io::Result<impl Read + use<R>> {
-    let mut encoder = zstd::stream::read::Encoder::new(source, ZSTD_LEVEL)?;
-    encoder.set_pledged_src_size(Some(len))?;
-    encoder.window_log(ZSTD_WINDOW_LOG)?;
-    // The declared SHA-256 covers the bytes; zstd's own checksum adds nothing.
-    encoder.include_checksum(false)?;
-    Ok(encoder)
+/// One reusable zstd context.
+pub struct Compressor(zstd::bulk::Compressor<'static>);
+
+impl std::fmt::Debug for Compressor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compressor")
+    }
+}
+
+impl Compressor {
+    /// `block` as one zstd frame.
+    pub fn compress(&mut self, block: &[u8]) -> io::Result<Vec<u8>> {
+        self.0.compress(block)
+    }
+
+    /// `block` as one zstd frame when that shrinks it enough to be worth it.
+    pub fn compress_if_worth_it(&mut self, block: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        if block.is_empty() {
+            return Ok(None);
+        }
+        let compressed = self.compress(block)?;
+        Ok(((compressed.len() as f64) < block.len() as f64 * WORTH_IT).then_some(compressed))
+    }
+}
+
+impl Default for Compressors {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Self { idle: Mutex::default(), at_work: Semaphore::new(cores) }
+    }
+}
+
+impl Compressors {
+    /// Runs `work` on the blocking pool with a compressor, once one of the
+    /// cores is free for it.
+    pub async fn with_compressor<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Compressor) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let _turn = self.at_work.acquire().await.map_err(io::Error::other)?;
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let mut compressor = match idle {
+            Some(compressor) => compressor,
+            None => Compressor(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+        };
+        let (compressor, result) = tokio::task::spawn_blocking(move || {
+            let result = work(&mut compressor);
+            (compressor, result)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(compressor);
+        result
+    }
 }
 
 /// The `--bwlimit` cap on the bytes of file parts sent, shared by every
@@ -93,26 +140,25 @@ impl Bandwidth {
 mod tests {
     use super::*;
 
-    #[test]
-    fn text_is_compressed_and_random_bytes_are_not() {
+    #[tokio::test]
+    async fn text_is_compressed_and_random_bytes_are_not() {
         let text: Vec<u8> = (0..4000)
             .flat_map(|i| format!("2026-11-30T12:00:{:02}Z greenhouse-3 soil={}\n", i % 60, i % 97).into_bytes())
             .collect();
-        let compressed = compressed_if_worth_it(&text[..SAMPLE_SIZE]).expect("text compresses");
-        assert!(compressed.len() < SAMPLE_SIZE / 4, "{} bytes", compressed.len());
-        assert_eq!(zstd::bulk::decompress(&compressed, SAMPLE_SIZE).expect("decodes"), &text[..SAMPLE_SIZE]);
-        let random: Vec<u8> = (0..SAMPLE_SIZE).map(|_| rand::random::<u8>()).collect();
-        assert_eq!(compressed_if_worth_it(&random), None);
-        assert_eq!(compressed_if_worth_it(&[]), None);
-    }
-
-    #[test]
-    fn the_streamed_encoding_decodes_to_the_bytes() {
-        let text: Vec<u8> = (0..100_000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
-        let mut encoded = Vec::new();
-        zstd_reader(&text[..], text.len() as u64).expect("encoder").read_to_end(&mut encoded).expect("encodes");
-        assert!(encoded.len() < text.len() / 4);
-        assert_eq!(zstd::stream::decode_all(&encoded[..]).expect("decodes"), text);
+        let random: Vec<u8> = (0..BLOCK_SIZE).map(|_| rand::random::<u8>()).collect();
+        let compressors = Compressors::default();
+        let block = text[..BLOCK_SIZE].to_vec();
+        let (compressed, noise, empty) = compressors
+            .with_compressor(move |c| {
+                Ok((c.compress_if_worth_it(&block)?, c.compress_if_worth_it(&random)?, c.compress_if_worth_it(&[])?))
+            })
+            .await
+            .expect("compresses");
+        let compressed = compressed.expect("text compresses");
+        assert!(compressed.len() < BLOCK_SIZE / 4, "{} bytes", compressed.len());
+        assert_eq!(zstd::bulk::decompress(&compressed, BLOCK_SIZE).expect("decodes"), &text[..BLOCK_SIZE]);
+        assert_eq!((noise, empty), (None, None));
+        assert_eq!(compressors.idle.lock().expect("lock").len(), 1, "the compressor is kept for reuse");
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,6 +3,8 @@
 
 use std::cell::Cell;
 use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use logferry_common::DeviceKey;
@@ -14,9 +16,9 @@ use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Body, Method, StatusCode, Url};
 
-use crate::body::{self, Bandwidth, Compression, SAMPLE_SIZE};
+use crate::body::{BLOCK_SIZE, Bandwidth, Compression, Compressors};
 use crate::clock::Clock;
-use crate::opened::Opened;
+use crate::opened::{Opened, Rewound};
 
 /// How long to wait for a connection before calling the receiver unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +66,9 @@ pub struct Client {
     clock: Clock,
     /// Nothing until the auth check tells.
     accepts: Accepts,
+    /// File bytes handed to the connection so far, every attempt counted.
+    wire_bytes: Arc<AtomicU64>,
+    compressors: Arc<Compressors>,
 }
 
 /// Why a request did not get a 2xx answer.
@@ -182,7 +187,21 @@ impl Client {
         if let Some(tls) = options.pinned_ca.clone() {
             builder = builder.tls_backend_preconfigured(tls);
         }
-        Ok(Self { http: builder.build()?, base, key, options, clock: Clock::default(), accepts: Accepts::default() })
+        Ok(Self {
+            http: builder.build()?,
+            base,
+            key,
+            options,
+            clock: Clock::default(),
+            accepts: Accepts::default(),
+            wire_bytes: Arc::default(),
+            compressors: Arc::default(),
+        })
+    }
+
+    /// File bytes put on the wire so far (compressed, resumed, retried).
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire_bytes.load(Ordering::Relaxed)
     }
 
     /// The clock every request is signed with: the device's, corrected once
@@ -303,7 +322,8 @@ impl Client {
 
     /// The file part: the bytes from `offset` to the claimed size, never more
     /// (bytes appended meanwhile wait for the next run), compressed when the
-    /// receiver decodes zstd and `--compress` and the bytes make it worth it.
+    /// receiver decodes zstd and `--compress` and the bytes make it worth it
+    /// (`auto` judges by the first block).
     async fn file_part(
         &self,
         file: &Opened,
@@ -313,41 +333,58 @@ impl Client {
         let source_error = |e: io::Error| RequestError::Source(e.to_string());
         let remaining = claim.size - offset;
         let compression = if self.accepts.zstd { self.options.compression } else { Compression::Off };
+        let first_len = remaining.min(BLOCK_SIZE as u64);
+        let (first, encoding) =
+            self.first_block(file.reader_from(offset).take(first_len), compression).await.map_err(source_error)?;
         let bandwidth = self.options.bandwidth.clone();
-        if remaining <= UPLOAD_CHUNK as u64 {
-            // One trip to the blocking pool, not one for each read: a burst
-            // of small files is bound by such per-file costs. The file fits
-            // in one read buffer anyway.
-            let source = file.reader_from(offset).take(remaining);
-            let read = tokio::task::spawn_blocking(move || read_small(source, remaining, compression));
-            let (bytes, encoding) = read.await.map_err(io::Error::other).and_then(|read| read).map_err(source_error)?;
+        if first_len == remaining {
+            // The whole file in one piece: a burst of small files costs one
+            // trip to the blocking pool each.
             if let Some(bandwidth) = &bandwidth {
-                bandwidth.take(bytes.len()).await;
+                bandwidth.take(first.len()).await;
             }
-            let len = bytes.len() as u64;
-            return Ok((Part::stream_with_length(Body::from(bytes), len), encoding));
+            let len = first.len() as u64;
+            self.wire_bytes.fetch_add(len, Ordering::Relaxed);
+            return Ok((Part::stream_with_length(Body::from(first), len), encoding));
         }
-        let compress = match compression {
-            Compression::Off => false,
-            Compression::Zstd => true,
-            Compression::Auto => {
-                let sample = file.reader_from(offset).take(SAMPLE_SIZE as u64);
-                tokio::task::spawn_blocking(move || read_small(sample, SAMPLE_SIZE as u64, Compression::Auto))
-                    .await
-                    .map_err(io::Error::other)
-                    .and_then(|read| read)
-                    .map_err(source_error)?
-                    .1
-                    .is_some()
-            }
+        let rest = Pieces {
+            source: Some(file.reader_from(offset + first_len).take(remaining - first_len)),
+            compressors: encoding.map(|_| Arc::clone(&self.compressors)),
+            bandwidth,
+            sent: Arc::clone(&self.wire_bytes),
         };
-        let source = file.reader_from(offset).take(remaining);
-        Ok(if compress {
-            let encoded = body::zstd_reader(source, remaining).map_err(source_error)?;
-            (Part::stream(Body::wrap_stream(chunks(encoded, bandwidth))), Some(Encoding::Zstd))
-        } else {
-            (Part::stream_with_length(Body::wrap_stream(chunks(source, bandwidth)), remaining), None)
+        let stream = Body::wrap_stream(rest.after(first));
+        Ok(match encoding {
+            Some(_) => (Part::stream(stream), encoding),
+            None => (Part::stream_with_length(stream, remaining), None),
         })
+    }
+
+    /// The file's first block (all of a small file), compressed as
+    /// `compression` says: with `Auto`, only if that pays.
+    async fn first_block(
+        &self,
+        source: io::Take<Rewound>,
+        compression: Compression,
+    ) -> io::Result<(Vec<u8>, Option<Encoding>)> {
+        if compression == Compression::Off {
+            return tokio::task::spawn_blocking(move || Ok((read_all(source)?, None)))
+                .await
+                .map_err(io::Error::other)?;
+        }
+        self.compressors
+            .with_compressor(move |compressor| {
+                let block = read_all(source)?;
+                let compressed = match compression {
+                    Compression::Auto => compressor.compress_if_worth_it(&block)?,
+                    _ => Some(compressor.compress(&block)?),
+                };
+                Ok(match compressed {
+                    Some(compressed) => (compressed, Some(Encoding::Zstd)),
+                    None => (block, None),
+                })
+            })
+            .await
     }
 
     /// Sends the request `build` makes, making it anew (freshly signed, body
@@ -446,44 +483,72 @@ fn head_form(head: &UploadHead) -> Form {
         .text(field::SIZE, head.size.clone())
 }
 
-/// All `len` bytes of `source` (a small file, or a sample), compressed
-/// when `compression` says so; `Auto` only when that shrinks them enough.
-fn read_small(source: impl Read, len: u64, compression: Compression) -> io::Result<(Vec<u8>, Option<Encoding>)> {
-    let mut bytes = Vec::with_capacity(len as usize);
-    source.take(len).read_to_end(&mut bytes)?;
-    let compressed = match compression {
-        Compression::Off => None,
-        Compression::Auto => body::compressed_if_worth_it(&bytes),
-        Compression::Zstd => Some(zstd::bulk::compress(&bytes, body::ZSTD_LEVEL)?),
-    };
-    Ok(match compressed {
-        Some(compressed) => (compressed, Some(Encoding::Zstd)),
-        None => (bytes, None),
-    })
+/// Everything `source` gives (at most a block).
+fn read_all(mut source: impl Read) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(BLOCK_SIZE);
+    source.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
-/// The reader's bytes as a stream of reads of up to `UPLOAD_CHUNK` (smaller
-/// under a bandwidth cap), each on the blocking pool and each paced by it.
-fn chunks<R: Read + Send + 'static>(
-    source: R,
+/// The rest of a file part after its first block: read piece by piece on
+/// the blocking pool (compressed a block at a time, one zstd frame each,
+/// when `compressors` is given), paced by the bandwidth cap and counted in
+/// `sent`.
+struct Pieces {
+    /// Away while a piece is being read.
+    source: Option<io::Take<Rewound>>,
+    compressors: Option<Arc<Compressors>>,
     bandwidth: Option<Bandwidth>,
-) -> impl futures_util::Stream<Item = io::Result<Vec<u8>>> {
-    let piece = bandwidth.as_ref().map_or(UPLOAD_CHUNK, |cap| cap.piece_size(UPLOAD_CHUNK));
-    futures_util::stream::try_unfold((source, bandwidth), move |(mut source, bandwidth)| async move {
-        let (chunk, source) = tokio::task::spawn_blocking(move || {
-            let mut chunk = Vec::with_capacity(piece);
-            (&mut source).take(piece as u64).read_to_end(&mut chunk).map(|_| (chunk, source))
+    sent: Arc<AtomicU64>,
+}
+
+impl Pieces {
+    /// The stream of `first`, then every further piece.
+    fn after(self, first: Vec<u8>) -> impl futures_util::Stream<Item = io::Result<Vec<u8>>> {
+        futures_util::stream::try_unfold((Some(first), self), |(pending, mut pieces)| async move {
+            let piece = match pending {
+                Some(first) => first,
+                None => pieces.next().await?,
+            };
+            if piece.is_empty() {
+                return Ok(None);
+            }
+            if let Some(bandwidth) = &pieces.bandwidth {
+                bandwidth.take(piece.len()).await;
+            }
+            pieces.sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
+            Ok(Some((piece, (None, pieces))))
         })
-        .await
-        .map_err(io::Error::other)??;
-        if chunk.is_empty() {
-            return Ok(None);
-        }
-        if let Some(bandwidth) = &bandwidth {
-            bandwidth.take(chunk.len()).await;
-        }
-        Ok(Some((chunk, (source, bandwidth))))
-    })
+    }
+
+    /// The next piece; empty at the end.
+    async fn next(&mut self) -> io::Result<Vec<u8>> {
+        let source = self.source.take().ok_or_else(|| io::Error::other("a failed read ended the file part"))?;
+        let (piece, source) = match &self.compressors {
+            Some(compressors) => {
+                compressors
+                    .with_compressor(move |compressor| {
+                        let mut source = source;
+                        let block = read_all((&mut source).take(BLOCK_SIZE as u64))?;
+                        let piece = if block.is_empty() { block } else { compressor.compress(&block)? };
+                        Ok((piece, source))
+                    })
+                    .await?
+            }
+            None => {
+                let size = self.bandwidth.as_ref().map_or(UPLOAD_CHUNK, |cap| cap.piece_size(UPLOAD_CHUNK));
+                tokio::task::spawn_blocking(move || {
+                    let mut source = source;
+                    let piece = read_all((&mut source).take(size as u64))?;
+                    Ok::<_, io::Error>((piece, source))
+                })
+                .await
+                .map_err(io::Error::other)??
+            }
+        };
+        self.source = Some(source);
+        Ok(piece)
+    }
 }
 
 /// Full jitter over an exponentially growing window, so a fleet that lost

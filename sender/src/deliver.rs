@@ -201,9 +201,14 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
             }
             // Dropping the stream abandons the uploads in flight; none of
             // their files has been moved.
-            Err(Undelivered::Stop(fatal)) => return Err(fatal),
+            Err(Undelivered::Stop(fatal)) => {
+                summary.wire_bytes = client.wire_bytes();
+                return Err(fatal);
+            }
         }
     }
+    drop(deliveries);
+    summary.wire_bytes = client.wire_bytes();
     if let Some(keep) = config.keep_sent {
         // Only after a run that reached the receiver: its clock was then
         // within the freshness window, so the delivery times being compared

@@ -17,6 +17,9 @@ pub struct Summary {
     pub planned: Vec<(String, u64)>,
     pub sent: u64,
     pub sent_bytes: u64,
+    /// File bytes put on the wire, every attempt counted: less than the
+    /// files' sizes when compressed or resumed.
+    pub wire_bytes: u64,
     pub already_stored: u64,
     /// Files that stay for the next run, with the reason.
     pub failed: Vec<(String, String)>,
@@ -44,9 +47,14 @@ impl fmt::Display for Summary {
                 self.failed.len()
             )?;
         } else {
+            let on_wire = if self.wire_bytes == self.sent_bytes {
+                String::new()
+            } else {
+                format!("; {} on the wire", human_bytes(self.wire_bytes))
+            };
             write!(
                 f,
-                "logferry: {} sent ({}), {} already stored, {} failed",
+                "logferry: {} sent ({}{on_wire}), {} already stored, {} failed",
                 self.sent,
                 human_bytes(self.sent_bytes),
                 self.already_stored,
@@ -77,6 +85,7 @@ struct SummaryJson<'a> {
     dry_run: bool,
     sent: u64,
     sent_bytes: u64,
+    wire_bytes: u64,
     already_stored: u64,
     failed: Vec<FileJson<'a>>,
     not_yet: u64,
@@ -107,6 +116,7 @@ impl Summary {
             dry_run: self.dry_run,
             sent: self.sent,
             sent_bytes: self.sent_bytes,
+            wire_bytes: self.wire_bytes,
             already_stored: self.already_stored,
             failed: self
                 .failed
@@ -180,6 +190,7 @@ mod tests {
         let summary = Summary {
             sent: 2,
             sent_bytes: 2048,
+            wire_bytes: 2048,
             already_stored: 1,
             failed: vec![("a".into(), "b".into())],
             skipped: 1,
@@ -192,6 +203,8 @@ mod tests {
             "logferry: 2 sent (2.0 KiB), 1 already stored, 1 failed, 3 still being written (left for a later run), \
              1 skipped (links or special files), in 1.2 s"
         );
+        let compressed = Summary { wire_bytes: 300, ..summary.clone() };
+        assert!(compressed.to_string().starts_with("logferry: 2 sent (2.0 KiB; 300 B on the wire), "), "{compressed}");
         let behind = Summary { clock_offset: Some(-10_800), ..summary };
         assert!(
             behind.to_string().ends_with(
@@ -202,6 +215,7 @@ mod tests {
         );
         let json: serde_json::Value = serde_json::from_str(&behind.to_json(0, None)).expect("JSON");
         assert_eq!(json["clock_offset_seconds"], -10_800);
+        assert_eq!(json["wire_bytes"], 2048);
     }
 
     #[test]

@@ -300,6 +300,15 @@ impl Staged for DiskStaged {
             }
         }
     }
+
+    async fn abandon(self) {
+        if let Body::Streamed(mut writer) = self.body
+            && matches!(writer.name, Staging::Partial(_))
+            && let Err(e) = writer.finish().await
+        {
+            tracing::warn!("cannot keep what arrived of a cut-off upload: {e}");
+        }
+    }
 }
 
 /// Bytes available to unprivileged writers on the file system of `path`.

@@ -520,6 +520,8 @@ impl Staged for S3Staged {
 
     /// Nothing is kept anyway: dropping aborts a multipart upload.
     async fn discard(self) {}
+
+    async fn abandon(self) {}
 }
 
 impl Store for S3Store {

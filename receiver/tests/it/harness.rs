@@ -1,7 +1,8 @@
 //! A receiver in a temporary folder (storing there, or in a fresh prefix of
 //! the test bucket), and requests signed like a device's.
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -297,6 +298,50 @@ impl Harness {
         response.text().await.expect("body")
     }
 
+    /// A signed upload of `claim` whose file part is `file` (compressed, or
+    /// only the bytes from `offset` on), with the optional `offset` and
+    /// `encoding` fields.
+    pub async fn upload_part(
+        &self,
+        claim: &UploadClaim,
+        offset: Option<u64>,
+        encoding: Option<&str>,
+        file: Vec<u8>,
+    ) -> (u16, Value) {
+        let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(claim));
+        let mut form = Form::new()
+            .text("path", claim.path.to_string())
+            .text("sha256", claim.sha256.to_hex())
+            .text("size", claim.size.to_string());
+        if let Some(offset) = offset {
+            form = form.text("offset", offset.to_string());
+        }
+        if let Some(encoding) = encoding {
+            form = form.text("encoding", encoding.to_owned());
+        }
+        self.send_form(Some(auth), form.part("file", Part::bytes(file).file_name("f"))).await
+    }
+
+    /// The offset query for `claim`: how much of it the receiver holds.
+    pub async fn held(&self, claim: &UploadClaim) -> (u16, Value) {
+        let auth = authorization(&device(), "POST", endpoint::UPLOAD_OFFSET, now(), Some(claim));
+        let form = Form::new()
+            .text("path", claim.path.to_string())
+            .text("sha256", claim.sha256.to_hex())
+            .text("size", claim.size.to_string());
+        let request = self.http.post(self.url(endpoint::UPLOAD_OFFSET)).multipart(form);
+        answer(request.header("Authorization", auth).send().await.expect("receiver answers")).await
+    }
+
+    /// Sends an upload of `content` as `path` whose body stops after
+    /// `file_bytes` of the file, as a broken connection does, and waits for
+    /// the receiver's answer (which nobody would read in the field).
+    pub fn cut_upload(&self, path: &str, content: &[u8], file_bytes: usize) -> String {
+        let mut stream = start_upload_of(self, path, content, file_bytes);
+        stream.shutdown(Shutdown::Write).expect("shutdown");
+        read_answer(&mut stream).0
+    }
+
     pub async fn send_form(&self, auth: Option<String>, form: Form) -> (u16, Value) {
         let mut request = self.http.post(self.url(endpoint::UPLOAD)).multipart(form);
         if let Some(auth) = auth {
@@ -381,6 +426,53 @@ fn collect(root: &Path, dir: &Path, skip: &[PathBuf], out: &mut Vec<String>) {
             out.push(path.strip_prefix(root).expect("inside").to_string_lossy().into_owned());
         }
     }
+}
+
+/// A signed upload of `content` as `path`, as raw HTTP/1.1 bytes: the head,
+/// and the body split into what comes before the file's bytes and the rest.
+pub fn raw_upload(h: &Harness, path: &str, content: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let claim = claim(path, content);
+    let mut before = Vec::new();
+    for (name, value) in
+        [("path", path.to_owned()), ("sha256", claim.sha256.to_hex()), ("size", content.len().to_string())]
+    {
+        before.extend(
+            format!("--B0undary\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").bytes(),
+        );
+    }
+    before.extend(b"--B0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n");
+    let mut rest = content.to_vec();
+    rest.extend(b"\r\n--B0undary--\r\n");
+    let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim));
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Type: multipart/form-data; boundary=B0undary\r\nContent-Length: {}\r\n\r\n",
+        endpoint::UPLOAD,
+        h.addr(),
+        before.len() + rest.len()
+    );
+    (head.into_bytes(), before, rest)
+}
+
+/// Opens a connection and sends the head, the fields and `file_bytes` of
+/// the file of an upload of `content` as `path`, then stops sending.
+pub fn start_upload_of(h: &Harness, path: &str, content: &[u8], file_bytes: usize) -> TcpStream {
+    let (head, before, rest) = raw_upload(h, path, content);
+    let mut stream = TcpStream::connect(h.addr()).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    stream.write_all(&head).expect("head");
+    stream.write_all(&before).expect("fields");
+    stream.write_all(&rest[..file_bytes]).expect("part of the file");
+    stream
+}
+
+/// Reads one answer: its status line and JSON body.
+pub fn read_answer(stream: &mut TcpStream) -> (String, String) {
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
 }
 
 pub fn upload_form(path: &str, sha256: &str, size: &str, content: &[u8]) -> Form {

@@ -1,7 +1,7 @@
 //! Each limit answered with its status: too large, busy, too slow, too many
 //! failed authentications. A raw TCP client plays the slow or stuck device.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -10,55 +10,10 @@ use logferry_receiver::Limits;
 
 use crate::harness::*;
 
-/// A signed upload of `content` as `path`, as raw HTTP/1.1 bytes: the head,
-/// and the body split into what comes before the file's bytes and the rest.
-fn raw_upload(h: &Harness, path: &str, content: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let claim = claim(path, content);
-    let mut before = Vec::new();
-    for (name, value) in
-        [("path", path.to_owned()), ("sha256", claim.sha256.to_hex()), ("size", content.len().to_string())]
-    {
-        before.extend(
-            format!("--B0undary\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").bytes(),
-        );
-    }
-    before.extend(b"--B0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f\"\r\n\r\n");
-    let mut rest = content.to_vec();
-    rest.extend(b"\r\n--B0undary--\r\n");
-    let auth = authorization(&device(), "POST", endpoint::UPLOAD, now(), Some(&claim));
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Type: multipart/form-data; boundary=B0undary\r\nContent-Length: {}\r\n\r\n",
-        endpoint::UPLOAD,
-        h.addr(),
-        before.len() + rest.len()
-    );
-    (head.into_bytes(), before, rest)
-}
-
 /// Opens a connection and sends the head, the fields and `file_bytes` of the
 /// file, then stops sending: an upload in progress that holds its slot.
 fn start_upload(h: &Harness, content: &[u8], file_bytes: usize) -> TcpStream {
     start_upload_of(h, "held.log", content, file_bytes)
-}
-
-fn start_upload_of(h: &Harness, path: &str, content: &[u8], file_bytes: usize) -> TcpStream {
-    let (head, before, rest) = raw_upload(h, path, content);
-    let mut stream = TcpStream::connect(h.addr()).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    stream.write_all(&head).expect("head");
-    stream.write_all(&before).expect("fields");
-    stream.write_all(&rest[..file_bytes]).expect("part of the file");
-    stream
-}
-
-/// Reads one answer: its status line and JSON body.
-fn read_answer(stream: &mut TcpStream) -> (String, String) {
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text.lines().next().unwrap_or_default().to_owned();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
 }
 
 #[tokio::test]

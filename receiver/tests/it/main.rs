@@ -9,6 +9,7 @@ mod browser;
 mod harness;
 mod install;
 mod limits;
+mod links;
 mod prometheus;
 mod proxies;
 mod status;

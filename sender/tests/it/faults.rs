@@ -305,7 +305,7 @@ fn a_file_that_grows_while_it_is_sent_is_never_moved_changed_and_arrives_final()
     let args =
         [h.host(), h.logs().display().to_string(), "--id-file".into(), h.path("device-id").display().to_string()];
     let mut sender = sender_command().args(&args).env("LOGFERRY_MIN_AGE", "0").spawn().expect("starts");
-    wait_for("the upload to start", Duration::from_secs(30), || staging_busy(&h.path("store")));
+    wait_for("the upload to start", Duration::from_secs(30), || upload_in_progress(&h.path("store")));
     let mut file = std::fs::OpenOptions::new().append(true).open(&grown).expect("open");
     std::io::Write::write_all(&mut file, b"one more line\n").expect("append");
     drop(file);

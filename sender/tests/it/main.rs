@@ -9,6 +9,7 @@ mod faults;
 mod harness;
 mod install;
 mod limits;
+mod links;
 mod output;
 mod proxy;
 mod refusals;

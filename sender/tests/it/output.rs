@@ -36,6 +36,7 @@ fn json_prints_the_summary_as_one_object_also_when_the_run_stops_early() {
     assert_eq!(run.stdout.lines().count(), 1, "{run:?}");
     let summary: Value = serde_json::from_str(&run.stdout).expect("JSON");
     assert_eq!((summary["sent"].as_u64(), summary["sent_bytes"].as_u64()), (Some(1), Some(5)), "{summary}");
+    assert_eq!(summary["wire_bytes"].as_u64(), Some(5), "too small to compress: {summary}");
     assert_eq!(summary["failed"][0]["file"], "back\\slash.log", "{summary}");
     assert!(summary["failed"][0]["reason"].as_str().is_some_and(|r| !r.is_empty()), "{summary}");
     assert_eq!((summary["exit_code"].as_u64(), summary["error"].is_null()), (Some(1), true), "{summary}");

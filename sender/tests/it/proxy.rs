@@ -20,6 +20,9 @@ pub enum Fault {
     Stall,
     /// The request is cut after some bytes.
     CutMidBody,
+    /// The first upload request through the proxy is cut after this many
+    /// bytes (head included); everything else passes.
+    CutFirstUploadAfter(u64),
     /// An upload reaches the receiver whole; its answer is thrown away.
     LoseAnswer,
     /// An upload is read whole and answered by the proxy itself, as a man in
@@ -65,6 +68,10 @@ pub struct Counts {
     pub forged: AtomicU64,
     /// Answers whose receipt was stripped or changed.
     pub receipts_tampered: AtomicU64,
+    /// Bytes passed on from the sender to the receiver.
+    pub bytes_up: AtomicU64,
+    /// Upload requests with an `encoding` field (a compressed file part).
+    pub encoded_uploads: AtomicU64,
 }
 
 impl Counts {
@@ -194,7 +201,11 @@ fn handle(mut client: TcpStream, upstream: &str, fault: Fault, counts: &Arc<Coun
         return;
     }
     let (client_read, server_write) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
-    let cut_after = (fault == Fault::CutMidBody).then(|| 300 + (n * 7919) % 20_000);
+    let cut_after = match fault {
+        Fault::CutMidBody => Cut::After(300 + (n * 7919) % 20_000),
+        Fault::CutFirstUploadAfter(bytes) => Cut::FirstUploadAfter(bytes),
+        _ => Cut::Never,
+    };
     let saw_upload = Arc::new(AtomicBool::new(false));
     let seen = Arc::clone(&saw_upload);
     let up_counts = Arc::clone(counts);
@@ -236,9 +247,14 @@ fn forge(mut client: TcpStream, counts: &Counts, status: u16, body: &str) {
 /// as its request line passes, before the receiver can answer it: counted
 /// only after the connection closed, a sender could finish first and the
 /// test read a count one short.
-fn pump(mut from: TcpStream, mut to: TcpStream, limit: Option<u64>, saw_upload: &AtomicBool, counts: &Counts) -> bool {
+fn pump(mut from: TcpStream, mut to: TcpStream, cut: Cut, saw_upload: &AtomicBool, counts: &Counts) -> bool {
     let mut buf = [0u8; 16 * 1024];
     let mut sent = 0u64;
+    let mut limit = match cut {
+        Cut::After(bytes) => Some(bytes),
+        _ => None,
+    };
+    let mut encoding_seen = false;
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -246,11 +262,24 @@ fn pump(mut from: TcpStream, mut to: TcpStream, limit: Option<u64>, saw_upload: 
         };
         if buf[..n].windows(UPLOAD_LINE.len()).any(|w| w == UPLOAD_LINE) && !saw_upload.swap(true, Ordering::Relaxed) {
             counts.uploads.fetch_add(1, Ordering::Relaxed);
+            if let Cut::FirstUploadAfter(bytes) = cut
+                && counts.cut.load(Ordering::Relaxed) == 0
+            {
+                limit = Some(bytes);
+            }
+        }
+        if saw_upload.load(Ordering::Relaxed)
+            && !encoding_seen
+            && buf[..n].windows(ENCODING_FIELD.len()).any(|w| w == ENCODING_FIELD)
+        {
+            encoding_seen = true;
+            counts.encoded_uploads.fetch_add(1, Ordering::Relaxed);
         }
         let allowed = limit.map_or(n as u64, |l| (l - sent).min(n as u64)) as usize;
         if to.write_all(&buf[..allowed]).is_err() {
             break;
         }
+        counts.bytes_up.fetch_add(allowed as u64, Ordering::Relaxed);
         sent += allowed as u64;
         if limit.is_some_and(|l| sent >= l) {
             let _ = to.shutdown(Shutdown::Both);
@@ -262,7 +291,17 @@ fn pump(mut from: TcpStream, mut to: TcpStream, limit: Option<u64>, saw_upload: 
     false
 }
 
-const UPLOAD_LINE: &[u8] = b"POST /v1/upload";
+/// Where a request is cut.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    Never,
+    After(u64),
+    FirstUploadAfter(u64),
+}
+
+/// The request line of an upload (not of an offset query, `/v1/upload/offset`).
+const UPLOAD_LINE: &[u8] = b"POST /v1/upload ";
+const ENCODING_FIELD: &[u8] = b"name=\"encoding\"";
 const AUTH_CHECK_LINE: &[u8] = b"GET /v1/auth-check";
 
 /// Copies the receiver's answer back, or, to lose the answer to an upload,

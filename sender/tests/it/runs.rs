@@ -69,7 +69,7 @@ fn a_50_mib_file_arrives_intact() {
     h.log("big/dump.bin", &content);
     let run = h.send(&[]);
     assert_eq!(run.code, Some(code::SUCCESS), "{run:?}");
-    assert!(run.stdout.contains("1 sent (50.0 MiB)"), "{run:?}");
+    assert!(run.stdout.contains("1 sent (50.0 MiB"), "{run:?}");
     assert!(std::fs::read(h.stored().join("big/dump.bin")).expect("stored") == content, "stored bytes differ");
     assert!(std::fs::read(h.sent().join("big/dump.bin")).expect("moved") == content, "moved bytes differ");
 }
