@@ -110,7 +110,7 @@ def make_logs(folder, count, total, seed):
 
 def compressed_sizes(folder, files):
     """{compressor: the files' bytes after it, each file on its own}: the zstd
-    CLI at levels 1, 3 (zstd's default, the sender's level) and 9, or zlib's
+    CLI at levels 1, 3 (its default) and 9, or zlib's
     level 6 without the CLI."""
     sizes = {}
     for rel in files:
@@ -125,6 +125,36 @@ def compressed_sizes(folder, files):
             with open(path, "rb") as f:
                 sizes["zlib -6 (no zstd CLI)"] = sizes.get("zlib -6 (no zstd CLI)", 0) + len(zlib.compress(f.read(), 6))
     return sizes
+
+
+# The sender's zstd levels (sender/src/body.rs, ZSTD_LEVELS), cheapest first.
+SENDER_LEVELS = (1, 6, 9, 12, 15)
+LEVEL_SAMPLE = 20_000_000
+
+
+def level_table(folder, files):
+    """[(level, ratio, MB/s of one core)] of `zstd -b` in 128 KiB frames, as
+    the sender compresses, over the first LEVEL_SAMPLE bytes of the logs;
+    empty without the zstd CLI."""
+    if not shutil.which("zstd"):
+        return []
+    sample = os.path.join(folder, "..", "level-sample")
+    with open(sample, "wb") as out:
+        for rel in sorted(files):
+            if out.tell() >= LEVEL_SAMPLE:
+                break
+            with open(os.path.join(folder, rel), "rb") as f:
+                out.write(f.read())
+    table = []
+    for level in SENDER_LEVELS:
+        done = subprocess.run(["zstd", f"-b{level}", "-B128K", "-i1", sample], capture_output=True, text=True,
+                              timeout=300)
+        found = re.findall(r"\(x([\d.]+)\),\s+([\d.]+) MB/s", (done.stdout + done.stderr).replace("\r", "\n"))
+        if found:
+            ratio, speed = found[-1]
+            table.append((level, float(ratio), float(speed)))
+    os.remove(sample)
+    return table
 
 
 class Namespace:
@@ -501,6 +531,7 @@ def measure(case, bench, started, rsync_version, rclone_version):
     big = case.device("slow-resume", lambda logs: make_logs(logs, 1, RESUME_MIB << 20, 11))
     raw = sum(size for size, _ in logs["files"].values())
     compressed = compressed_sizes(logs["logs"], logs["files"])
+    levels = level_table(logs["logs"], logs["files"])
 
     runs = {"auto": [], "none": [], "rsync": [], "rclone": []}
     resumes = []
@@ -520,14 +551,14 @@ def measure(case, bench, started, rsync_version, rclone_version):
             f"(the receiver held {r['held'] / 1e6:.1f} MB), then {r['second'] / 1e6:.1f} MB")
     qdisc = ns.qdisc()
     elapsed = time.perf_counter() - started
-    return report(runs, resumes, raw, compressed, qdisc, elapsed, bench, rsync_version, rclone_version)
+    return report(runs, resumes, raw, compressed, levels, qdisc, elapsed, bench, rsync_version, rclone_version)
 
 
 LABELS = {"auto": "logferry (auto)", "none": "logferry --compress none", "rsync": "rsync -z zstd",
           "rclone": "rclone move"}
 
 
-def report(runs, resumes, raw, compressed, qdisc, elapsed, bench, rsync_version, rclone_version):
+def report(runs, resumes, raw, compressed, levels, qdisc, elapsed, bench, rsync_version, rclone_version):
     median, listed = statistics.median, bench.listed
     seconds = {k: median(r["s"] for r in v) for k, v in runs.items()}
     wire = {k: median(r["wire"] for r in v) for k, v in runs.items()}
@@ -604,6 +635,11 @@ def report(runs, resumes, raw, compressed, qdisc, elapsed, bench, rsync_version,
         f"rsync daemon; {rclone_version}, `rclone move` (its defaults: 4 transfers, no compression on the wire) "
         "to `rclone serve webdav`; both on the namespace's loopback.",
         f"- {rounds}, the runs interleaved within each; the median of the rounds (peak RSS: the highest).",
+        *([f"- The sender's zstd levels on {LEVEL_SAMPLE / 1e6:g} MB of these logs in 128 KiB frames, as it "
+           "compresses them (`zstd -b<level> -B128K -i1`, one core of this machine): "
+           + ", ".join(f"level {lv} {ratio:.2f}x at {speed:.0f} MB/s" for lv, ratio, speed in levels)
+           + ". It starts at level 1 and moves up while the device's CPU is mostly idle, down when it is busy (sender/src/body.rs)."]
+          if levels else []),
         "",
         "| case | ours | peer or reference | ratio | target |",
         "|---|---|---|---|---|",

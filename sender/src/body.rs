@@ -21,11 +21,15 @@ pub enum Compression {
     Off,
 }
 
-/// zstd level 1, its fastest regular level: on text logs it compresses
-/// within 2% of level 3 (better on sensor logs) and a third faster, so a
-/// Pi-class CPU keeps up with a 100 Mbit/s link with room to spare
-/// (scripts/bench-notes.md has the figures per level).
-pub const ZSTD_LEVEL: i32 = 1;
+/// The zstd levels a run moves between, cheapest first. Level 1 is where
+/// it starts: on text logs in 128 KiB frames it compresses as well as
+/// levels 2 to 5 and fastest, so a Pi-class CPU keeps up with a fast link.
+/// The higher ones (on sensor logs about 3%, 10%, 10% and a quarter fewer
+/// bytes than level 1, at a fifth down to a fiftieth of its speed:
+/// BENCHMARKS.md, case 10) are worth it only where the link, not the CPU,
+/// sets the pace; [`Compressors`] climbs to them only while the device's
+/// CPU is mostly idle, as it is when a slow link keeps it waiting.
+pub const ZSTD_LEVELS: [i32; 5] = [1, 6, 9, 12, 15];
 /// A file is compressed in blocks of this size, each one zstd frame: the
 /// frames need no memory of one another, so a few compressors serve every
 /// upload in flight, and on logs independent 128 KiB frames compress as
@@ -44,10 +48,14 @@ const WORTH_IT: f64 = 0.9;
 pub struct Compressors {
     idle: Mutex<Vec<Compressor>>,
     at_work: Semaphore,
+    pace: Mutex<Pace>,
 }
 
-/// One reusable zstd context.
-pub struct Compressor(zstd::bulk::Compressor<'static>);
+/// One reusable zstd context, and the level it is set to.
+pub struct Compressor {
+    inner: zstd::bulk::Compressor<'static>,
+    level: i32,
+}
 
 impl std::fmt::Debug for Compressor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,7 +66,7 @@ impl std::fmt::Debug for Compressor {
 impl Compressor {
     /// `block` as one zstd frame.
     pub fn compress(&mut self, block: &[u8]) -> io::Result<Vec<u8>> {
-        self.0.compress(block)
+        self.inner.compress(block)
     }
 
     /// `block` as one zstd frame when that shrinks it enough to be worth it.
@@ -74,7 +82,7 @@ impl Compressor {
 impl Default for Compressors {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        Self { idle: Mutex::default(), at_work: Semaphore::new(cores) }
+        Self { idle: Mutex::default(), at_work: Semaphore::new(cores), pace: Mutex::default() }
     }
 }
 
@@ -86,11 +94,16 @@ impl Compressors {
         work: impl FnOnce(&mut Compressor) -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
         let _turn = self.at_work.acquire().await.map_err(io::Error::other)?;
+        let level = self.level();
         let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let mut compressor = match idle {
             Some(compressor) => compressor,
-            None => Compressor(zstd::bulk::Compressor::new(ZSTD_LEVEL)?),
+            None => Compressor { inner: zstd::bulk::Compressor::new(level)?, level },
         };
+        if compressor.level != level {
+            compressor.inner.set_compression_level(level)?;
+            compressor.level = level;
+        }
         let (compressor, result) = tokio::task::spawn_blocking(move || {
             let result = work(&mut compressor);
             (compressor, result)
@@ -98,7 +111,78 @@ impl Compressors {
         .await
         .map_err(io::Error::other)?;
         self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(compressor);
+        self.pace.lock().unwrap_or_else(PoisonError::into_inner).look(Instant::now(), CpuTimes::now);
         result
+    }
+}
+
+impl Compressors {
+    /// The level blocks are compressed at now.
+    pub fn level(&self) -> i32 {
+        ZSTD_LEVELS[self.pace.lock().unwrap_or_else(PoisonError::into_inner).step]
+    }
+}
+
+/// How the level follows the device's spare CPU, in the spirit of
+/// `zstd --adapt`: at most every [`Pace::EVERY`], while blocks are being
+/// compressed, the share of CPU time the whole device left idle since the
+/// last look (`/proc/stat`). Over half idle: there is time to spend on
+/// fewer bytes, one level up; under a fifth: the CPU is what holds things
+/// back, one level down. So a slow link, which leaves the CPU idle, gets
+/// the higher levels, and a fast one, which keeps it busy, level 1. Where
+/// `/proc/stat` cannot be read the level stays at 1.
+#[derive(Debug, Default)]
+struct Pace {
+    step: usize,
+    last: Option<(Instant, CpuTimes)>,
+}
+
+/// Jiffies since boot: idle (and waiting for I/O), and in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CpuTimes {
+    idle: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    fn now() -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// The first line of `/proc/stat`: `cpu user nice system idle iowait irq softirq steal …`.
+    fn parse(stat: &str) -> Option<Self> {
+        let fields: Vec<u64> =
+            stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().map_while(|f| f.parse().ok()).collect();
+        let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+        let total = fields.iter().take(8).sum();
+        Some(Self { idle, total })
+    }
+}
+
+impl Pace {
+    const EVERY: Duration = Duration::from_millis(250);
+
+    /// Looks at the CPU again if it is time to.
+    fn look(&mut self, now: Instant, read: impl FnOnce() -> Option<CpuTimes>) {
+        if self.last.is_some_and(|(at, _)| now - at < Self::EVERY) {
+            return;
+        }
+        let Some(times) = read() else { return };
+        if let Some((_, before)) = self.last {
+            let total = times.total.saturating_sub(before.total);
+            if total > 0 {
+                self.follow(times.idle.saturating_sub(before.idle) as f64 / total as f64);
+            }
+        }
+        self.last = Some((now, times));
+    }
+
+    fn follow(&mut self, idle: f64) {
+        if idle > 0.5 {
+            self.step = (self.step + 1).min(ZSTD_LEVELS.len() - 1);
+        } else if idle < 0.2 {
+            self.step = self.step.saturating_sub(1);
+        }
     }
 }
 
@@ -159,6 +243,39 @@ mod tests {
         assert_eq!(zstd::bulk::decompress(&compressed, BLOCK_SIZE).expect("decodes"), &text[..BLOCK_SIZE]);
         assert_eq!((noise, empty), (None, None));
         assert_eq!(compressors.idle.lock().expect("lock").len(), 1, "the compressor is kept for reuse");
+    }
+
+    #[test]
+    fn the_level_climbs_while_the_cpu_is_idle_and_falls_when_it_is_busy() {
+        let stat = |idle: u64, busy: u64| {
+            CpuTimes::parse(&format!("cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 1 2 3 4\n")).expect("parses")
+        };
+        assert_eq!(stat(30, 70), CpuTimes { idle: 30, total: 100 });
+        assert_eq!(CpuTimes::parse("intr 1 2 3"), None);
+        let start = Instant::now();
+        let mut pace = Pace::default();
+        let at = |pace: &mut Pace, seconds: f64, idle, busy| {
+            pace.look(start + Duration::from_secs_f64(seconds), || Some(stat(idle, busy)));
+            ZSTD_LEVELS[pace.step]
+        };
+        assert_eq!(at(&mut pace, 0.0, 0, 0), 1, "the first look only starts counting");
+        assert_eq!(at(&mut pace, 0.5, 90, 10), 6, "90% idle: up");
+        assert_eq!(at(&mut pace, 0.6, 1000, 10), 6, "too soon to look again");
+        assert_eq!(at(&mut pace, 1.0, 180, 20), 9);
+        assert_eq!(at(&mut pace, 1.5, 220, 80), 9, "between a fifth and a half idle: stays");
+        for (i, seconds) in [2.0, 2.5, 3.0, 3.5].into_iter().enumerate() {
+            at(&mut pace, seconds, 300 + 100 * i as u64, 80);
+        }
+        assert_eq!(ZSTD_LEVELS[pace.step], 15, "never past the last");
+        assert_eq!(at(&mut pace, 4.0, 610, 180), 12, "10% idle: down");
+        for (i, seconds) in [4.5, 5.0, 5.5, 6.0, 6.5].into_iter().enumerate() {
+            at(&mut pace, seconds, 610, 280 + 100 * i as u64);
+        }
+        assert_eq!(ZSTD_LEVELS[pace.step], 1, "never below the first");
+        let mut blind = Pace::default();
+        blind.look(start, || None);
+        blind.look(start + Duration::from_secs(1), || None);
+        assert_eq!(ZSTD_LEVELS[blind.step], 1, "without /proc/stat the level stays");
     }
 
     #[tokio::test(start_paused = true)]
