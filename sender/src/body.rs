@@ -3,10 +3,9 @@
 
 use std::io;
 use std::num::NonZeroU64;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 /// When files are compressed on the wire (`--compress`).
@@ -24,12 +23,13 @@ pub enum Compression {
 /// The zstd levels a run moves between, cheapest first. Level 1 is where
 /// it starts: on text logs in 128 KiB frames it compresses as well as
 /// levels 2 to 5 and fastest, so a Pi-class CPU keeps up with a fast link.
-/// The higher ones (on sensor logs about 3%, 10%, 10% and a quarter fewer
-/// bytes than level 1, at a fifth down to a fiftieth of its speed:
-/// BENCHMARKS.md, case 10) are worth it only where the link, not the CPU,
+/// The higher ones (on sensor logs about a tenth and a quarter fewer bytes
+/// than level 1, at a ninth and a fiftieth of its speed; levels between
+/// them gain less, and 12 nothing over 9: BENCHMARKS.md, case 10; each
+/// level used keeps a context per core) are worth it only where the link, not the CPU,
 /// sets the pace; [`Compressors`] climbs to them only while the device's
 /// CPU is mostly idle, as it is when a slow link keeps it waiting.
-pub const ZSTD_LEVELS: [i32; 5] = [1, 6, 9, 12, 15];
+pub const ZSTD_LEVELS: [i32; 3] = [1, 9, 15];
 /// A file is compressed in blocks of this size, each one zstd frame: the
 /// frames need no memory of one another, so a few compressors serve every
 /// upload in flight, and on logs independent 128 KiB frames compress as
@@ -40,18 +40,22 @@ pub const BLOCK_SIZE: usize = 128 * 1024;
 /// compressed data, images and archives do not, and are sent as they are.
 const WORTH_IT: f64 = 0.9;
 
-/// The zstd compressors of a run, shared by every upload in flight: at most
-/// one per core at work at once (compressing is bound by the CPU, so more
-/// would not be faster), each reused, so that memory does not grow with
-/// `--jobs`.
-#[derive(Debug)]
+/// The zstd compressors of a run, shared by every upload in flight: one
+/// worker thread per core (compressing is bound by the CPU, so more would
+/// not be faster), each keeping its contexts, one per level it used. Memory
+/// does not grow with `--jobs`, and the contexts and blocks stay in those
+/// threads' heaps: compressed on whichever of the blocking pool's threads
+/// was free, every thread's heap kept some, and the peak RSS grew by half.
+#[derive(Debug, Default)]
 pub struct Compressors {
-    idle: Mutex<Vec<Compressor>>,
-    at_work: Semaphore,
+    work: Mutex<Option<mpsc::Sender<Job>>>,
     pace: Mutex<Pace>,
 }
 
-/// One reusable zstd context, and the level it is set to.
+/// Work for a compressor thread: given its context for the level named.
+type Job = (i32, Box<dyn FnOnce(&mut Compressor) + Send>);
+
+/// One zstd context, and its level.
 pub struct Compressor {
     inner: zstd::bulk::Compressor<'static>,
     level: i32,
@@ -59,7 +63,7 @@ pub struct Compressor {
 
 impl std::fmt::Debug for Compressor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Compressor")
+        f.debug_struct("Compressor").field("level", &self.level).finish_non_exhaustive()
     }
 }
 
@@ -79,40 +83,60 @@ impl Compressor {
     }
 }
 
-impl Default for Compressors {
-    fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        Self { idle: Mutex::default(), at_work: Semaphore::new(cores), pace: Mutex::default() }
+/// A compressor thread: runs jobs until the run drops its [`Compressors`].
+fn compress_jobs(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let mut contexts: Vec<Compressor> = Vec::new();
+    loop {
+        let next = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok((level, job)) = next else { return };
+        let at = match contexts.iter().position(|c| c.level == level) {
+            Some(at) => at,
+            None => match zstd::bulk::Compressor::new(level) {
+                Ok(inner) => {
+                    contexts.push(Compressor { inner, level });
+                    contexts.len() - 1
+                }
+                // The job's answer channel closes unanswered: its caller
+                // reports the failure.
+                Err(_) => continue,
+            },
+        };
+        job(&mut contexts[at]);
     }
 }
 
 impl Compressors {
-    /// Runs `work` on the blocking pool with a compressor, once one of the
-    /// cores is free for it.
+    /// Runs `work` on a compressor thread with its context for the current
+    /// level, once that thread is free.
     pub async fn with_compressor<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Compressor) -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
-        let _turn = self.at_work.acquire().await.map_err(io::Error::other)?;
-        let level = self.level();
-        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
-        let mut compressor = match idle {
-            Some(compressor) => compressor,
-            None => Compressor { inner: zstd::bulk::Compressor::new(level)?, level },
-        };
-        if compressor.level != level {
-            compressor.inner.set_compression_level(level)?;
-            compressor.level = level;
-        }
-        let (compressor, result) = tokio::task::spawn_blocking(move || {
-            let result = work(&mut compressor);
-            (compressor, result)
-        })
-        .await
-        .map_err(io::Error::other)?;
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(compressor);
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Box<dyn FnOnce(&mut Compressor) + Send> = Box::new(move |compressor| {
+            let _ = answer.send(work(compressor));
+        });
+        self.sender()?.send((self.level(), job)).map_err(|_| io::Error::other("the compressor threads stopped"))?;
+        let result = answered.await.map_err(|_| io::Error::other("a zstd context could not be made"))?;
         self.pace.lock().unwrap_or_else(PoisonError::into_inner).look(Instant::now(), CpuTimes::now);
         result
+    }
+
+    /// Where jobs go, starting the threads on first use.
+    fn sender(&self) -> io::Result<mpsc::Sender<Job>> {
+        let mut work = self.work.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = &*work {
+            return Ok(sender.clone());
+        }
+        let (sender, jobs) = mpsc::channel();
+        let jobs = Arc::new(Mutex::new(jobs));
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        for n in 0..cores {
+            let jobs = Arc::clone(&jobs);
+            std::thread::Builder::new().name(format!("zstd-{n}")).spawn(move || compress_jobs(jobs))?;
+        }
+        *work = Some(sender.clone());
+        Ok(sender)
     }
 }
 
@@ -242,7 +266,8 @@ mod tests {
         assert!(compressed.len() < BLOCK_SIZE / 4, "{} bytes", compressed.len());
         assert_eq!(zstd::bulk::decompress(&compressed, BLOCK_SIZE).expect("decodes"), &text[..BLOCK_SIZE]);
         assert_eq!((noise, empty), (None, None));
-        assert_eq!(compressors.idle.lock().expect("lock").len(), 1, "the compressor is kept for reuse");
+        let level = compressors.with_compressor(|c| Ok(c.level)).await.expect("runs");
+        assert_eq!(level, ZSTD_LEVELS[0]);
     }
 
     #[test]
@@ -259,19 +284,14 @@ mod tests {
             ZSTD_LEVELS[pace.step]
         };
         assert_eq!(at(&mut pace, 0.0, 0, 0), 1, "the first look only starts counting");
-        assert_eq!(at(&mut pace, 0.5, 90, 10), 6, "90% idle: up");
-        assert_eq!(at(&mut pace, 0.6, 1000, 10), 6, "too soon to look again");
-        assert_eq!(at(&mut pace, 1.0, 180, 20), 9);
-        assert_eq!(at(&mut pace, 1.5, 220, 80), 9, "between a fifth and a half idle: stays");
-        for (i, seconds) in [2.0, 2.5, 3.0, 3.5].into_iter().enumerate() {
-            at(&mut pace, seconds, 300 + 100 * i as u64, 80);
-        }
-        assert_eq!(ZSTD_LEVELS[pace.step], 15, "never past the last");
-        assert_eq!(at(&mut pace, 4.0, 610, 180), 12, "10% idle: down");
-        for (i, seconds) in [4.5, 5.0, 5.5, 6.0, 6.5].into_iter().enumerate() {
-            at(&mut pace, seconds, 610, 280 + 100 * i as u64);
-        }
-        assert_eq!(ZSTD_LEVELS[pace.step], 1, "never below the first");
+        assert_eq!(at(&mut pace, 0.5, 90, 10), 9, "90% idle: up");
+        assert_eq!(at(&mut pace, 0.6, 1000, 10), 9, "too soon to look again");
+        assert_eq!(at(&mut pace, 1.0, 130, 70), 9, "between a fifth and a half idle: stays");
+        assert_eq!(at(&mut pace, 1.5, 220, 80), 15);
+        assert_eq!(at(&mut pace, 2.0, 320, 80), 15, "never past the last");
+        assert_eq!(at(&mut pace, 2.5, 330, 170), 9, "10% idle: down");
+        assert_eq!(at(&mut pace, 3.0, 330, 270), 1);
+        assert_eq!(at(&mut pace, 3.5, 330, 370), 1, "never below the first");
         let mut blind = Pace::default();
         blind.look(start, || None);
         blind.look(start + Duration::from_secs(1), || None);
