@@ -371,15 +371,18 @@ class Case:
         verify(device["sent"], device["files"], "logferry's sent folder")
         put_back(device["sent"], device["logs"], device["files"])
 
+    def stop_receiver(self, receiver):
+        stop(receiver)
+        self.processes.remove(receiver)
+        receiver.logfile.close()
+
     def logferry(self, device, compress, name):
         receiver, address, store = self.receiver()
         try:
             run = self.timed(self.sender_args(device, address, compress), f"{name}.log")
             run["receiver_cpu"] = cpu_seconds(receiver.pid)
         finally:
-            stop(receiver)
-            self.processes.remove(receiver)
-            receiver.logfile.close()
+            self.stop_receiver(receiver)
         self.check_delivered(device, store)
         shutil.rmtree(os.path.dirname(store))
         return run
@@ -475,9 +478,7 @@ class Case:
                 if os.path.isdir(partial_dir) else 0
             second = self.timed(self.sender_args(device, address, "none"), "resume-finish.log")
         finally:
-            stop(receiver)
-            self.processes.remove(receiver)
-            receiver.logfile.close()
+            self.stop_receiver(receiver)
         self.check_delivered(device, store)
         shutil.rmtree(os.path.dirname(store))
         return {"full": full["wire"], "first": first, "second": second["wire"], "held": held,

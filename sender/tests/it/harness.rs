@@ -178,3 +178,16 @@ pub fn files(root: &Path) -> Vec<String> {
     }
     found
 }
+
+/// Bytes that differ per file and per seed, and that no compressor shrinks.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

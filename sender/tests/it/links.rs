@@ -31,19 +31,6 @@ fn log_text(bytes: usize) -> Vec<u8> {
     text
 }
 
-/// Bytes no compressor can shrink.
-fn noise(bytes: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..bytes)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 fn bytes_up(proxy: &FaultProxy) -> u64 {
     proxy.counts.bytes_up.load(Ordering::Relaxed)
 }
@@ -75,10 +62,10 @@ fn text_logs_go_compressed_and_arrive_as_they_were() {
 #[test]
 fn compress_auto_skips_what_does_not_compress_zstd_forces_it_none_never() {
     let cases: [(&str, Vec<u8>, u64); 5] = [
-        ("auto", noise(2 << 20, 1), 0),
-        ("auto", noise(60_000, 2), 0),
+        ("auto", content(1, 2 << 20), 0),
+        ("auto", content(2, 60_000), 0),
         ("auto", log_text(2 << 20), 1),
-        ("zstd", noise(2 << 20, 3), 1),
+        ("zstd", content(3, 2 << 20), 1),
         ("none", log_text(2 << 20), 0),
     ];
     std::thread::scope(|scope| {
@@ -110,7 +97,7 @@ fn an_upload_cut_off_continues_where_it_stopped_and_resends_little() {
         for cut in [100_000u64, 2 << 20, (4 << 20) - 50_000] {
             scope.spawn(move || {
                 let h = Harness::start();
-                let content = noise(size, cut);
+                let content = content(cut, size);
                 h.log("camera.bin", &content);
                 let proxy = FaultProxy::start(h.host(), move |_| Fault::CutFirstUploadAfter(cut));
                 let run = h.send_to(&proxy.address, &["--retries", "3", "--compress", "none"]);
@@ -130,7 +117,7 @@ fn an_upload_cut_off_continues_where_it_stopped_and_resends_little() {
 /// file; the next run continues it, compressed or not.
 #[test]
 fn the_next_run_continues_a_cut_off_upload() {
-    for (mode, content) in [("none", noise(3 << 20, 9)), ("auto", log_text(12 << 20))] {
+    for (mode, content) in [("none", content(9, 3 << 20)), ("auto", log_text(12 << 20))] {
         let h = Harness::start();
         h.log("big.log", &content);
         let proxy = FaultProxy::start(h.host(), |_| Fault::CutFirstUploadAfter(600_000));
@@ -165,7 +152,7 @@ fn whole_upload_bytes(content: &[u8], mode: &str) -> u64 {
 #[test]
 fn bwlimit_caps_the_rate() {
     let h = Harness::start();
-    let content = noise(1 << 20, 5);
+    let content = content(5, 1 << 20);
     h.log("a.bin", &content[..600_000]);
     h.log("b.bin", &content[600_000..]);
     let started = Instant::now();
