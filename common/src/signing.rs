@@ -32,21 +32,38 @@ pub struct UploadClaim {
     pub size: u64,
 }
 
-/// An upload's declared fields as the text that travels, which is what the
-/// signature covers: the receiver checks the signature over exactly what
-/// it read before it judges any of it, so every later refusal is one it
-/// can sign.
+/// The fields a request declares beyond its method and path, as the text
+/// that travels, which is what the signature covers: the receiver checks the
+/// signature over exactly what it read before it judges any of it, so every
+/// later refusal is one it can sign. An upload (and an offset query)
+/// declares its file's path, SHA-256 and size; an update request its JSON
+/// body's SHA-256 and length ([`SignedFields::body`]), or the content it
+/// fetches ([`SignedFields::content`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadHead {
+pub struct SignedFields {
     pub path: String,
     pub sha256: String,
     pub size: String,
 }
 
-impl From<&UploadClaim> for UploadHead {
+impl From<&UploadClaim> for SignedFields {
     /// The one spelling a valid claim has on the wire.
     fn from(claim: &UploadClaim) -> Self {
         Self { path: claim.path.to_string(), sha256: claim.sha256.to_hex(), size: claim.size.to_string() }
+    }
+}
+
+impl SignedFields {
+    /// The fields of a request whose body is `body` (JSON): its SHA-256 and
+    /// length, so that nobody in the path can change what it says.
+    pub fn body(body: &[u8]) -> Self {
+        Self { path: String::new(), sha256: Sha256Digest::of_bytes(body).to_hex(), size: body.len().to_string() }
+    }
+
+    /// The fields of a request for the content with this SHA-256: the hash
+    /// alone, so that the signature names what is fetched.
+    pub fn content(sha256: &Sha256Digest) -> Self {
+        Self { path: String::new(), sha256: sha256.to_hex(), size: String::new() }
     }
 }
 
@@ -63,17 +80,19 @@ pub struct SignedRequest<'a> {
     /// receiver's time because its own clock is off; 0 otherwise (and then
     /// not sent). Signed, so the receiver can trust it for the status page.
     pub clock_offset: i64,
-    pub upload: Option<&'a UploadHead>,
+    /// What the request declares beyond its method and path; `None` for a
+    /// request without a body (the auth check).
+    pub fields: Option<&'a SignedFields>,
 }
 
 impl SignedRequest<'_> {
     /// The exact bytes that are signed: seven lines joined by `\n`, with
-    /// empty lines for the upload fields of a request that uploads nothing,
+    /// empty lines for the fields of a request that declares none,
     /// and an eighth with the clock offset when there is one. The relative
     /// path comes before it; a valid one cannot contain a newline, so the
     /// string splits back into the same fields.
     pub fn canonical_string(&self) -> String {
-        let (sha256, size, path) = match self.upload {
+        let (sha256, size, path) = match self.fields {
             // Hex may be sent in either case; it is signed in lowercase.
             Some(head) => (head.sha256.to_ascii_lowercase(), head.size.as_str(), head.path.as_str()),
             None => (String::new(), "", ""),
@@ -296,22 +315,22 @@ mod tests {
 
     #[test]
     fn canonical_string_layout() {
-        let head = UploadHead::from(&claim());
+        let head = SignedFields::from(&claim());
         let req = SignedRequest {
             method: "post",
             path: "/v1/upload",
             timestamp: 1_700_000_000,
             clock_offset: 0,
-            upload: Some(&head),
+            fields: Some(&head),
         };
         assert_eq!(
             req.canonical_string(),
             "LOGFERRY-HMAC-SHA256-V2\nPOST\n/v1/upload\n1700000000\n\
              ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n3\nsub/été.log"
         );
-        let shouted = UploadHead { sha256: head.sha256.to_ascii_uppercase(), ..head.clone() };
-        assert_eq!(SignedRequest { upload: Some(&shouted), ..req }.canonical_string(), req.canonical_string());
-        let bare = SignedRequest { method: "GET", path: "/v1/auth-check", timestamp: 5, clock_offset: 0, upload: None };
+        let shouted = SignedFields { sha256: head.sha256.to_ascii_uppercase(), ..head.clone() };
+        assert_eq!(SignedRequest { fields: Some(&shouted), ..req }.canonical_string(), req.canonical_string());
+        let bare = SignedRequest { method: "GET", path: "/v1/auth-check", timestamp: 5, clock_offset: 0, fields: None };
         assert_eq!(bare.canonical_string(), "LOGFERRY-HMAC-SHA256-V2\nGET\n/v1/auth-check\n5\n\n\n");
         let corrected = SignedRequest { clock_offset: -10_800, ..bare };
         assert_eq!(corrected.canonical_string(), "LOGFERRY-HMAC-SHA256-V2\nGET\n/v1/auth-check\n5\n\n\n\n-10800");
@@ -321,9 +340,9 @@ mod tests {
     fn sign_round_trips_through_the_header_and_any_change_breaks_it() {
         let key = &*KEY;
         let claim = claim();
-        let head = UploadHead::from(&claim);
+        let head = SignedFields::from(&claim);
         let req =
-            SignedRequest { method: "POST", path: "/v1/upload", timestamp: 42, clock_offset: 0, upload: Some(&head) };
+            SignedRequest { method: "POST", path: "/v1/upload", timestamp: 42, clock_offset: 0, fields: Some(&head) };
         let header: AuthHeader = req.authorization(key).to_string().parse().expect("own header parses");
         assert_eq!(&header.key_id, key.key_id());
         assert!(req.verify(key, &header.signature));
@@ -332,14 +351,14 @@ mod tests {
         bigger.size = 4;
         let mut renamed = claim.clone();
         renamed.path = RelPath::parse("sub/other.log").expect("valid");
-        let (bigger, renamed) = (UploadHead::from(&bigger), UploadHead::from(&renamed));
+        let (bigger, renamed) = (SignedFields::from(&bigger), SignedFields::from(&renamed));
         let variants = [
             SignedRequest { method: "PUT", ..req },
             SignedRequest { path: "/v1/auth-check", ..req },
             SignedRequest { timestamp: 43, ..req },
-            SignedRequest { upload: Some(&bigger), ..req },
-            SignedRequest { upload: Some(&renamed), ..req },
-            SignedRequest { upload: None, ..req },
+            SignedRequest { fields: Some(&bigger), ..req },
+            SignedRequest { fields: Some(&renamed), ..req },
+            SignedRequest { fields: None, ..req },
             SignedRequest { clock_offset: 1, ..req },
         ];
         for variant in variants {
@@ -450,13 +469,13 @@ mod tests {
             sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".parse().expect("valid"),
             size: 3,
         };
-        let head = UploadHead::from(&claim);
+        let head = SignedFields::from(&claim);
         let upload = SignedRequest {
             method: "POST",
             path: "/v1/upload",
             timestamp: 1_700_000_000,
             clock_offset: 0,
-            upload: Some(&head),
+            fields: Some(&head),
         };
         let header = upload.authorization(key);
         assert_eq!(hex::encode(header.signature), "9106a4b8b15016ed5ea908132c72a016cafa1595c0b941d74d36df8df9946286");
@@ -470,7 +489,7 @@ mod tests {
             path: "/v1/auth-check",
             timestamp: 1_700_000_000,
             clock_offset: 0,
-            upload: None,
+            fields: None,
         };
         assert_eq!(
             hex::encode(check.authorization(key).signature),

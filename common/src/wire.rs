@@ -23,6 +23,16 @@ pub mod endpoint {
     /// many of the file's bytes the receiver already holds from a cut-off
     /// upload of it, so that the next one continues from there.
     pub const UPLOAD_OFFSET: &str = "/v1/upload/offset";
+    /// `POST`, signed, JSON [`ManifestRequest`](crate::update::ManifestRequest):
+    /// which release is published for this device.
+    pub const UPDATE_MANIFEST: &str = "/v1/update/manifest";
+    /// `GET UPDATE_CONTENT/<sha256>`, signed with that SHA-256: the bytes of
+    /// a file the device's release lists, from an optional `Range:
+    /// bytes=N-`. The signed path is this prefix, without the hash.
+    pub const UPDATE_CONTENT: &str = "/v1/update/content";
+    /// `POST`, signed, JSON [`UpdateReport`](crate::update::UpdateReport):
+    /// what the device made of a version.
+    pub const UPDATE_REPORT: &str = "/v1/update/report";
     /// `GET`, unauthenticated, HTML: the fleet status page for people.
     pub const STATUS_PAGE: &str = "/";
     /// `GET`, unauthenticated, JSON: the fleet status for scripts.
@@ -158,6 +168,11 @@ pub enum ErrorCode {
     PathConflict,
     /// The `offset` is beyond what the receiver holds of the file; ask again.
     OffsetMismatch,
+    /// A published file changed after its release's manifest was made;
+    /// poll again for the new release.
+    ContentChanged,
+    /// A `Range` starts beyond the end of the content.
+    RangeNotSatisfiable,
     /// The file is larger than the receiver accepts.
     TooLarge,
     /// The receiver is at its limit of concurrent uploads; retry later.

@@ -7,7 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{AUTHORIZATION, ContentType, RETRY_AFTER};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use logferry_common::signing::{
-    AuthHeader, AuthHeaderError, Freshness, RECEIPT_HEADER, SignedRequest, UploadHead, freshness, receipt,
+    AuthHeader, AuthHeaderError, Freshness, RECEIPT_HEADER, SignedFields, SignedRequest, freshness, receipt,
 };
 use serde::Serialize;
 
@@ -48,13 +48,13 @@ impl Claimed {
     /// A stale timestamp is refused only after the signature checked out,
     /// so that refusal is signed: the device can trust what it says about
     /// the receiver's clock (its body carries `receiver_time`).
-    pub fn verify(self, upload: Option<&UploadHead>) -> Result<Verified, ApiError> {
+    pub fn verify(self, fields: Option<&SignedFields>) -> Result<Verified, ApiError> {
         let signed = SignedRequest {
             method: &self.method,
             path: self.endpoint,
             timestamp: self.header.timestamp,
             clock_offset: self.header.clock_offset,
-            upload,
+            fields,
         };
         if !signed.verify(&self.device.key, &self.header.signature) {
             return Err(ApiError::BadSignature);

@@ -17,7 +17,7 @@ use actix_web::{HttpRequest, web};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use logferry_common::rel_path::MAX_PATH_BYTES;
-use logferry_common::signing::{UploadClaim, UploadHead, parse_decimal};
+use logferry_common::signing::{SignedFields, UploadClaim, parse_decimal};
 use logferry_common::wire::{Encoding, UploadOffset, UploadReceipt, field};
 use logferry_common::{PathError, RelPath, Sha256Digest, Sha256Hasher};
 use zstd::stream::raw::{DParameter, InBuffer, Operation as _, OutBuffer};
@@ -61,7 +61,7 @@ pub struct Progress {
 /// sha256 and size, as text) has been read, all within one deadline.
 pub struct Head {
     claimed: Claimed,
-    head: UploadHead,
+    head: SignedFields,
     form: Multipart,
 }
 
@@ -91,7 +91,7 @@ pub async fn read_head(
         let path = read_head_field(&mut form, field::PATH, MAX_PATH_BYTES).await?;
         let sha256 = read_head_field(&mut form, field::SHA256, MAX_SHA256_FIELD_BYTES).await?;
         let size = read_head_field(&mut form, field::SIZE, MAX_SIZE_FIELD_BYTES).await?;
-        Ok::<_, ApiError>(UploadHead { path, sha256, size })
+        Ok::<_, ApiError>(SignedFields { path, sha256, size })
     };
     let head = tokio::time::timeout(limits.head_timeout, fields)
         .await
@@ -136,7 +136,7 @@ impl Head {
     }
 }
 
-fn judge(head: UploadHead, limits: &Limits) -> Result<UploadClaim, ApiError> {
+fn judge(head: SignedFields, limits: &Limits) -> Result<UploadClaim, ApiError> {
     let path =
         RelPath::parse(&head.path).map_err(|reason| ApiError::InvalidPath { path: head.path.clone(), reason })?;
     let sha256 = head

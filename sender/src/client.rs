@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use logferry_common::DeviceKey;
-use logferry_common::signing::{RECEIPT_HEADER, SignedRequest, UploadClaim, UploadHead, verify_receipt};
+use logferry_common::signing::{RECEIPT_HEADER, SignedFields, SignedRequest, UploadClaim, verify_receipt};
 use logferry_common::wire::{
     AuthCheckReply, Encoding, ErrorBody, ErrorCode, RESUMABLE_MIN_SIZE, UploadOffset, UploadReceipt, endpoint, field,
 };
@@ -290,7 +290,7 @@ impl Client {
             }
             let (part, encoding) = self.file_part(file, claim, offset).await?;
             // The fields are sent as exactly the text that is signed.
-            let head = UploadHead::from(claim);
+            let head = SignedFields::from(claim);
             let mut form = head_form(&head);
             if offset > 0 {
                 form = form.text(field::OFFSET, offset.to_string());
@@ -306,7 +306,7 @@ impl Client {
 
     /// How many bytes of the file the receiver holds from a cut-off upload.
     async fn held(&self, claim: &UploadClaim) -> Result<u64, RequestError> {
-        let head = UploadHead::from(claim);
+        let head = SignedFields::from(claim);
         let form = head_form(&head);
         let request =
             self.signed(self.clock, Method::POST, endpoint::UPLOAD_OFFSET, Some(&head), |r| r.multipart(form));
@@ -429,12 +429,12 @@ impl Client {
         clock: Clock,
         method: Method,
         endpoint: &str,
-        upload: Option<&UploadHead>,
+        fields: Option<&SignedFields>,
         finish: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Signed {
         let timestamp = clock.now();
         let header =
-            SignedRequest { method: method.as_str(), path: endpoint, timestamp, clock_offset: clock.offset(), upload }
+            SignedRequest { method: method.as_str(), path: endpoint, timestamp, clock_offset: clock.offset(), fields }
                 .authorization(&self.key);
         let request = self.http.request(method, self.url(endpoint)).header(AUTHORIZATION, header.to_string());
         Signed { request: finish(request), signature: header.signature }
@@ -476,7 +476,7 @@ struct Signed {
 }
 
 /// The upload form's head: the three signed fields, as the text signed.
-fn head_form(head: &UploadHead) -> Form {
+fn head_form(head: &SignedFields) -> Form {
     Form::new()
         .text(field::PATH, head.path.clone())
         .text(field::SHA256, head.sha256.clone())

@@ -1,6 +1,6 @@
 //! The HTTP API: what is stored, and every way a request is refused.
 
-use logferry_common::signing::{AuthHeader, SignedRequest, UploadHead, verify_receipt};
+use logferry_common::signing::{AuthHeader, SignedFields, SignedRequest, verify_receipt};
 use logferry_common::wire::endpoint;
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
@@ -50,16 +50,16 @@ enum Body {
 /// read (refused before any signature check).
 struct Upload {
     body: Body,
-    signs: UploadHead,
+    signs: SignedFields,
 }
 
 fn declared(path: &str, sha256: &str, size: &str, content: &[u8]) -> Upload {
-    let signs = UploadHead { path: path.to_owned(), sha256: sha256.to_owned(), size: size.to_owned() };
+    let signs = SignedFields { path: path.to_owned(), sha256: sha256.to_owned(), size: size.to_owned() };
     Upload { body: Body::Form(upload_form(path, sha256, size, content)), signs }
 }
 
-fn nominal() -> UploadHead {
-    UploadHead::from(&claim("a.log", CONTENT))
+fn nominal() -> SignedFields {
+    SignedFields::from(&claim("a.log", CONTENT))
 }
 
 const CONTENT: &[u8] = b"sensor,value\n1,2\n";
@@ -93,7 +93,7 @@ fn hand_made(path: &str, content: &[u8], extra_header: &str, close: bool) -> Upl
     if close {
         body.extend(b"\r\n--XyZ--\r\n");
     }
-    Upload { body: Body::Multipart(body), signs: UploadHead::from(&claim) }
+    Upload { body: Body::Multipart(body), signs: SignedFields::from(&claim) }
 }
 
 fn hostile_cases() -> Vec<Case> {
@@ -703,7 +703,7 @@ async fn a_stale_signed_request_learns_the_receivers_time_and_the_corrected_one_
             path: endpoint::AUTH_CHECK,
             timestamp: receiver_time,
             clock_offset,
-            upload: None,
+            fields: None,
         }
         .authorization(&key(&device()));
         let tampered = AuthHeader { clock_offset: clock_offset + 1, ..corrected.clone() };

@@ -104,7 +104,7 @@ async fn the_status_page_in_a_real_browser_lists_every_device_and_marks_the_quie
     // the page says so under greenhouse-3's badge only.
     for (id, clock_offset) in [(&greenhouse, -3 * 3600), (&device(), 0)] {
         let auth =
-            SignedRequest { method: "GET", path: endpoint::AUTH_CHECK, timestamp: now(), clock_offset, upload: None }
+            SignedRequest { method: "GET", path: endpoint::AUTH_CHECK, timestamp: now(), clock_offset, fields: None }
                 .authorization(&key(id))
                 .to_string();
         let response =

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt;
-use logferry_common::signing::{SignedRequest, UploadClaim, UploadHead};
+use logferry_common::signing::{SignedFields, SignedRequest, UploadClaim};
 use logferry_common::wire::endpoint;
 use logferry_common::{DeviceId, DeviceKey, RelPath, Sha256Digest};
 use logferry_receiver::store::s3::{S3Settings, parse_store_url};
@@ -62,12 +62,18 @@ pub fn authorization(
     timestamp: u64,
     upload: Option<&UploadClaim>,
 ) -> String {
-    signed_head(id, method, endpoint, timestamp, upload.map(UploadHead::from).as_ref())
+    signed_head(id, method, endpoint, timestamp, upload.map(SignedFields::from).as_ref())
 }
 
 /// Signs fields exactly as given, valid or not.
-pub fn signed_head(id: &DeviceId, method: &str, endpoint: &str, timestamp: u64, upload: Option<&UploadHead>) -> String {
-    SignedRequest { method, path: endpoint, timestamp, clock_offset: 0, upload }.authorization(&key(id)).to_string()
+pub fn signed_head(
+    id: &DeviceId,
+    method: &str,
+    endpoint: &str,
+    timestamp: u64,
+    fields: Option<&SignedFields>,
+) -> String {
+    SignedRequest { method, path: endpoint, timestamp, clock_offset: 0, fields }.authorization(&key(id)).to_string()
 }
 
 /// Where a test receiver keeps uploads.

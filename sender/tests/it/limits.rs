@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use logferry_common::signing::{SignedRequest, UploadClaim, UploadHead};
+use logferry_common::signing::{SignedFields, SignedRequest, UploadClaim};
 use logferry_common::wire::endpoint;
 use logferry_common::{DeviceId, RelPath, Sha256Digest};
 use logferry_receiver::Limits;
@@ -40,13 +40,13 @@ fn hold_the_only_slot(h: &Harness, hold: Duration) -> std::thread::JoinHandle<()
             };
             let id: DeviceId = DEVICE.parse().expect("valid");
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
-            let head = UploadHead::from(&claim);
+            let head = SignedFields::from(&claim);
             let auth = SignedRequest {
                 method: "POST",
                 path: endpoint::UPLOAD,
                 timestamp: now,
                 clock_offset: 0,
-                upload: Some(&head),
+                fields: Some(&head),
             }
             .authorization(&id.derive_key());
             let stalled = futures_util::stream::once(async move {
