@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end demo on loopback: builds both binaries, makes a device, writes
 # sample logs in nested folders, starts a receiver on a free port, runs the
-# sender, shows what arrived (and `sha256sum -c` passing), then stops.
+# sender, shows what arrived (and `sha256sum -c` passing), then publishes a
+# script to the device and shows the next run installing it, then stops.
 # Everything happens in a temporary folder; KEEP=1 keeps it for a look.
 set -euo pipefail
 
@@ -45,7 +46,9 @@ head -c 3000000 /dev/urandom >logs/events/camera.bin
 find logs -type f | sort | sed 's/^/    /'
 
 echo "==> starting the receiver on a free loopback port"
-"$bin/receiver" --bind 127.0.0.1 --port 0 --ids ids.txt --store received_files 2>receiver.log &
+mkdir -p publish/all
+"$bin/receiver" --bind 127.0.0.1 --port 0 --ids ids.txt --store received_files \
+    --publish publish --publish-settle 1s 2>receiver.log &
 receiver_pid=$!
 address=""
 for _ in $(seq 1 100); do
@@ -77,6 +80,20 @@ find sent_files -type f | sort | sed 's/^/    /'
 
 echo "==> running the sender again: nothing left to send"
 "$bin/sender" "$address" logs --id-file device-id --min-age 0
+
+echo "==> receiver publish main.py --to demo-pi (files for the devices labelled demo-pi)"
+printf 'print("sensor script v2")\n' >main.py
+"$bin/receiver" publish main.py --to demo-pi --publish publish
+sleep 2 # the receiver publishes a folder once it has been still for --publish-settle
+echo "==> sender ... --update-dir app --on-update HOOK: fetch, check, switch to it, run the hook"
+update_status=0
+"$bin/sender" "$address" logs --id-file device-id --min-age 0 --update-dir app \
+    --on-update 'echo "    hook: switched to ${LOGFERRY_VERSION%${LOGFERRY_VERSION#????????????}}: $(cat "$LOGFERRY_RELEASE_DIR/main.py")"' ||
+    update_status=$?
+echo "    sender exit code: $update_status"
+echo "    app/current -> $(readlink app/current)"
+find app/current/ -type f | sed 's/^/    /'
+[ "$update_status" -eq 0 ] || status=$update_status
 
 echo "==> receiver log (IDs masked)"
 sed 's/^/    /' receiver.log
