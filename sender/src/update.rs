@@ -41,9 +41,9 @@ pub const LOCK_FILE: &str = ".lock";
 const BUILD_PREFIX: &str = ".build-";
 /// The new `current` link before it is renamed over the old one.
 const NEXT_CURRENT: &str = ".current.next";
-/// Largest release manifest read back from `releases/`: far above what
-/// [`logferry_common::update::MAX_RELEASE_FILES`] entries take.
-const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+/// Largest JSON file read back (a release's manifest, the state): far
+/// above what [`logferry_common::update::MAX_RELEASE_FILES`] entries take.
+const MAX_JSON_FILE_BYTES: u64 = 16 << 20;
 /// How often a running hook is looked at.
 const HOOK_POLL: Duration = Duration::from_millis(20);
 
@@ -138,7 +138,7 @@ impl State {
     /// losing what it said costs one more attempt, never a stuck device.
     pub fn read(dir: &Path) -> Result<Self, UpdateError> {
         let path = dir.join(STATE_FILE);
-        let text = match read_bounded(&path, MAX_MANIFEST_BYTES) {
+        let text = match read_bounded(&path, MAX_JSON_FILE_BYTES) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(io_error("read", &path)(e)),
@@ -285,8 +285,8 @@ fn copy_verified(source: File, target: &Path, sha256: &Sha256Digest, size: u64) 
     Ok(true)
 }
 
-/// Where a content already on the device may be copied from: a file of the
-/// current or previous release, as their manifests list them.
+/// Where a content already on the device may be copied from: a file of a
+/// release in `releases/`, as its manifest lists it.
 #[derive(Debug, Default)]
 struct LocalContent {
     by_hash: HashMap<Sha256Digest, (PathBuf, RelPath)>,
@@ -299,7 +299,7 @@ impl LocalContent {
         let releases = dir.join(RELEASES);
         let mut by_hash = HashMap::new();
         for version in versions {
-            let Ok(text) = read_bounded(&releases.join(format!("{version}.json")), MAX_MANIFEST_BYTES) else {
+            let Ok(text) = read_bounded(&releases.join(format!("{version}.json")), MAX_JSON_FILE_BYTES) else {
                 continue;
             };
             let Ok(files) = serde_json::from_slice::<Vec<ManifestEntry>>(&text) else { continue };
@@ -627,7 +627,9 @@ async fn attempt(
         return Ok(RunOutcome::HeldBack);
     }
     let manifest = Manifest::checked(version, reply.files.ok_or(UpdateError::NoFiles(version))?)?;
-    let local = LocalContent::of(dir, current.into_iter().chain(state.previous));
+    // The published version itself too: a run that stopped after building
+    // it but before the switch left it complete.
+    let local = LocalContent::of(dir, current.into_iter().chain(state.previous).chain([version]));
     let mut traffic = Traffic::default();
     let fetched = fetch(client, dir, version, manifest, &local, &mut traffic).await;
     (summary.fetched_files, summary.fetched_bytes) = (traffic.files, traffic.bytes);
