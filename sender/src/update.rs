@@ -124,6 +124,19 @@ pub struct State {
     /// The last version rolled back, which is not tried again while it is
     /// the one published.
     pub refused: Option<Refused>,
+    /// A switch whose hook has not finished: written before the hook runs,
+    /// cleared when it has, so that a run that died meanwhile (power cut,
+    /// killed) is rolled back by the next one instead of keeping a release
+    /// nothing confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconfirmed: Option<Unconfirmed>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unconfirmed {
+    pub version: Version,
+    /// The release before it, gone back to.
+    pub from: Option<Version>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -613,9 +626,16 @@ async fn attempt(
 ) -> Result<RunOutcome, UpdateError> {
     let dir = config.dir.as_path();
     let _lock = lock(dir)?;
-    let current = current_version(dir)?;
-    summary.previous = current;
     let mut state = State::read(dir)?;
+    let current = current_version(dir)?;
+    if let Some(unconfirmed) = state.unconfirmed.take() {
+        if current == Some(unconfirmed.version) {
+            return roll_back_unconfirmed(config, unconfirmed, &mut state, summary).await;
+        }
+        // Not switched to after all (the run died just before): nothing to undo.
+        state.write(dir)?;
+    }
+    summary.previous = current;
     let reply = client.poll(current).await.map_err(UpdateError::Poll)?;
     let Some(version) = reply.version else { return Ok(RunOutcome::NothingPublished) };
     summary.version = Some(version);
@@ -633,7 +653,10 @@ async fn attempt(
     let mut traffic = Traffic::default();
     let fetched = fetch(client, dir, version, manifest, &local, &mut traffic).await;
     (summary.fetched_files, summary.fetched_bytes) = (traffic.files, traffic.bytes);
-    let switched = fetched?.build(dir)?.switch(dir, current)?;
+    let built = fetched?.build(dir)?;
+    state.unconfirmed = Some(Unconfirmed { version, from: current });
+    state.write(dir)?;
+    let switched = built.switch(dir, current)?;
     let release_dir = dir.join(CURRENT);
     let hook =
         config.hook.as_deref().map(|command| Hook { command, timeout: config.hook_timeout, release_dir: &release_dir });
@@ -659,10 +682,37 @@ async fn attempt(
             RunOutcome::RolledBack
         }
     };
+    state.unconfirmed = None;
     state.write(dir)?;
     let keep = [current_version(dir)?, state.previous].into_iter().flatten().collect();
     remove_other_releases(dir, &keep);
     Ok(outcome)
+}
+
+/// Goes back from a release whose hook never finished (the run before
+/// died while it ran): what nothing confirmed does not stay.
+async fn roll_back_unconfirmed(
+    config: &UpdateConfig,
+    unconfirmed: Unconfirmed,
+    state: &mut State,
+    summary: &mut UpdateSummary,
+) -> Result<RunOutcome, UpdateError> {
+    let dir = config.dir.as_path();
+    let Unconfirmed { version, from } = unconfirmed;
+    (summary.version, summary.previous) = (Some(version), Some(version));
+    let mut reason = "the sender stopped before the hook on the new release finished".to_owned();
+    switch_current(dir, from)?;
+    let release_dir = dir.join(CURRENT);
+    if let (Some(command), Some(old)) = (config.hook.as_deref(), from) {
+        let hook = Hook { command, timeout: config.hook_timeout, release_dir: &release_dir };
+        if let Err(again) = hook.run(HookPhase::Rollback, old, Some(version)).await {
+            reason.push_str(&format!("; on the release gone back to the hook failed too: {again}"));
+        }
+    }
+    state.refused = Some(Refused { version, reason: reason.clone() });
+    state.write(dir)?;
+    summary.reason = Some(reason);
+    Ok(RunOutcome::RolledBack)
 }
 
 /// Holds `DIR/.lock` for the attempt, so that two runs never build or
@@ -733,6 +783,7 @@ mod tests {
         let state = State {
             previous: Some(version("a")),
             refused: Some(Refused { version: version("b"), reason: "hook failed".into() }),
+            unconfirmed: Some(Unconfirmed { version: version("c"), from: Some(version("a")) }),
         };
         state.write(dir.path()).expect("written");
         assert_eq!(State::read(dir.path()).expect("read"), state);
@@ -744,7 +795,7 @@ mod tests {
 
     #[test]
     fn a_refused_version_is_held_back_until_another_is_published() {
-        let state = State { previous: None, refused: Some(Refused { version: version("b"), reason: "no".into() }) };
+        let state = State { refused: Some(Refused { version: version("b"), reason: "no".into() }), ..State::default() };
         assert_eq!(state.holds_back(version("b")).map(|r| r.reason.as_str()), Some("no"));
         assert!(state.holds_back(version("c")).is_none());
         assert!(State::default().holds_back(version("b")).is_none());
