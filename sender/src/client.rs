@@ -2,17 +2,19 @@
 //! transient failures, and errors turned into sentences.
 
 use std::cell::Cell;
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use logferry_common::DeviceKey;
 use logferry_common::signing::{RECEIPT_HEADER, SignedFields, SignedRequest, UploadClaim, verify_receipt};
+use logferry_common::update::{ManifestReply, ManifestRequest, UpdateReport, Version};
 use logferry_common::wire::{
     AuthCheckReply, Encoding, ErrorBody, ErrorCode, RESUMABLE_MIN_SIZE, UploadOffset, UploadReceipt, endpoint, field,
 };
-use reqwest::header::{AUTHORIZATION, RETRY_AFTER};
+use logferry_common::{DeviceKey, Sha256Digest};
+use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Body, Method, StatusCode, Url};
 
@@ -103,6 +105,10 @@ pub enum RequestError {
     /// The local file cannot give the bytes that were hashed.
     #[error("cannot read the file: {0}")]
     Source(String),
+    /// Something on this device failed: the request could not be made, or
+    /// what arrived could not be written.
+    #[error("{0}")]
+    Local(String),
 }
 
 impl RequestError {
@@ -157,7 +163,7 @@ impl RequestError {
                 matches!(*status, StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS)
                     || status.is_server_error()
             }
-            Self::Tls { .. } | Self::Garbled(_) | Self::Source(_) | Self::Unverified { .. } => false,
+            Self::Tls { .. } | Self::Garbled(_) | Self::Source(_) | Self::Local(_) | Self::Unverified { .. } => false,
         }
     }
 }
@@ -219,7 +225,9 @@ impl Client {
         let mut corrections = 0;
         loop {
             let attempt: Result<(_, AuthCheckReply), _> = self
-                .with_retries(|| async { Ok(self.signed(clock, Method::GET, endpoint::AUTH_CHECK, None, |r| r)) })
+                .with_retries(|| async {
+                    self.send(self.signed(clock, Method::GET, endpoint::AUTH_CHECK, None, |r| r)).await
+                })
                 .await;
             match attempt {
                 Ok((_, reply)) => {
@@ -264,6 +272,106 @@ impl Client {
         }
     }
 
+    /// Asks which release is published for this device, saying which one
+    /// it runs.
+    pub async fn poll(&self, current: Option<Version>) -> Result<ManifestReply, RequestError> {
+        self.post_json(endpoint::UPDATE_MANIFEST, &ManifestRequest { current }).await
+    }
+
+    /// Tells the receiver what became of one attempt at a version.
+    pub async fn report(&self, report: &UpdateReport) -> Result<(), RequestError> {
+        let _: serde::de::IgnoredAny = self.post_json(endpoint::UPDATE_REPORT, report).await?;
+        Ok(())
+    }
+
+    /// Posts `body` as JSON, its digest signed, and takes the signed answer.
+    async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, RequestError> {
+        let body =
+            serde_json::to_vec(body).map_err(|e| RequestError::Local(format!("cannot write the request: {e}")))?;
+        let fields = SignedFields::body(&body);
+        let (_, reply) = self
+            .with_retries(|| async {
+                let body = body.clone();
+                let request = self.signed(self.clock, Method::POST, endpoint, Some(&fields), |r| {
+                    r.header(CONTENT_TYPE, "application/json").body(body)
+                });
+                self.send(request).await
+            })
+            .await?;
+        Ok(reply)
+    }
+
+    /// Fetches the `size` bytes of content `sha256` onto the end of
+    /// `partial`, opened for appending, which may already hold the first of
+    /// them from a cut-off fetch: only the rest is asked for, and so on each
+    /// retry. Returns the bytes that arrived, every attempt counted. The
+    /// answer carries no receipt; the caller checks the bytes against the
+    /// signed manifest's SHA-256.
+    pub async fn fetch_content(&self, sha256: &Sha256Digest, size: u64, partial: &File) -> Result<u64, RequestError> {
+        let arrived = Cell::new(0);
+        self.with_retries(|| self.fetch_rest(sha256, size, partial, &arrived)).await?;
+        Ok(arrived.get())
+    }
+
+    /// One attempt of [`Self::fetch_content`].
+    async fn fetch_rest(
+        &self,
+        sha256: &Sha256Digest,
+        size: u64,
+        partial: &File,
+        arrived: &Cell<u64>,
+    ) -> Result<(), RequestError> {
+        let local = |what: &str, e: io::Error| RequestError::Local(format!("cannot {what} the download: {e}"));
+        let held = partial.metadata().map_err(|e| local("read", e))?.len();
+        let url = self.url(&format!("{}/{}", endpoint::UPDATE_CONTENT, sha256.to_hex()));
+        let fields = SignedFields::content(sha256);
+        let request = self.signed_to(url, self.clock, Method::GET, endpoint::UPDATE_CONTENT, Some(&fields), |r| {
+            if held > 0 { r.header(RANGE, format!("bytes={held}-")) } else { r }
+        });
+        let Answered { mut response, url } = self.execute(request).await?;
+        let garbled = |why: String| RequestError::Garbled(format!("content {sha256} from {url}: {why}"));
+        let mut written = match response.status() {
+            StatusCode::OK => {
+                // The whole content, from its first byte.
+                partial.set_len(0).map_err(|e| local("restart", e))?;
+                0
+            }
+            StatusCode::PARTIAL_CONTENT => {
+                let range = response.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                if held == 0 || content_range(range) != Some((held, size)) {
+                    return Err(garbled(format!("asked from byte {held} of {size}, it sent the range {range:?}")));
+                }
+                held
+            }
+            other => return Err(garbled(format!("HTTP {other} is not a content answer"))),
+        };
+        // What the connection delivers goes straight to the file, a chunk
+        // at a time, so memory stays flat whatever the file's size. The
+        // update runs alone after the uploads, so these short writes to the
+        // page cache hold up nothing else on this thread.
+        let mut out = partial;
+        while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(&url, &e))? {
+            let len = chunk.len() as u64;
+            if written + len > size {
+                return Err(garbled(format!("it sent more than the {size} bytes its release lists")));
+            }
+            out.write_all(&chunk).map_err(|e| local("write", e))?;
+            written += len;
+            arrived.set(arrived.get() + len);
+        }
+        if written < size {
+            return Err(RequestError::Transport {
+                url,
+                cause: format!("the content ended after {written} of its {size} bytes"),
+            });
+        }
+        Ok(())
+    }
+
     /// One upload with its retries; with `resume`, each attempt first asks
     /// how much the receiver holds and sends only the rest.
     async fn send_file(
@@ -299,7 +407,7 @@ impl Client {
                 form = form.text(field::ENCODING, encoding.as_str());
             }
             let form = form.part(field::FILE, part.file_name(claim.path.file_name().to_owned()));
-            Ok(self.signed(self.clock, Method::POST, endpoint::UPLOAD, Some(&head), |r| r.multipart(form)))
+            self.send(self.signed(self.clock, Method::POST, endpoint::UPLOAD, Some(&head), |r| r.multipart(form))).await
         })
         .await
     }
@@ -387,32 +495,27 @@ impl Client {
             .await
     }
 
-    /// Sends the request `build` makes, making it anew (freshly signed, body
-    /// re-read) for each retry of a transient failure, with exponential
-    /// backoff and jitter, or the receiver's Retry-After when it gives one.
-    async fn with_retries<T, F, Fut>(&self, build: F) -> Result<(StatusCode, T), RequestError>
+    /// Makes `attempt` (a request built anew: freshly signed, body re-read)
+    /// again for each transient failure, with exponential backoff and
+    /// jitter, or the receiver's Retry-After when it gives one.
+    async fn with_retries<T, F, Fut>(&self, attempt: F) -> Result<T, RequestError>
     where
-        T: serde::de::DeserializeOwned,
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<Signed, RequestError>>,
+        Fut: Future<Output = Result<T, RequestError>>,
     {
-        let mut attempt = 0;
+        let mut retry = 0;
         loop {
-            let result = match build().await {
-                Ok(request) => self.send(request).await,
-                Err(err) => Err(err),
-            };
-            let err = match result {
-                Err(err) if err.is_transient() && attempt < self.options.retries => err,
+            let err = match attempt().await {
+                Err(err) if err.is_transient() && retry < self.options.retries => err,
                 done => return done,
             };
             let pause = match &err {
                 RequestError::Refused { retry_after: Some(asked), .. } => (*asked).min(RETRY_AFTER_CAP),
-                _ => backoff(attempt),
+                _ => backoff(retry),
             };
-            attempt += 1;
+            retry += 1;
             if self.options.verbose {
-                eprintln!("retry {attempt}/{} in {:.1} s: {err}", self.options.retries, pause.as_secs_f64());
+                eprintln!("retry {retry}/{} in {:.1} s: {err}", self.options.retries, pause.as_secs_f64());
             }
             tokio::time::sleep(pause).await;
         }
@@ -423,9 +526,25 @@ impl Client {
         self.base.join(endpoint.trim_start_matches('/')).unwrap_or_else(|_| self.base.clone())
     }
 
-    /// A request signed now by `clock`, with `finish` adding its body.
+    /// A request to `endpoint` signed now by `clock`, with `finish` adding
+    /// its body.
     fn signed(
         &self,
+        clock: Clock,
+        method: Method,
+        endpoint: &str,
+        fields: Option<&SignedFields>,
+        finish: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Signed {
+        self.signed_to(self.url(endpoint), clock, method, endpoint, fields, finish)
+    }
+
+    /// As [`Self::signed`], sent to `url`, which may say more than the
+    /// endpoint that is signed (content is fetched from the endpoint
+    /// followed by its hash, and the signature names the hash instead).
+    fn signed_to(
+        &self,
+        url: Url,
         clock: Clock,
         method: Method,
         endpoint: &str,
@@ -436,36 +555,57 @@ impl Client {
         let header =
             SignedRequest { method: method.as_str(), path: endpoint, timestamp, clock_offset: clock.offset(), fields }
                 .authorization(&self.key);
-        let request = self.http.request(method, self.url(endpoint)).header(AUTHORIZATION, header.to_string());
+        let request = self.http.request(method, url).header(AUTHORIZATION, header.to_string());
         Signed { request: finish(request), signature: header.signature }
     }
 
+    /// Sends `signed` and takes its answer's signed JSON body.
     async fn send<T: serde::de::DeserializeOwned>(&self, signed: Signed) -> Result<(StatusCode, T), RequestError> {
+        let signature = signed.signature;
+        let Answered { response, url } = self.execute(signed).await?;
+        let status = response.status();
+        let receipt = receipt_of(&response);
+        let bytes = response.bytes().await.map_err(|e| transport_error(&url, &e))?;
+        if !receipt.is_some_and(|tag| verify_receipt(&self.key, status.as_u16(), &signature, &bytes, &tag)) {
+            return Err(RequestError::Unverified { url });
+        }
+        let body = serde_json::from_slice(&bytes).map_err(|e| RequestError::Garbled(e.to_string()))?;
+        Ok((status, body))
+    }
+
+    /// Sends `signed`; a 2xx answer comes back with its body still to read,
+    /// any other becomes a [`RequestError::Refused`] (its receipt checked).
+    async fn execute(&self, signed: Signed) -> Result<Answered, RequestError> {
         let (client, request) = signed.request.build_split();
         let request = request.map_err(|e| RequestError::Garbled(e.to_string()))?;
         let url = request.url().to_string();
         let response = client.execute(request).await.map_err(|e| transport_error(&url, &e))?;
         let status = response.status();
+        if status.is_success() {
+            return Ok(Answered { response, url });
+        }
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok())
             .map(Duration::from_secs);
-        let receipt = response.headers().get(RECEIPT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let receipt = receipt_of(&response);
         let bytes = response.bytes().await.map_err(|e| transport_error(&url, &e))?;
         let signed =
             receipt.is_some_and(|tag| verify_receipt(&self.key, status.as_u16(), &signed.signature, &bytes, &tag));
-        if status.is_success() {
-            if !signed {
-                return Err(RequestError::Unverified { url });
-            }
-            let body = serde_json::from_slice(&bytes).map_err(|e| RequestError::Garbled(e.to_string()))?;
-            Ok((status, body))
-        } else {
-            Err(RequestError::Refused { status, body: serde_json::from_slice(&bytes).ok(), retry_after, signed })
-        }
+        Err(RequestError::Refused { status, body: serde_json::from_slice(&bytes).ok(), retry_after, signed })
     }
+}
+
+/// A 2xx answer whose body has not been read yet.
+struct Answered {
+    response: reqwest::Response,
+    url: String,
+}
+
+fn receipt_of(response: &reqwest::Response) -> Option<String> {
+    response.headers().get(RECEIPT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 /// A request ready to send, and the signature its answer's receipt must cover.
@@ -473,6 +613,15 @@ impl Client {
 struct Signed {
     request: reqwest::RequestBuilder,
     signature: [u8; 32],
+}
+
+/// The start and total size of a `Content-Range: bytes N-M/SIZE` that
+/// runs to the end of the content.
+fn content_range(value: &str) -> Option<(u64, u64)> {
+    let (range, total) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last, total): (u64, u64, u64) = (first.parse().ok()?, last.parse().ok()?, total.parse().ok()?);
+    (first <= last && last.checked_add(1) == Some(total)).then_some((first, total))
 }
 
 /// The upload form's head: the three signed fields, as the text signed.
@@ -611,6 +760,17 @@ mod tests {
             assert!(pause >= window / 2 && pause <= window, "attempt {attempt}: {pause:?}");
         }
         assert!(backoff(30) <= BACKOFF_CAP);
+    }
+
+    #[test]
+    fn content_ranges_must_run_to_the_end() {
+        assert_eq!(content_range("bytes 100-999/1000"), Some((100, 1000)));
+        assert_eq!(content_range("bytes 0-0/1"), Some((0, 1)));
+        assert_eq!(content_range("bytes 100-998/1000"), None, "stops short");
+        assert_eq!(content_range("bytes 100-999/*"), None);
+        assert_eq!(content_range("bytes 5-4/5"), None);
+        assert_eq!(content_range("items 0-9/10"), None);
+        assert_eq!(content_range(""), None);
     }
 
     #[test]

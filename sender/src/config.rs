@@ -3,7 +3,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::num::NonZeroU64;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use logferry_common::wire::DEFAULT_PORT;
@@ -35,6 +35,28 @@ pub struct Options {
     pub compression: Compression,
     pub bwlimit: Option<NonZeroU64>,
     pub verbose: bool,
+    /// `--update-dir` and what goes with it; `None`: no updates.
+    pub update: Option<UpdateOptions>,
+}
+
+/// What the user asked for about updates, before validation.
+#[derive(Debug, Clone)]
+pub struct UpdateOptions {
+    pub dir: PathBuf,
+    /// `--on-update`: a shell command line.
+    pub on_update: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Where releases are kept and what runs once one is in place.
+#[derive(Debug, Clone)]
+pub struct UpdateConfig {
+    /// The update folder, canonical: every file the update writes is below it.
+    pub dir: PathBuf,
+    /// Run with `sh -c` after each switch of `current`, and after a switch back.
+    pub hook: Option<String>,
+    /// How long the hook may run before it counts as failed and is killed.
+    pub hook_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +89,7 @@ pub struct Config {
     /// Print a line per file (interactive use); otherwise only failures and
     /// the summary, as cron mails whatever is printed.
     pub verbose: bool,
+    pub update: Option<UpdateConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,13 +100,15 @@ pub enum ConfigError {
     Folder { path: PathBuf, reason: String },
     #[error("cannot use the sent folder {}: {source}", path.display())]
     SentDir { path: PathBuf, source: io::Error },
+    #[error("cannot use the update folder {}: {reason}", path.display())]
+    UpdateDir { path: PathBuf, reason: String },
 }
 
 impl ConfigError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Host(_) => exit::USAGE,
-            Self::Folder { .. } | Self::SentDir { .. } => exit::FOLDER,
+            Self::Folder { .. } | Self::SentDir { .. } | Self::UpdateDir { .. } => exit::FOLDER,
         }
     }
 }
@@ -108,6 +133,7 @@ impl Config {
             compression,
             bwlimit,
             verbose,
+            update,
         } = options;
         let receiver = receiver_url(&host, port)?;
         let folder = folder.as_path();
@@ -132,6 +158,7 @@ impl Config {
         if sent_dir == folder {
             return Err(sent_error(io::Error::other("it is the log folder itself")));
         }
+        let update = update.map(|update| update_config(update, &folder, &sent_dir)).transpose()?;
         Ok(Self {
             receiver,
             folder,
@@ -146,6 +173,7 @@ impl Config {
             compression,
             bwlimit,
             verbose,
+            update,
         })
     }
 
@@ -156,6 +184,25 @@ impl Config {
             _ => Disposal::Keep(self.sent_dir.clone()),
         }
     }
+}
+
+/// Creates the update folder if it is missing (so that a folder that cannot
+/// be made stops the run at once), and keeps it apart from the log and sent
+/// folders: the sender would upload its releases, or move them aside.
+fn update_config(options: UpdateOptions, folder: &Path, sent_dir: &Path) -> Result<UpdateConfig, ConfigError> {
+    let UpdateOptions { dir, on_update, timeout } = options;
+    let fail = |reason: String| ConfigError::UpdateDir { path: dir.clone(), reason };
+    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("it cannot be created: {e}")))?;
+    let canonical = dir.canonicalize().map_err(|e| fail(format!("it cannot be read: {e}")))?;
+    if !canonical.is_dir() {
+        return Err(fail("it is not a folder".to_owned()));
+    }
+    for (other, name) in [(folder, "log folder"), (sent_dir, "sent folder")] {
+        if canonical.starts_with(other) || other.starts_with(&canonical) {
+            return Err(fail(format!("it overlaps the {name} {}; give a folder of its own", other.display())));
+        }
+    }
+    Ok(UpdateConfig { dir: canonical, hook: on_update.filter(|hook| !hook.trim().is_empty()), hook_timeout: timeout })
 }
 
 /// Turns `ip`, `ip:port`, `name`, `name:port`, `[v6]:port` or a full
@@ -228,5 +275,25 @@ mod tests {
         check("logs.lab/x", None, Err(()));
         check("user@logs.lab", None, Err(()));
         check("logs.lab:99999", None, Err(()));
+    }
+
+    #[test]
+    fn the_update_folder_is_made_and_kept_apart_from_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (logs, sent) = (dir.path().join("logs"), dir.path().join("sent"));
+        std::fs::create_dir_all(&logs).expect("logs");
+        std::fs::create_dir_all(&sent).expect("sent");
+        let options =
+            |update: &Path| UpdateOptions { dir: update.to_owned(), on_update: None, timeout: Duration::ZERO };
+        let made = update_config(options(&dir.path().join("app/releases")), &logs, &sent).expect("made");
+        assert!(made.dir.is_dir() && made.dir.ends_with("app/releases"), "{made:?}");
+        for overlapping in [logs.join("app"), sent.clone(), dir.path().to_owned()] {
+            let err = update_config(options(&overlapping), &logs, &sent).expect_err("overlaps");
+            assert!(err.to_string().contains("overlaps the"), "{err}");
+            assert_eq!(err.exit_code(), exit::FOLDER);
+        }
+        std::fs::write(dir.path().join("file"), b"").expect("file");
+        let err = update_config(options(&dir.path().join("file/x")), &logs, &sent).expect_err("cannot be made");
+        assert!(err.to_string().contains("cannot be created"), "{err}");
     }
 }

@@ -16,7 +16,7 @@ use crate::id_file::{self, IdFileError};
 use crate::opened::Opened;
 use crate::report::{Progress, Summary, human_bytes};
 use crate::sent::SetAside;
-use crate::{exit, prune, sent, walk};
+use crate::{exit, prune, sent, update, walk};
 
 /// What stops a run before or during the walk.
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +77,14 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// What stopped the run first, then files that stayed, then the update.
     pub fn exit_code(&self) -> u8 {
+        let update_failed = self.summary.update.as_ref().is_some_and(|update| update.outcome.is_failure());
         match &self.fatal {
             Some(fatal) => fatal.exit_code(),
-            None if self.summary.failed.is_empty() => exit::SUCCESS,
-            None => exit::SOME_FILES_FAILED,
+            None if !self.summary.failed.is_empty() => exit::SOME_FILES_FAILED,
+            None if update_failed => exit::UPDATE_FAILED,
+            None => exit::SUCCESS,
         }
     }
 }
@@ -123,8 +126,20 @@ pub fn dry_run(config: &Config) -> Outcome {
 /// Name of the lock file, in the sent folder (which the sender owns).
 pub const LOCK_FILE: &str = ".logferry-sender.lock";
 
+/// Delivers the files, then, once the receiver has accepted the device,
+/// updates it however the uploads went.
 async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal> {
     let _lock = lock(config)?;
+    let client = connect(config, summary).await?;
+    let uploaded = upload_all(&client, config, summary).await;
+    if let Some(update) = &config.update {
+        summary.update = Some(update::update(&client, update).await);
+    }
+    uploaded
+}
+
+/// Reads the ID and has the receiver check it.
+async fn connect(config: &Config, summary: &mut Summary) -> Result<Client, Fatal> {
     let id = id_file::read(&config.id_file, config.id_exposure)?;
     let pinned_ca = config.ca_cert.as_deref().map(read_ca_certs).transpose()?;
     let options = ClientOptions {
@@ -146,7 +161,10 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
         let label = reply.label.map(|l| format!(" as {l:?}")).unwrap_or_default();
         eprintln!("receiver {} accepts this device{label}", config.receiver);
     }
+    Ok(client)
+}
 
+async fn upload_all(client: &Client, config: &Config, summary: &mut Summary) -> Result<(), Fatal> {
     let found = walk::walk(&config.folder, &config.sent_dir);
     summary.skipped = found.skipped.len() as u64;
     if config.verbose {
@@ -162,10 +180,7 @@ async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal
     // Uploads overlap so that one file's network time and the receiver's
     // fsyncs hide behind another's; results are handled as they finish.
     let mut deliveries = futures_util::stream::iter(&found.files)
-        .map(|candidate| {
-            let client = &client;
-            async move { (candidate, deliver_one(client, config, second_look, candidate).await) }
-        })
+        .map(|candidate| async move { (candidate, deliver_one(client, config, second_look, candidate).await) })
         .buffer_unordered(config.jobs.max(1));
     while let Some((candidate, result)) = deliveries.next().await {
         progress.advance(candidate.rel.as_str());

@@ -23,3 +23,6 @@ pub const TLS: u8 = 7;
 pub const ALREADY_RUNNING: u8 = 8;
 /// Anything else: a bug or an unexpected system failure.
 pub const INTERNAL: u8 = 9;
+/// Every file was delivered (or there was nothing to send), but the update
+/// failed or was rolled back; the codes above take precedence.
+pub const UPDATE_FAILED: u8 = 10;

@@ -17,6 +17,7 @@ pub mod pinned_ca;
 pub mod prune;
 pub mod report;
 pub mod sent;
+pub mod update;
 pub mod walk;
 
 pub use config::{Config, ConfigError};

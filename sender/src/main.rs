@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use logferry_sender::config::{Compression, Options};
+use logferry_sender::config::{Compression, Options, UpdateOptions};
 use logferry_sender::id_file::{DEFAULT_ID_FILE, Exposure};
 use logferry_sender::{Config, exit};
 
@@ -15,7 +15,8 @@ use logferry_sender::{Config, exit};
 /// Exit codes: 0 all delivered (or nothing to send), 1 some files not sent
 /// (they stay), 2 usage error, 3 device ID file problem, 4 folder problem,
 /// 5 receiver unreachable, 6 authentication failed, 7 TLS certificate not
-/// verified, 8 another run is already working on FOLDER, 9 unexpected error.
+/// verified, 8 another run is already working on FOLDER, 9 unexpected error,
+/// 10 every file was delivered but the update failed or was rolled back.
 ///
 /// On a terminal it shows a progress bar and a line per file; under cron
 /// only failures and one summary line.
@@ -100,6 +101,22 @@ struct Cli {
     #[arg(long, env = "LOGFERRY_JSON")]
     json: bool,
 
+    /// After the uploads, fetch the release the receiver publishes for this
+    /// device into this folder: DIR/current links to the release in use.
+    #[arg(long, env = "LOGFERRY_UPDATE_DIR", value_name = "DIR")]
+    update_dir: Option<PathBuf>,
+
+    /// Shell command run after each switch to a new release (and after a
+    /// switch back), e.g. to restart the service that uses it; failing or
+    /// running past --update-timeout rolls the update back.
+    #[arg(long, env = "LOGFERRY_ON_UPDATE", value_name = "CMD", requires = "update_dir")]
+    on_update: Option<String>,
+
+    /// How long --on-update may run (`30s`, `5m`) before it is killed and
+    /// the update rolled back.
+    #[arg(long, env = "LOGFERRY_UPDATE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    update_timeout: Duration,
+
     /// List what would be sent, without contacting the receiver or moving anything.
     #[arg(long, short = 'n')]
     dry_run: bool,
@@ -181,6 +198,7 @@ fn run() -> anyhow::Result<u8> {
         compression: cli.compress.into(),
         bwlimit: cli.bwlimit,
         verbose: std::io::stderr().is_terminal(),
+        update: cli.update_dir.map(|dir| UpdateOptions { dir, on_update: cli.on_update, timeout: cli.update_timeout }),
     };
     let config = match Config::new(options) {
         Ok(config) => config,

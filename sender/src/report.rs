@@ -6,7 +6,10 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 pub use logferry_common::human_bytes;
 use logferry_common::human_duration;
+use logferry_common::update::Version;
 use serde::Serialize;
+
+use crate::update::{RunOutcome, UpdateSummary};
 
 /// What one run did.
 #[derive(Debug, Default, Clone)]
@@ -32,6 +35,8 @@ pub struct Summary {
     /// behind), when it was off by more than the receiver allows and the
     /// run signed with the receiver's time instead.
     pub clock_offset: Option<i64>,
+    /// What the update did, with `--update-dir`.
+    pub update: Option<UpdateSummary>,
     pub elapsed: Duration,
 }
 
@@ -75,7 +80,32 @@ impl fmt::Display for Summary {
                 human_duration(offset.unsigned_abs())
             )?;
         }
+        if let Some(update) = &self.update {
+            write!(f, "; update: {update}")?;
+        }
         write!(f, ", in {:.1} s", self.elapsed.as_secs_f64())
+    }
+}
+
+impl fmt::Display for UpdateSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short = |version: Option<Version>| version.map_or_else(|| "no release".to_owned(), |v| v.short());
+        let (version, previous) = (short(self.version), short(self.previous));
+        let reason = self.reason.as_deref().unwrap_or("no reason given");
+        match self.outcome {
+            RunOutcome::NothingPublished => write!(f, "the receiver publishes nothing"),
+            RunOutcome::UpToDate => write!(f, "up to date ({version})"),
+            RunOutcome::HeldBack => write!(f, "{version} held back: {reason}"),
+            RunOutcome::Updated => write!(
+                f,
+                "updated from {previous} to {version} ({} files, {} fetched)",
+                self.fetched_files,
+                human_bytes(self.fetched_bytes)
+            ),
+            RunOutcome::RolledBack => write!(f, "{version} rolled back to {previous}: {reason}"),
+            RunOutcome::Failed if self.version.is_some() => write!(f, "{version} failed, {previous} stays: {reason}"),
+            RunOutcome::Failed => write!(f, "failed: {reason}"),
+        }
     }
 }
 
@@ -92,6 +122,8 @@ struct SummaryJson<'a> {
     skipped: u64,
     /// See [`Summary::clock_offset`]; `null` when the clock was within bounds.
     clock_offset_seconds: Option<i64>,
+    /// `null` without `--update-dir`, and when the run stopped before it.
+    update: Option<&'a UpdateSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     would_send: Option<Vec<FileJson<'a>>>,
     elapsed_seconds: f64,
@@ -126,6 +158,7 @@ impl Summary {
             not_yet: self.not_yet,
             skipped: self.skipped,
             clock_offset_seconds: self.clock_offset,
+            update: self.update.as_ref(),
             would_send: self.dry_run.then(|| {
                 self.planned.iter().map(|(file, size)| FileJson { file, size: Some(*size), reason: None }).collect()
             }),
@@ -216,6 +249,53 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&behind.to_json(0, None)).expect("JSON");
         assert_eq!(json["clock_offset_seconds"], -10_800);
         assert_eq!(json["wire_bytes"], 2048);
+    }
+
+    #[test]
+    fn the_update_in_the_line_and_json() {
+        let (old, new): (Version, Version) =
+            ("ab".repeat(32).parse().expect("hex"), "cd".repeat(32).parse().expect("hex"));
+        let update = UpdateSummary {
+            outcome: RunOutcome::Updated,
+            version: Some(new),
+            previous: Some(old),
+            fetched_files: 2,
+            fetched_bytes: 3072,
+            reason: None,
+        };
+        let summary = Summary { update: Some(update.clone()), ..Summary::default() };
+        assert_eq!(
+            summary.to_string(),
+            "logferry: 0 sent (0 B), 0 already stored, 0 failed; update: updated from abababababab to cdcdcdcdcdcd \
+             (2 files, 3.0 KiB fetched), in 0.0 s"
+        );
+        let json: serde_json::Value = serde_json::from_str(&summary.to_json(0, None)).expect("JSON");
+        assert_eq!(json["update"]["outcome"], "updated");
+        assert_eq!(json["update"]["version"], "cd".repeat(32));
+        assert_eq!(json["update"]["previous"], "ab".repeat(32));
+        assert_eq!(
+            (json["update"]["fetched_files"].as_u64(), json["update"]["fetched_bytes"].as_u64()),
+            (Some(2), Some(3072))
+        );
+
+        let rolled_back =
+            UpdateSummary { outcome: RunOutcome::RolledBack, reason: Some("the hook failed".into()), ..update.clone() };
+        assert_eq!(rolled_back.to_string(), "cdcdcdcdcdcd rolled back to abababababab: the hook failed");
+        let first_failed = UpdateSummary {
+            outcome: RunOutcome::Failed,
+            previous: None,
+            reason: Some("no disk".into()),
+            ..update.clone()
+        };
+        assert_eq!(first_failed.to_string(), "cdcdcdcdcdcd failed, no release stays: no disk");
+        let unreachable = UpdateSummary { version: None, ..first_failed };
+        assert_eq!(unreachable.to_string(), "failed: no disk");
+        let json: serde_json::Value =
+            serde_json::from_str(&Summary { update: Some(unreachable), ..Summary::default() }.to_json(10, None))
+                .expect("JSON");
+        assert_eq!((json["update"]["outcome"].as_str(), json["update"]["version"].is_null()), (Some("failed"), true));
+        let none: serde_json::Value = serde_json::from_str(&Summary::default().to_json(0, None)).expect("JSON");
+        assert!(none["update"].is_null(), "{none}");
     }
 
     #[test]

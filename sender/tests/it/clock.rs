@@ -31,16 +31,6 @@ fn json(run: &Run) -> Value {
     serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run:?}"))
 }
 
-/// `GET /v1/devices` of the harness's receiver.
-fn devices(h: &Harness) -> Value {
-    let mut stream = std::net::TcpStream::connect(h.host()).expect("connect");
-    stream.write_all(b"GET /v1/devices HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").expect("ask");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("answer");
-    let body = answer.split_once("\r\n\r\n").expect("a head").1;
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
-}
-
 #[test]
 fn a_device_whose_clock_is_off_by_hours_days_or_decades_delivers_and_says_by_how_much() {
     // (faketime's clock, how far ahead of the real one it is)
@@ -60,7 +50,7 @@ fn a_device_whose_clock_is_off_by_hours_days_or_decades_delivers_and_says_by_how
                 assert_eq!(files(&h.sent()), ["day.csv", "sub/night.csv"], "{spec}");
                 assert_eq!(files(&h.logs()), Vec::<String>::new(), "{spec}");
                 assert_eq!(std::fs::read(h.stored().join("sub/night.csv")).expect("stored"), b"t,v\n3,4\n");
-                let device = &devices(&h)["devices"][0];
+                let device = &h.devices()["devices"][0];
                 let seen = device["clock_offset"]["seconds"].as_i64().expect("the receiver saw it");
                 assert!(seen.abs_diff(offset) <= 5, "{spec}: the status page says {seen} s: {device}");
                 assert_eq!(device["rejections"], 0, "{spec}: a wrong clock is not a rejection: {device}");
@@ -133,7 +123,7 @@ fn an_unsigned_clock_skew_answer_does_not_move_the_devices_clock() {
         let summary = json(&run);
         assert_eq!(summary["sent"], sent, "{retries}: {run:?}");
         assert_eq!(summary["clock_offset_seconds"], Value::Null, "{retries}: {run:?}");
-        let seen = &devices(&h)["devices"][0]["clock_offset"];
+        let seen = &h.devices()["devices"][0]["clock_offset"];
         assert!(seen["seconds"].as_i64().is_none_or(|s| s.abs() <= 2), "{retries}: the receiver saw {seen}");
     }
 }

@@ -1,5 +1,6 @@
 //! A device folder and a receiver, and a way to run the sender between them.
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,6 +72,21 @@ impl Harness {
 
     pub fn stored(&self) -> PathBuf {
         self.path("store").join(DEVICE)
+    }
+
+    /// The body of `GET <path>` from the receiver.
+    pub fn get(&self, path: &str) -> String {
+        let mut stream = std::net::TcpStream::connect(self.host()).expect("connect");
+        write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").expect("ask");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("answer");
+        answer.split_once("\r\n\r\n").expect("a head").1.to_owned()
+    }
+
+    /// `GET /v1/devices` of the receiver.
+    pub fn devices(&self) -> serde_json::Value {
+        let body = self.get("/v1/devices");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
     }
 
     /// Writes `content` to `logs/<relative>`, creating folders.

@@ -43,6 +43,14 @@ pub enum Fault {
     /// The receiver's answer to an upload passes with one hex digit of its
     /// receipt changed.
     CorruptReceipt,
+    /// The first content answer (`GET /v1/update/content/…`, 200 or 206)
+    /// through the proxy is cut after this many bytes of its body; every
+    /// other passes.
+    #[expect(dead_code, reason = "for updates.rs, registered once the receiver publishes (branch update-receiver)")]
+    CutFirstContentAfter(u64),
+    /// Every content answer passes with the first byte of its body changed.
+    #[expect(dead_code, reason = "for updates.rs, registered once the receiver publishes (branch update-receiver)")]
+    FlipContentByte,
 }
 
 /// Share of connections (in percent) that get each fault; the rest pass.
@@ -72,14 +80,28 @@ pub struct Counts {
     pub bytes_up: AtomicU64,
     /// Upload requests with an `encoding` field (a compressed file part).
     pub encoded_uploads: AtomicU64,
+    /// Content requests (`GET /v1/update/content/…`) the proxy passed on.
+    pub content_requests: AtomicU64,
+    /// Body bytes of content answers (200, 206) passed back to the sender.
+    pub content_bytes: AtomicU64,
+    /// Content answers that passed with a byte changed.
+    pub content_flipped: AtomicU64,
 }
 
 impl Counts {
     pub fn injected(&self) -> u64 {
-        [&self.dropped, &self.stalled, &self.cut, &self.answers_lost, &self.forged, &self.receipts_tampered]
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
+        [
+            &self.dropped,
+            &self.stalled,
+            &self.cut,
+            &self.answers_lost,
+            &self.forged,
+            &self.receipts_tampered,
+            &self.content_flipped,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
     }
 
     /// How many upload requests reached the proxy so far.
@@ -206,11 +228,11 @@ fn handle(mut client: TcpStream, upstream: &str, fault: Fault, counts: &Arc<Coun
         Fault::CutFirstUploadAfter(bytes) => Cut::FirstUploadAfter(bytes),
         _ => Cut::Never,
     };
-    let saw_upload = Arc::new(AtomicBool::new(false));
-    let seen = Arc::clone(&saw_upload);
+    let seen = Arc::new(Seen::default());
+    let seen_up = Arc::clone(&seen);
     let up_counts = Arc::clone(counts);
-    let up = std::thread::spawn(move || pump(client_read, server_write, cut_after, &seen, &up_counts));
-    pump_answers(server, client, fault, &saw_upload, counts);
+    let up = std::thread::spawn(move || pump(client_read, server_write, cut_after, &seen_up, &up_counts));
+    pump_answers(server, client, fault, &seen, counts);
     let cut = up.join().unwrap_or(false);
     if cut {
         counts.cut.fetch_add(1, Ordering::Relaxed);
@@ -242,12 +264,21 @@ fn forge(mut client: TcpStream, counts: &Counts, status: u16, body: &str) {
     let _ = client.shutdown(Shutdown::Both);
 }
 
+/// What kind of request a connection carried, noted as its request line passes.
+#[derive(Debug, Default)]
+struct Seen {
+    upload: AtomicBool,
+    content: AtomicBool,
+}
+
 /// Copies `from` to `to`, or only the first `limit` bytes, after which both
-/// ends are shut; returns whether it cut. Notes and counts an upload as soon
+/// ends are shut; returns whether it cut. Notes and counts an upload (or a
+/// content request) as soon
 /// as its request line passes, before the receiver can answer it: counted
 /// only after the connection closed, a sender could finish first and the
 /// test read a count one short.
-fn pump(mut from: TcpStream, mut to: TcpStream, cut: Cut, saw_upload: &AtomicBool, counts: &Counts) -> bool {
+fn pump(mut from: TcpStream, mut to: TcpStream, cut: Cut, seen: &Seen, counts: &Counts) -> bool {
+    let saw_upload = &seen.upload;
     let mut buf = [0u8; 16 * 1024];
     let mut sent = 0u64;
     let mut limit = match cut {
@@ -267,6 +298,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, cut: Cut, saw_upload: &AtomicBoo
             {
                 limit = Some(bytes);
             }
+        }
+        if buf[..n].starts_with(CONTENT_LINE) && !seen.content.swap(true, Ordering::Relaxed) {
+            counts.content_requests.fetch_add(1, Ordering::Relaxed);
         }
         if saw_upload.load(Ordering::Relaxed)
             && !encoding_seen
@@ -303,6 +337,7 @@ enum Cut {
 const UPLOAD_LINE: &[u8] = b"POST /v1/upload ";
 const ENCODING_FIELD: &[u8] = b"name=\"encoding\"";
 const AUTH_CHECK_LINE: &[u8] = b"GET /v1/auth-check";
+const CONTENT_LINE: &[u8] = b"GET /v1/update/content/";
 
 /// Copies the receiver's answer back, or, to lose the answer to an upload,
 /// closes the client's connection as soon as the receiver starts answering
@@ -312,16 +347,17 @@ const AUTH_CHECK_LINE: &[u8] = b"GET /v1/auth-check";
 /// every request then opens a new one and meets its own fault. The answer
 /// says `connection: close`, so the client never sends a request into a
 /// connection the proxy is closing (it would fail there, uncounted).
-fn pump_answers(mut server: TcpStream, mut client: TcpStream, fault: Fault, saw_upload: &AtomicBool, counts: &Counts) {
+fn pump_answers(mut server: TcpStream, mut client: TcpStream, fault: Fault, seen: &Seen, counts: &Counts) {
     let mut buf = [0u8; 16 * 1024];
     let mut answer = Vec::new();
     let mut head_passed = false;
+    let mut body_passed = 0u64;
     loop {
         let n = match server.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let upload = saw_upload.load(Ordering::Relaxed);
+        let upload = seen.upload.load(Ordering::Relaxed);
         if fault == Fault::LoseAnswer && upload {
             counts.answers_lost.fetch_add(1, Ordering::Relaxed);
             break;
@@ -339,15 +375,43 @@ fn pump_answers(mut server: TcpStream, mut client: TcpStream, fault: Fault, saw_
             let _ = client.write_all(&altered);
             break;
         }
-        let passed = if head_passed {
-            client.write_all(&buf[..n])
-        } else if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let (mut out, body_start) = if head_passed {
+            (buf[..n].to_vec(), 0)
+        } else if let Some(head_end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
             head_passed = true;
-            client.write_all(&edit_head(&answer, |line| Some(line.to_owned())))
+            let edited = edit_head(&answer, |line| Some(line.to_owned()));
+            let body_start = edited.len() - (answer.len() - head_end - 4);
+            (edited, body_start)
         } else {
             continue;
         };
-        if passed.is_err() || message_complete(&answer) {
+        let mut cut = false;
+        if seen.content.load(Ordering::Relaxed)
+            && (answer.starts_with(b"HTTP/1.1 200") || answer.starts_with(b"HTTP/1.1 206"))
+        {
+            let body = &mut out[body_start..];
+            match fault {
+                Fault::FlipContentByte if body_passed == 0 && !body.is_empty() => {
+                    body[0] ^= 0xff;
+                    counts.content_flipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Fault::CutFirstContentAfter(limit) if counts.cut.load(Ordering::Relaxed) == 0 => {
+                    let allowed = limit.saturating_sub(body_passed).min(body.len() as u64) as usize;
+                    cut = allowed < body.len() || body_passed + allowed as u64 >= limit;
+                    out.truncate(body_start + allowed);
+                }
+                _ => {}
+            }
+            let passed = (out.len() - body_start) as u64;
+            body_passed += passed;
+            counts.content_bytes.fetch_add(passed, Ordering::Relaxed);
+        }
+        let written = client.write_all(&out);
+        if cut {
+            counts.cut.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        if written.is_err() || message_complete(&answer) {
             break;
         }
     }
