@@ -6,7 +6,9 @@ use std::process::{Child, Command, Output, Stdio};
 
 use crate::harness::{DEVICE, authorization, claim, device, now, upload_form};
 
-fn receiver(dir: &Path, args: &[&str]) -> Command {
+/// The `receiver` binary in `dir`, with none of the settings the
+/// environment could give it.
+pub fn receiver(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_receiver"));
     command
         .args(args)
@@ -14,7 +16,9 @@ fn receiver(dir: &Path, args: &[&str]) -> Command {
         .env_remove("LOGFERRY_IDS")
         .env_remove("LOGFERRY_STORE")
         .env_remove("LOGFERRY_PORT")
-        .env_remove("LOGFERRY_BIND");
+        .env_remove("LOGFERRY_BIND")
+        .env_remove("LOGFERRY_PUBLISH")
+        .env_remove("LOGFERRY_PUBLISH_SETTLE");
     command
 }
 
