@@ -483,7 +483,7 @@ pub struct RecentReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use logferry_common::{DeviceId, RelPath};
+    use logferry_common::{DeviceId, RelPath, Sha256Digest};
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -599,5 +599,58 @@ mod tests {
         let report = fleet.report(&listed, None, later);
         assert_eq!(addresses(&report), [None, Some(fresh_from), Some(quiet_from)], "never, fresh, quiet");
         assert_eq!(report.devices[2].clock_offset.as_ref().map(|c| c.seconds), Some(-10_800));
+    }
+
+    #[test]
+    fn update_states_follow_polls_and_reports() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let (polled, reporting, silent) = (
+            device("0123456789ABCDEF", "polled"),
+            device("FEDCBA9876543210", "reporting"),
+            device("00000000000000AA", "silent"),
+        );
+        let listed: Devices =
+            [&polled, &reporting, &silent].into_iter().map(|d| (d.key.key_id().clone(), d.clone())).collect();
+        let (v1, v2) = (Version(Sha256Digest::of_bytes(b"1")), Version(Sha256Digest::of_bytes(b"2")));
+        let fleet = FleetStatus::from_inventory(Vec::new(), HOUR, now);
+        let states = |published: Version| -> Vec<(String, UpdateState)> {
+            let published = move |_: &Device| published;
+            let report = fleet.report(&listed, Some(&published), now);
+            let mut states: Vec<_> = report
+                .devices
+                .iter()
+                .map(|d| (d.label.clone().unwrap_or_default(), d.update.as_ref().expect("published").state))
+                .collect();
+            states.sort_by(|a, b| a.0.cmp(&b.0));
+            states
+        };
+        let named = |rows: &[(&str, UpdateState)]| -> Vec<(String, UpdateState)> {
+            rows.iter().map(|(label, state)| ((*label).to_owned(), *state)).collect()
+        };
+        assert!(fleet.report(&listed, None, now).devices.iter().all(|d| d.update.is_none()), "nothing published");
+
+        fleet.record_poll(&polled, None);
+        fleet.record_poll(&reporting, Some(v1));
+        let long = format!("x{}", "é".repeat(MAX_REASON_BYTES));
+        let report = UpdateReport { version: v2, outcome: UpdateOutcome::RolledBack, reason: Some(long) };
+        fleet.record_report(&reporting, &report, now);
+        assert_eq!(
+            states(v2),
+            named(&[
+                ("polled", UpdateState::Behind),
+                ("reporting", UpdateState::RolledBack),
+                ("silent", UpdateState::Unknown)
+            ])
+        );
+        let update = fleet.report(&listed, Some(&move |_: &Device| v2), now).devices;
+        let reason = update.iter().find_map(|d| d.update.as_ref()?.last_reason.clone()).expect("a reason");
+        assert_eq!(reason.len(), MAX_REASON_BYTES - 1, "cut before the character that would cross the limit");
+        assert_eq!(states(v1)[1], ("reporting".to_owned(), UpdateState::Current), "it runs v1, which is published");
+
+        fleet.record_report(&polled, &UpdateReport { version: v2, outcome: UpdateOutcome::Updated, reason: None }, now);
+        assert_eq!(states(v2)[0], ("polled".to_owned(), UpdateState::Current), "an update says what it runs");
+        // Survives a re-read of the store.
+        fleet.refresh(Vec::new(), now);
+        assert_eq!(states(v2)[0].1, UpdateState::Current);
     }
 }

@@ -9,9 +9,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use logferry_common::update::{ManifestReply, ManifestRequest, UpdateOutcome, UpdateReport};
 use logferry_common::wire::{AuthCheckReply, Encoding, Health, PROTOCOL_VERSION, UploadOutcome, endpoint};
+use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
-use crate::auth;
+use crate::auth::{self, Verified};
 use crate::client_addr::client_ip;
 use crate::error::ApiError;
 use crate::metrics;
@@ -156,11 +157,8 @@ pub async fn update_manifest<S: Store>(
     payload: web::Payload,
     state: web::Data<AppState<S>>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = client_ip(&req, &state.trusted_proxies);
-    let mut key = None;
-    let read = update::read_signed_json(&req, endpoint::UPDATE_MANIFEST, payload, &state.ids, &state.limits, &mut key);
     let (verified, request): (_, ManifestRequest) =
-        read.await.map_err(|err| refused(&state, client, key.as_deref(), err))?;
+        verified_json(&req, endpoint::UPDATE_MANIFEST, payload, &state).await?;
     let device = verified.device();
     state.metrics.update_polled();
     state.fleet.record_poll(device, request.current);
@@ -211,11 +209,7 @@ pub async fn update_report<S: Store>(
     payload: web::Payload,
     state: web::Data<AppState<S>>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = client_ip(&req, &state.trusted_proxies);
-    let mut key = None;
-    let read = update::read_signed_json(&req, endpoint::UPDATE_REPORT, payload, &state.ids, &state.limits, &mut key);
-    let (verified, report): (_, UpdateReport) =
-        read.await.map_err(|err| refused(&state, client, key.as_deref(), err))?;
+    let (verified, report): (_, UpdateReport) = verified_json(&req, endpoint::UPDATE_REPORT, payload, &state).await?;
     let device = verified.device();
     state.metrics.update_reported(report.outcome);
     state.fleet.record_report(device, &report, SystemTime::now());
@@ -228,6 +222,19 @@ pub async fn update_report<S: Store>(
         _ => tracing::warn!(device = masked, version, outcome, reason, "update report"),
     }
     Ok(verified.answer(StatusCode::OK, &serde_json::json!({})))
+}
+
+/// The body of a signed JSON request, verified and parsed (see
+/// [`update::read_signed_json`]); refusals are answered as [`refused`] says.
+async fn verified_json<S: Store, T: DeserializeOwned>(
+    req: &HttpRequest,
+    endpoint: &'static str,
+    payload: web::Payload,
+    state: &AppState<S>,
+) -> Result<(Verified, T), ApiError> {
+    let mut key = None;
+    let read = update::read_signed_json(req, endpoint, payload, &state.ids, &state.limits, &mut key).await;
+    read.map_err(|err| refused(state, client_ip(req, &state.trusted_proxies), key.as_deref(), err))
 }
 
 /// A refusal as it is answered: one that counts against the client goes

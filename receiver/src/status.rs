@@ -68,9 +68,9 @@ tr.stale td:first-child{box-shadow:inset 4px 0 #cf222e}
 .badge.behind{background:#fff8c5;color:#7d4e00}
 .badge.rolled_back,.badge.failed{background:#ffebe9;color:#a40e26}
 .badge.unknown{background:#eaeef2;color:#57606a}
-tr.update-behind td{background:#fffbea}
-tr.update-rolled_back td,tr.update-failed td{background:#fff5f5}
-tr.update-rolled_back td:first-child,tr.update-failed td:first-child{box-shadow:inset 4px 0 #bf8700}
+tr.update-behind:not(.stale) td{background:#fffbea}
+tr.update-rolled_back:not(.stale) td,tr.update-failed:not(.stale) td{background:#fff5f5}
+tr.update-rolled_back:not(.stale) td:first-child,tr.update-failed:not(.stale) td:first-child{box-shadow:inset 4px 0 #bf8700}
 .rejection,.clock,.reason{color:#9a6700}
 td.wraps{white-space:normal;min-width:11em}
 ";
@@ -198,8 +198,11 @@ fn device_row(html: &mut String, device: &DeviceReport) {
 /// The state's badge over the short version the device runs, and the one
 /// it should run when that differs.
 fn release_cell(update: &UpdateStatus) -> String {
-    let short = |version: Option<Version>| version.map_or_else(|| "none".to_owned(), |v| v.short());
     let state = update.state.as_str();
+    // Before its first poll nothing is known of what a device runs; after
+    // one, no version means it runs none yet.
+    let nothing = if update.state == UpdateState::Unknown { "not polled yet" } else { "none" };
+    let short = |version: Option<Version>| version.map_or_else(|| nothing.to_owned(), |v| v.short());
     let mut cell = format!(
         "<span class=\"badge {state}\">{}</span><br><code title=\"{}\">{}</code>",
         state.replace('_', " "),

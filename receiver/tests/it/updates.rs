@@ -17,7 +17,7 @@ use crate::harness::*;
 use crate::status::SPARE;
 
 /// Short enough for tests, long enough that a scan can see a tree change.
-const SETTLE: Duration = Duration::from_millis(200);
+pub const SETTLE: Duration = Duration::from_millis(200);
 /// A bound on every wait for the receiver to take a change: a scan a
 /// second, plus the settle time, with room for a slow machine.
 const TAKES_AT_MOST: Duration = Duration::from_secs(15);
@@ -33,7 +33,7 @@ fn spare() -> DeviceId {
 }
 
 /// Writes `content` to `publish/<relative>` with `mode`.
-fn put(h: &Harness, relative: &str, content: &[u8], mode: u32) {
+pub fn put(h: &Harness, relative: &str, content: &[u8], mode: u32) {
     let path = h.publish_dir().join(relative);
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(&path, content).expect("write");
@@ -42,7 +42,7 @@ fn put(h: &Harness, relative: &str, content: &[u8], mode: u32) {
 
 /// A signed JSON request by `id` to `endpoint`; its status, body, and
 /// whether its receipt is valid.
-async fn signed_json(h: &Harness, id: &DeviceId, endpoint: &str, body: &[u8]) -> (u16, Value, bool) {
+pub async fn signed_json(h: &Harness, id: &DeviceId, endpoint: &str, body: &[u8]) -> (u16, Value, bool) {
     let auth = signed_head(id, "POST", endpoint, now(), Some(&SignedFields::body(body)));
     let response = h
         .http
@@ -66,7 +66,7 @@ async fn signed_answer(id: &DeviceId, auth: &str, response: reqwest::Response) -
 }
 
 /// A poll by `id`, which must be answered 200 and signed; the reply.
-async fn poll(h: &Harness, id: &DeviceId, current: Option<Version>) -> Value {
+pub async fn poll(h: &Harness, id: &DeviceId, current: Option<Version>) -> Value {
     let body = serde_json::to_vec(&json!({ "current": current })).expect("JSON");
     let (status, reply, signed) = signed_json(h, id, endpoint::UPDATE_MANIFEST, &body).await;
     assert_eq!((status, signed), (200, true), "{reply}");
@@ -75,14 +75,14 @@ async fn poll(h: &Harness, id: &DeviceId, current: Option<Version>) -> Value {
 
 /// The release in a poll's reply, checked against its version as a
 /// sender checks it.
-fn release(reply: &Value) -> (Version, Manifest) {
+pub fn release(reply: &Value) -> (Version, Manifest) {
     let version: Version = serde_json::from_value(reply["version"].clone()).expect("a version");
     let files: Vec<ManifestEntry> = serde_json::from_value(reply["files"].clone()).expect("files");
     (version, Manifest::checked(version, files).expect("the files hash to the version"))
 }
 
 /// Polls until `id`'s release lists exactly `paths`.
-async fn release_listing(h: &Harness, id: &DeviceId, paths: &[&str]) -> (Version, Manifest) {
+pub async fn release_listing(h: &Harness, id: &DeviceId, paths: &[&str]) -> (Version, Manifest) {
     let deadline = Instant::now() + TAKES_AT_MOST;
     loop {
         let (version, manifest) = release(&poll(h, id, None).await);
