@@ -133,7 +133,12 @@ fn help_documents_every_option_and_its_environment_variable() {
         "--trusted-proxies",
         "LOGFERRY_TRUSTED_PROXIES",
         "--log-format",
+        "--publish",
+        "LOGFERRY_PUBLISH",
+        "--publish-settle",
+        "LOGFERRY_PUBLISH_SETTLE",
         "add-device",
+        "publish",
     ] {
         assert!(help.contains(expected), "--help lacks {expected}:\n{help}");
     }
