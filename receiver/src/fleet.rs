@@ -496,6 +496,13 @@ mod tests {
         StoredFile { device: device.id.clone(), path: RelPath::parse(path).expect("path"), size, stored_at: at }
     }
 
+    /// Three listed devices with these labels.
+    fn fleet_of(labels: [&str; 3]) -> (Devices, [Device; 3]) {
+        let ids = ["0123456789ABCDEF", "FEDCBA9876543210", "00000000000000AA"];
+        let devices = [0, 1, 2].map(|i| device(ids[i], labels[i]));
+        (devices.iter().map(|d| (d.key.key_id().clone(), d.clone())).collect(), devices)
+    }
+
     /// (label, state, files, bytes, files_24h, bytes_24h) per listed device.
     type Row = (&'static str, DeviceState, u64, u64, u64, u64);
 
@@ -515,13 +522,7 @@ mod tests {
     #[test]
     fn rebuilt_from_the_store_then_updated_by_commits_and_rejections() {
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let (fresh, quiet, never) = (
-            device("0123456789ABCDEF", "fresh"),
-            device("FEDCBA9876543210", "quiet"),
-            device("00000000000000AA", "never"),
-        );
-        let listed: Devices =
-            [&fresh, &quiet, &never].into_iter().map(|d| (d.key.key_id().clone(), d.clone())).collect();
+        let (listed, [fresh, quiet, never]) = fleet_of(["fresh", "quiet", "never"]);
         let inventory = vec![
             stored(&fresh, "a.log", 10, now - 30 * HOUR),
             stored(&fresh, "b.log", 20, now - 2 * HOUR),
@@ -604,13 +605,7 @@ mod tests {
     #[test]
     fn update_states_follow_polls_and_reports() {
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let (polled, reporting, silent) = (
-            device("0123456789ABCDEF", "polled"),
-            device("FEDCBA9876543210", "reporting"),
-            device("00000000000000AA", "silent"),
-        );
-        let listed: Devices =
-            [&polled, &reporting, &silent].into_iter().map(|d| (d.key.key_id().clone(), d.clone())).collect();
+        let (listed, [polled, reporting, _silent]) = fleet_of(["polled", "reporting", "silent"]);
         let (v1, v2) = (Version(Sha256Digest::of_bytes(b"1")), Version(Sha256Digest::of_bytes(b"2")));
         let fleet = FleetStatus::from_inventory(Vec::new(), HOUR, now);
         let states = |published: Version| -> Vec<(String, UpdateState)> {
