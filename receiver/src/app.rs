@@ -21,6 +21,7 @@ use crate::fleet::FleetStatus;
 use crate::ids::IdsFile;
 use crate::limits::{AuthThrottle, Limits, UploadSlots};
 use crate::metrics::Metrics;
+use crate::publish::PublishFolder;
 use crate::store::Store;
 use crate::{handlers, status};
 
@@ -39,6 +40,8 @@ pub struct AppState<S> {
     /// Whose forwarding headers name the client (see `client_addr`).
     pub trusted_proxies: TrustedProxies,
     pub metrics: Metrics,
+    /// The releases, when the receiver publishes (`--publish`).
+    pub publish: Option<Arc<PublishFolder>>,
 }
 
 /// Registers every route; the binary and the tests share it.
@@ -62,6 +65,21 @@ pub fn configure<S: Store>(cfg: &mut web::ServiceConfig, state: web::Data<AppSta
                 .default_service(wrong_method()),
         )
         .service(
+            web::resource(endpoint::UPDATE_MANIFEST)
+                .route(web::post().to(handlers::update_manifest::<S>))
+                .default_service(wrong_method()),
+        )
+        .service(
+            web::resource(format!("{}/{{sha256}}", endpoint::UPDATE_CONTENT))
+                .route(web::get().to(handlers::update_content::<S>))
+                .default_service(wrong_method()),
+        )
+        .service(
+            web::resource(endpoint::UPDATE_REPORT)
+                .route(web::post().to(handlers::update_report::<S>))
+                .default_service(wrong_method()),
+        )
+        .service(
             web::resource(endpoint::STATUS_PAGE)
                 .route(web::get().to(status::page::<S>))
                 .default_service(wrong_method()),
@@ -81,7 +99,11 @@ pub fn run<S: Store>(listener: TcpListener, state: AppState<S>, tls: Option<Serv
     let head_timeout = state.limits.head_timeout;
     let fleet_refresh = state.fleet_refresh;
     let state = web::Data::new(state);
-    actix_web::rt::spawn(watch_ids(state.clone()));
+    actix_web::rt::spawn(every_second(state.clone(), |state| state.ids.refresh(), "checking the ids file for edits"));
+    if state.publish.is_some() {
+        let scan = |state: &AppState<S>| state.publish.iter().for_each(|publish| publish.scan());
+        actix_web::rt::spawn(every_second(state.clone(), scan, "scanning the publish folder"));
+    }
     if let Some(every) = fleet_refresh {
         actix_web::rt::spawn(refresh_fleet(state.clone(), every));
     }
@@ -116,18 +138,19 @@ async fn timed<S: Store>(
     Ok(response)
 }
 
-/// How often the ids file is checked for edits.
-const IDS_POLL: Duration = Duration::from_secs(1);
+/// How often the ids file and the publish folder are looked at.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
-/// Applies edits of the ids file, deriving new devices' keys on a blocking
-/// thread, so that no request ever waits for a derivation; it ends with the
+/// Runs `step` (applying edits of the ids file, deriving new devices' keys;
+/// scanning the publish folder, hashing what changed) every second on a
+/// blocking thread, so that no request ever waits for it; it ends with the
 /// server's runtime.
-async fn watch_ids<S: Store>(state: web::Data<AppState<S>>) {
+async fn every_second<S: Store>(state: web::Data<AppState<S>>, step: fn(&AppState<S>), what: &'static str) {
     loop {
-        actix_web::rt::time::sleep(IDS_POLL).await;
+        actix_web::rt::time::sleep(WATCH_EVERY).await;
         let state = state.clone();
-        if web::block(move || state.ids.refresh()).await.is_err() {
-            tracing::error!("checking the ids file for edits failed; edits apply after a restart");
+        if web::block(move || step(&state)).await.is_err() {
+            tracing::error!("{what} failed; changes apply after a restart");
             return;
         }
     }

@@ -40,6 +40,8 @@ pub enum ApiError {
     InvalidPath { path: String, reason: PathError },
     #[error("malformed upload: {0}")]
     MalformedUpload(String),
+    #[error("malformed request: {0}")]
+    MalformedRequest(String),
     #[error("the upload declared {declared} bytes but carried {received_at_least}{more}", more = if *.received_at_least > *.declared { " or more" } else { "" })]
     SizeMismatch { declared: u64, received_at_least: u64 },
     #[error("checksum mismatch: the upload declared SHA-256 {declared} but the received bytes hash to {received}")]
@@ -55,8 +57,8 @@ pub enum ApiError {
     #[error("the request was too slow: {0}")]
     Timeout(String),
     #[error(
-        "the upload's signed head (its headers and the path, sha256 and size fields) did not arrive within \
-         {0} s (the receiver's --head-timeout)"
+        "the request's signed head (its headers, and an upload's path, sha256 and size fields or an update \
+         request's JSON body) did not arrive within {0} s (the receiver's --head-timeout)"
     )]
     HeadTimeout(u64),
     #[error(
@@ -75,6 +77,12 @@ pub enum ApiError {
     OffsetMismatch { offset: u64, held: u64 },
     #[error("no such endpoint; see PROTOCOL.md")]
     NotFound,
+    #[error("no file with SHA-256 {0} is in this device's release; a device fetches only what its own manifest lists")]
+    NotInRelease(Sha256Digest),
+    #[error("{0}")]
+    ContentChanged(String),
+    #[error("the range starts at byte {start}, but the content is {size} bytes")]
+    RangeNotSatisfiable { start: u64, size: u64 },
     #[error("this endpoint does not accept that method; see PROTOCOL.md")]
     MethodNotAllowed,
     #[error("the receiver could not store the file: {0}")]
@@ -93,7 +101,9 @@ impl ApiError {
             Self::BadSignature => ErrorCode::BadSignature,
             Self::ClockSkew { .. } => ErrorCode::ClockSkew,
             Self::InvalidPath { .. } => ErrorCode::InvalidPath,
-            Self::MalformedUpload(_) | Self::CorruptEncoding(_) => ErrorCode::MalformedUpload,
+            Self::MalformedUpload(_) | Self::MalformedRequest(_) | Self::CorruptEncoding(_) => {
+                ErrorCode::MalformedUpload
+            }
             Self::SizeMismatch { .. } => ErrorCode::SizeMismatch,
             Self::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
             Self::PathConflict(_) => ErrorCode::PathConflict,
@@ -103,7 +113,9 @@ impl ApiError {
             Self::Timeout(_) | Self::HeadTimeout(_) => ErrorCode::Timeout,
             Self::UnsupportedEncoding(_) | Self::UnknownEncoding(_) => ErrorCode::UnsupportedEncoding,
             Self::OffsetMismatch { .. } => ErrorCode::OffsetMismatch,
-            Self::NotFound => ErrorCode::NotFound,
+            Self::NotFound | Self::NotInRelease(_) => ErrorCode::NotFound,
+            Self::ContentChanged(_) => ErrorCode::ContentChanged,
+            Self::RangeNotSatisfiable { .. } => ErrorCode::RangeNotSatisfiable,
             Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Self::Storage(_) => ErrorCode::StorageError,
             Self::InsufficientStorage(_) => ErrorCode::InsufficientStorage,

@@ -7,12 +7,18 @@
 //! Rejections leave nothing in the store, and the store does not know who
 //! sent a file: the last rejection and the last client address are kept in
 //! memory only, one of each per device.
+//!
+//! So are the update polls and reports ([`FleetStatus::record_poll`],
+//! [`FleetStatus::record_report`]): the version a device runs and its last
+//! attempt survive a restart only through the devices' next polls (and,
+//! for the last attempt, their next report).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use logferry_common::update::{MAX_REASON_BYTES, UpdateOutcome, UpdateReport, Version};
 use logferry_common::wire::{ErrorCode, UploadOutcome, UploadReceipt};
 use serde::Serialize;
 
@@ -40,6 +46,48 @@ struct DeviceRecord {
     /// The device's clock less the receiver's, from its last auth check,
     /// and when that was.
     clock: Option<(i64, SystemTime)>,
+    update: UpdateRecord,
+}
+
+/// What a device said about its release.
+#[derive(Debug, Default, Clone)]
+struct UpdateRecord {
+    /// The version it runs, from its last poll or `updated` report; the
+    /// inner `None`: it said it runs none yet.
+    current: Option<Option<Version>>,
+    last: Option<Attempt>,
+}
+
+/// A device's last reported attempt at a version.
+#[derive(Debug, Clone)]
+struct Attempt {
+    outcome: UpdateOutcome,
+    version: Version,
+    at: SystemTime,
+    reason: Option<String>,
+}
+
+impl UpdateRecord {
+    fn status(&self, published: Version) -> UpdateStatus {
+        let failed_now = self.last.as_ref().filter(|last| last.version == published).map(|last| last.outcome);
+        let state = match (self.current, failed_now) {
+            (Some(Some(current)), _) if current == published => UpdateState::Current,
+            (_, Some(UpdateOutcome::RolledBack)) => UpdateState::RolledBack,
+            (_, Some(UpdateOutcome::Failed)) => UpdateState::Failed,
+            (Some(_), _) => UpdateState::Behind,
+            (None, _) if self.last.is_some() => UpdateState::Behind,
+            (None, _) => UpdateState::Unknown,
+        };
+        UpdateStatus {
+            current_version: self.current.flatten(),
+            published_version: Some(published),
+            state,
+            last_outcome: self.last.as_ref().map(|last| last.outcome),
+            last_version: self.last.as_ref().map(|last| last.version),
+            last_at: self.last.as_ref().map(|last| timestamp(last.at)),
+            last_reason: self.last.as_ref().and_then(|last| last.reason.clone()),
+        }
+    }
 }
 
 impl DeviceRecord {
@@ -136,6 +184,7 @@ impl FleetStatus {
             record.last_rejection = known.last_rejection;
             record.last_address = known.last_address;
             record.clock = known.clock;
+            record.update = known.update;
             // An "already stored" answer shows a live device but leaves no trace in the store.
             record.last_upload = record.last_upload.max(known.last_upload);
         }
@@ -185,10 +234,39 @@ impl FleetStatus {
         self.state().devices.entry(device.id.reveal().to_owned()).or_default().clock = Some((offset, at));
     }
 
+    /// Keeps the version a device's poll says it runs (`None`: none yet).
+    pub fn record_poll(&self, device: &Device, current: Option<Version>) {
+        self.state().devices.entry(device.id.reveal().to_owned()).or_default().update.current = Some(current);
+    }
+
+    /// Keeps a device's report of an attempt (its reason cut to
+    /// [`MAX_REASON_BYTES`]); an `updated` one also says what it runs now.
+    pub fn record_report(&self, device: &Device, report: &UpdateReport, at: SystemTime) {
+        let reason = report.reason.as_deref().map(|reason| {
+            let mut end = reason.len().min(MAX_REASON_BYTES);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason[..end].to_owned()
+        });
+        let mut state = self.state();
+        let update = &mut state.devices.entry(device.id.reveal().to_owned()).or_default().update;
+        if report.outcome == UpdateOutcome::Updated {
+            update.current = Some(Some(report.version));
+        }
+        update.last = Some(Attempt { outcome: report.outcome, version: report.version, at, reason });
+    }
+
     /// The status of every device listed in the ids file, those that went
     /// quiet first, then those that never uploaded, then the rest, each by
-    /// label.
-    pub fn report(&self, listed: &Devices, now: SystemTime) -> FleetReport {
+    /// label; with each device's update status when releases are published
+    /// (`published` gives the version of a device's release).
+    pub fn report(
+        &self,
+        listed: &Devices,
+        published: Option<&dyn Fn(&Device) -> Version>,
+        now: SystemTime,
+    ) -> FleetReport {
         let mut state = self.state();
         let by_id: HashMap<&str, &Device> = listed.values().map(|d| (d.id.reveal(), d)).collect();
         let mut devices: Vec<DeviceReport> = by_id
@@ -197,12 +275,13 @@ impl FleetStatus {
                 let record = state.devices.get_mut(*id);
                 let masked = device.id.masked();
                 let label = device.label.clone();
+                let published = published.map(|published| published(device));
                 match record {
                     Some(record) => {
                         record.prune(now);
-                        DeviceReport::of(masked, label, record, self.stale_after, now)
+                        DeviceReport::of(masked, label, record, self.stale_after, now, published)
                     }
-                    None => DeviceReport::of(masked, label, &DeviceRecord::default(), self.stale_after, now),
+                    None => DeviceReport::of(masked, label, &DeviceRecord::default(), self.stale_after, now, published),
                 }
             })
             .collect();
@@ -289,6 +368,52 @@ pub struct DeviceReport {
     /// The device's clock offset at its last auth check (since the receiver
     /// started).
     pub clock_offset: Option<ClockOffsetReport>,
+    /// Its release and what it made of it; `None` when nothing is published.
+    pub update: Option<UpdateStatus>,
+}
+
+/// Where a device stands with its release. The order is the page's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    /// It runs the published version.
+    Current,
+    /// It runs another (or none), and has not given up on the published one.
+    Behind,
+    /// Its hook failed on the published version; it went back, and will
+    /// not try that version again.
+    RolledBack,
+    /// It could not fetch or build the published version.
+    Failed,
+    /// It has not polled since the receiver started.
+    Unknown,
+}
+
+impl UpdateState {
+    pub const ALL: [Self; 5] = [Self::Current, Self::Behind, Self::RolledBack, Self::Failed, Self::Unknown];
+
+    /// The state as `/v1/devices` and the metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Current => "current",
+            Self::Behind => "behind",
+            Self::RolledBack => "rolled_back",
+            Self::Failed => "failed",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// The `update` object of a device in `/v1/devices`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpdateStatus {
+    pub current_version: Option<Version>,
+    pub published_version: Option<Version>,
+    pub state: UpdateState,
+    pub last_outcome: Option<UpdateOutcome>,
+    pub last_version: Option<Version>,
+    pub last_at: Option<Timestamp>,
+    pub last_reason: Option<String>,
 }
 
 impl DeviceReport {
@@ -298,6 +423,7 @@ impl DeviceReport {
         record: &DeviceRecord,
         stale_after: Duration,
         now: SystemTime,
+        published: Option<Version>,
     ) -> Self {
         let silent_for = record.last_upload.map(|at| now.duration_since(at).unwrap_or_default());
         let state = match silent_for {
@@ -323,6 +449,7 @@ impl DeviceReport {
             }),
             last_address: record.last_address,
             clock_offset: record.clock.map(|(seconds, at)| ClockOffsetReport { seconds, at: timestamp(at) }),
+            update: published.map(|published| record.update.status(published)),
         }
     }
 }
@@ -356,7 +483,7 @@ pub struct RecentReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use logferry_common::{DeviceId, RelPath};
+    use logferry_common::{DeviceId, RelPath, Sha256Digest};
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -367,6 +494,13 @@ mod tests {
 
     fn stored(device: &Device, path: &str, size: u64, at: SystemTime) -> StoredFile {
         StoredFile { device: device.id.clone(), path: RelPath::parse(path).expect("path"), size, stored_at: at }
+    }
+
+    /// Three listed devices with these labels.
+    fn fleet_of(labels: [&str; 3]) -> (Devices, [Device; 3]) {
+        let ids = ["0123456789ABCDEF", "FEDCBA9876543210", "00000000000000AA"];
+        let devices = [0, 1, 2].map(|i| device(ids[i], labels[i]));
+        (devices.iter().map(|d| (d.key.key_id().clone(), d.clone())).collect(), devices)
     }
 
     /// (label, state, files, bytes, files_24h, bytes_24h) per listed device.
@@ -388,20 +522,14 @@ mod tests {
     #[test]
     fn rebuilt_from_the_store_then_updated_by_commits_and_rejections() {
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let (fresh, quiet, never) = (
-            device("0123456789ABCDEF", "fresh"),
-            device("FEDCBA9876543210", "quiet"),
-            device("00000000000000AA", "never"),
-        );
-        let listed: Devices =
-            [&fresh, &quiet, &never].into_iter().map(|d| (d.key.key_id().clone(), d.clone())).collect();
+        let (listed, [fresh, quiet, never]) = fleet_of(["fresh", "quiet", "never"]);
         let inventory = vec![
             stored(&fresh, "a.log", 10, now - 30 * HOUR),
             stored(&fresh, "b.log", 20, now - 2 * HOUR),
             stored(&quiet, "old.log", 5, now - 48 * HOUR),
         ];
         let fleet = FleetStatus::from_inventory(inventory, 24 * HOUR, now);
-        let report = fleet.report(&listed, now);
+        let report = fleet.report(&listed, None, now);
         check(
             &report,
             &[
@@ -431,7 +559,7 @@ mod tests {
         fleet.record_commit(&fresh, &receipt("b.log", 20, UploadOutcome::AlreadyStored), Some(fresh_from), later);
         fleet.record_rejection(&never, ErrorCode::ChecksumMismatch, "checksum mismatch".to_owned(), later);
         fleet.record_clock(&quiet, -10_800, later);
-        let report = fleet.report(&listed, later);
+        let report = fleet.report(&listed, None, later);
         check(
             &report,
             &[
@@ -459,7 +587,7 @@ mod tests {
 
         // A day later the window is empty but the totals stay.
         check(
-            &fleet.report(&listed, later + 25 * HOUR),
+            &fleet.report(&listed, None, later + 25 * HOUR),
             &[
                 ("fresh", DeviceState::Stale, 2, 30, 0, 0),
                 ("quiet", DeviceState::Stale, 2, 12, 0, 0),
@@ -469,8 +597,55 @@ mod tests {
 
         // What only this receiver saw outlives a re-read of the store.
         fleet.refresh(Vec::new(), later);
-        let report = fleet.report(&listed, later);
+        let report = fleet.report(&listed, None, later);
         assert_eq!(addresses(&report), [None, Some(fresh_from), Some(quiet_from)], "never, fresh, quiet");
         assert_eq!(report.devices[2].clock_offset.as_ref().map(|c| c.seconds), Some(-10_800));
+    }
+
+    #[test]
+    fn update_states_follow_polls_and_reports() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let (listed, [polled, reporting, _silent]) = fleet_of(["polled", "reporting", "silent"]);
+        let (v1, v2) = (Version(Sha256Digest::of_bytes(b"1")), Version(Sha256Digest::of_bytes(b"2")));
+        let fleet = FleetStatus::from_inventory(Vec::new(), HOUR, now);
+        let states = |published: Version| -> Vec<(String, UpdateState)> {
+            let published = move |_: &Device| published;
+            let report = fleet.report(&listed, Some(&published), now);
+            let mut states: Vec<_> = report
+                .devices
+                .iter()
+                .map(|d| (d.label.clone().unwrap_or_default(), d.update.as_ref().expect("published").state))
+                .collect();
+            states.sort_by(|a, b| a.0.cmp(&b.0));
+            states
+        };
+        let named = |rows: &[(&str, UpdateState)]| -> Vec<(String, UpdateState)> {
+            rows.iter().map(|(label, state)| ((*label).to_owned(), *state)).collect()
+        };
+        assert!(fleet.report(&listed, None, now).devices.iter().all(|d| d.update.is_none()), "nothing published");
+
+        fleet.record_poll(&polled, None);
+        fleet.record_poll(&reporting, Some(v1));
+        let long = format!("x{}", "é".repeat(MAX_REASON_BYTES));
+        let report = UpdateReport { version: v2, outcome: UpdateOutcome::RolledBack, reason: Some(long) };
+        fleet.record_report(&reporting, &report, now);
+        assert_eq!(
+            states(v2),
+            named(&[
+                ("polled", UpdateState::Behind),
+                ("reporting", UpdateState::RolledBack),
+                ("silent", UpdateState::Unknown)
+            ])
+        );
+        let update = fleet.report(&listed, Some(&move |_: &Device| v2), now).devices;
+        let reason = update.iter().find_map(|d| d.update.as_ref()?.last_reason.clone()).expect("a reason");
+        assert_eq!(reason.len(), MAX_REASON_BYTES - 1, "cut before the character that would cross the limit");
+        assert_eq!(states(v1)[1], ("reporting".to_owned(), UpdateState::Current), "it runs v1, which is published");
+
+        fleet.record_report(&polled, &UpdateReport { version: v2, outcome: UpdateOutcome::Updated, reason: None }, now);
+        assert_eq!(states(v2)[0], ("polled".to_owned(), UpdateState::Current), "an update says what it runs");
+        // Survives a re-read of the store.
+        fleet.refresh(Vec::new(), now);
+        assert_eq!(states(v2)[0].1, UpdateState::Current);
     }
 }

@@ -1,19 +1,23 @@
-//! The endpoints. The upload itself is [`crate::upload`]'s pipeline; the
-//! handler around it logs, counts and updates the fleet status.
+//! The endpoints. The upload itself is [`crate::upload`]'s pipeline, the
+//! update requests' steps are [`crate::update`]'s; the handlers around them
+//! log, count and update the fleet status.
 
 use std::net::IpAddr;
 use std::time::{Instant, SystemTime};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
+use logferry_common::update::{ManifestReply, ManifestRequest, UpdateOutcome, UpdateReport};
 use logferry_common::wire::{AuthCheckReply, Encoding, Health, PROTOCOL_VERSION, UploadOutcome, endpoint};
+use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
-use crate::auth;
+use crate::auth::{self, Verified};
 use crate::client_addr::client_ip;
 use crate::error::ApiError;
 use crate::metrics;
 use crate::store::Store;
+use crate::update;
 use crate::upload::{self, Progress, Stored};
 
 pub async fn health() -> HttpResponse {
@@ -143,9 +147,100 @@ pub async fn upload_offset<S: Store>(
     };
     match asked.await {
         Ok((verified, offset)) => Ok(verified.answer(StatusCode::OK, &offset)),
-        Err(err) if err.counts_against_client() => Err(auth_failed(&state, client, progress.key.as_deref(), err)),
-        Err(err) => Err(err),
+        Err(err) => Err(refused(&state, client, progress.key.as_deref(), err)),
     }
+}
+
+/// A poll: the device's release, whole unless it already runs it.
+pub async fn update_manifest<S: Store>(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState<S>>,
+) -> Result<HttpResponse, ApiError> {
+    let (verified, request): (_, ManifestRequest) =
+        verified_json(&req, endpoint::UPDATE_MANIFEST, payload, &state).await?;
+    let device = verified.device();
+    state.metrics.update_polled();
+    state.fleet.record_poll(device, request.current);
+    let reply = match &state.publish {
+        None => ManifestReply { version: None, files: None },
+        Some(publish) => {
+            let release = publish.release_for(device);
+            let version = release.version();
+            let files = (request.current != Some(version)).then(|| release.manifest().files().to_vec());
+            ManifestReply { version: Some(version), files }
+        }
+    };
+    tracing::debug!(
+        device = %device.id.masked(),
+        current = request.current.map(|v| v.short()),
+        published = reply.version.map(|v| v.short()),
+        "update poll"
+    );
+    Ok(verified.answer(StatusCode::OK, &reply))
+}
+
+/// The bytes of one file of the device's release (see [`update::content`]).
+pub async fn update_content<S: Store>(
+    req: HttpRequest,
+    sha256: web::Path<String>,
+    state: web::Data<AppState<S>>,
+) -> Result<HttpResponse, ApiError> {
+    let client = client_ip(&req, &state.trusted_proxies);
+    let mut key = None;
+    match update::content(&req, sha256.into_inner(), &state, &mut key).await {
+        Ok((verified, served, response)) => {
+            let device = verified.device().id.masked();
+            tracing::debug!(device, sha256 = %served.sha256, from = served.start, bytes = served.len, "update content");
+            Ok(response)
+        }
+        Err(err) => {
+            if let Some(signer) = err.signer() {
+                tracing::warn!(device = %signer.device().id.masked(), code = ?err.code(), "update content refused: {err}");
+            }
+            Err(refused(&state, client, key.as_deref(), err))
+        }
+    }
+}
+
+/// A device's report of one attempt at a version.
+pub async fn update_report<S: Store>(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState<S>>,
+) -> Result<HttpResponse, ApiError> {
+    let (verified, report): (_, UpdateReport) = verified_json(&req, endpoint::UPDATE_REPORT, payload, &state).await?;
+    let device = verified.device();
+    state.metrics.update_reported(report.outcome);
+    state.fleet.record_report(device, &report, SystemTime::now());
+    let (masked, version, outcome) = (device.id.masked(), report.version.short(), report.outcome.as_str());
+    let reason = report.reason.as_deref().unwrap_or("-");
+    match report.outcome {
+        UpdateOutcome::Updated | UpdateOutcome::UpToDate => {
+            tracing::info!(device = masked, version, outcome, "update report")
+        }
+        _ => tracing::warn!(device = masked, version, outcome, reason, "update report"),
+    }
+    Ok(verified.answer(StatusCode::OK, &serde_json::json!({})))
+}
+
+/// The body of a signed JSON request, verified and parsed (see
+/// [`update::read_signed_json`]); refusals are answered as [`refused`] says.
+async fn verified_json<S: Store, T: DeserializeOwned>(
+    req: &HttpRequest,
+    endpoint: &'static str,
+    payload: web::Payload,
+    state: &AppState<S>,
+) -> Result<(Verified, T), ApiError> {
+    let mut key = None;
+    let read = update::read_signed_json(req, endpoint, payload, &state.ids, &state.limits, &mut key).await;
+    read.map_err(|err| refused(state, client_ip(req, &state.trusted_proxies), key.as_deref(), err))
+}
+
+/// A refusal as it is answered: one that counts against the client goes
+/// through the throttle ([`auth_failed`]).
+fn refused<S>(state: &AppState<S>, client: Option<IpAddr>, key: Option<&str>, err: ApiError) -> ApiError {
+    if err.counts_against_client() { auth_failed(state, client, key, err) } else { err }
 }
 
 /// Counts a failed authentication against the client's address and logs it

@@ -16,9 +16,11 @@ pub mod ids;
 pub mod limits;
 pub mod log_fields;
 pub mod metrics;
+pub mod publish;
 pub mod status;
 pub mod store;
 pub mod tls;
+pub mod update;
 pub mod upload;
 
 use std::net::SocketAddr;
@@ -31,6 +33,8 @@ use fleet::FleetStatus;
 use ids::{IdsError, IdsFile};
 pub use limits::Limits;
 use limits::{AuthThrottle, UploadSlots};
+pub use publish::Publish;
+use publish::{PublishError, PublishFolder};
 use store::disk::DiskStore;
 use store::s3::{S3Settings, S3Store};
 use store::{AnyStore, Store, StoreError, StoredFile};
@@ -53,6 +57,9 @@ pub struct Config {
     pub fleet_refresh: Option<Duration>,
     /// Reverse proxies whose forwarding headers name the client.
     pub trusted_proxies: TrustedProxies,
+    /// Publish releases to the devices from this folder (`None`: the
+    /// update endpoints say nothing is published).
+    pub publish: Option<Publish>,
 }
 
 /// The status page's default for `stale_after`: a device that has not
@@ -93,6 +100,8 @@ pub enum StartupError {
     Tls(#[from] TlsError),
     #[error("cannot list what the store holds, for the fleet status: {0}")]
     Inventory(StoreError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
 }
 
 /// Everything `run` needs: the request state and, for HTTPS, the TLS setup.
@@ -105,7 +114,8 @@ pub struct Ready {
 /// Loads the ids file (strictly: a malformed line stops start-up) and the
 /// TLS files, opens the store (clearing staging files an earlier crash left
 /// behind, on disk; an object store's are its lifecycle rule's job), and
-/// rebuilds the fleet status from what the store holds.
+/// rebuilds the fleet status from what the store holds; with a publish
+/// folder, takes its settled releases.
 pub fn open(config: &Config) -> Result<Ready, StartupError> {
     let ids = IdsFile::load_strict(&config.ids_file)?;
     let tls = config.tls.as_ref().map(tls::load).transpose()?;
@@ -125,6 +135,7 @@ pub fn open(config: &Config) -> Result<Ready, StartupError> {
             (AnyStore::S3(store), inventory)
         }
     };
+    let publish = config.publish.clone().map(PublishFolder::open).transpose()?.map(std::sync::Arc::new);
     let devices = ids.current().len();
     if devices == 0 {
         tracing::warn!(file = %config.ids_file.display(), "no devices are listed yet; add one with `receiver add-device`");
@@ -133,6 +144,7 @@ pub fn open(config: &Config) -> Result<Ready, StartupError> {
         devices,
         ids = %config.ids_file.display(),
         store = %config.store,
+        publish = publish.as_ref().map(|p| p.dir().display().to_string()),
         trusted_proxies = %config.trusted_proxies,
         "receiver ready"
     );
@@ -148,6 +160,7 @@ pub fn open(config: &Config) -> Result<Ready, StartupError> {
         fleet_refresh: config.fleet_refresh,
         trusted_proxies: config.trusted_proxies.clone(),
         metrics: Default::default(),
+        publish,
     };
     Ok(Ready { state, tls })
 }

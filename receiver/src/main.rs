@@ -11,7 +11,8 @@ use logferry_receiver::client_addr::ForwardedHeader;
 use logferry_receiver::log_fields::QuotedFields;
 use logferry_receiver::store::s3::{S3Settings, parse_store_url};
 use logferry_receiver::{
-    Config, DEFAULT_FLEET_REFRESH, DEFAULT_STALE_AFTER, Limits, StoreLocation, TlsFiles, TrustedProxies, ids, limits,
+    Config, DEFAULT_FLEET_REFRESH, DEFAULT_STALE_AFTER, Limits, Publish, StoreLocation, TlsFiles, TrustedProxies, ids,
+    limits, publish,
 };
 
 /// Receives log files from logferry senders and stores them, verified, under
@@ -132,6 +133,17 @@ struct Cli {
     #[arg(long, env = "LOGFERRY_FORWARDED_HEADER", default_value = "x-forwarded-for", requires = "trusted_proxies")]
     forwarded_header: ForwardedHeader,
 
+    /// Publish releases to the devices from this folder: DIR/all/ goes to
+    /// every device, DIR/<label>/ to the devices with that label, over all/
+    /// (see README, "Updating the fleet").
+    #[arg(long, env = "LOGFERRY_PUBLISH", value_name = "DIR", global = true)]
+    publish: Option<PathBuf>,
+
+    /// A published tree's changes are taken once nothing in it changed for
+    /// this long, so a file still being copied in is never sent (2s, 1m).
+    #[arg(long, env = "LOGFERRY_PUBLISH_SETTLE", default_value_t = publish::DEFAULT_SETTLE.into())]
+    publish_settle: humantime::Duration,
+
     /// Log lines for people (human) or one JSON object per line for a log collector (json).
     #[arg(long, env = "LOGFERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
     log_format: LogFormat,
@@ -173,6 +185,7 @@ impl Cli {
             stale_after: self.stale_after.into(),
             fleet_refresh: Some(self.fleet_refresh.into()).filter(|every: &Duration| !every.is_zero()),
             trusted_proxies: self.trusted_proxies.clone().unwrap_or_default().reading(self.forwarded_header),
+            publish: self.publish.clone().map(|dir| Publish { dir, settle: self.publish_settle.into() }),
         })
     }
 }
@@ -210,6 +223,16 @@ enum Command {
         #[arg(long)]
         label: Option<String>,
     },
+    /// Place a file, or a folder's files, into the publish folder for the
+    /// devices with this label (or "all"): each one copied in beside it,
+    /// fsynced and renamed into place, so no device gets it half-written.
+    Publish {
+        /// The file or folder to publish.
+        src: PathBuf,
+        /// The label of the devices that get it, or "all".
+        #[arg(long, value_name = "LABEL|all")]
+        to: String,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -243,6 +266,7 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Some(Command::AddDevice { label }) => add_device(&cli.ids, label.as_deref()),
+        Some(Command::Publish { src, to }) => place(cli.publish.as_deref(), &src, &to),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(shell, &mut Cli::command(), "receiver", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -265,6 +289,24 @@ fn add_device(ids_file: &std::path::Path, label: Option<&str>) -> anyhow::Result
         id.masked(),
         ids_file.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn place(dir: Option<&std::path::Path>, src: &std::path::Path, to: &str) -> anyhow::Result<ExitCode> {
+    let dir = dir.context("receiver publish needs the publish folder: give --publish DIR or set LOGFERRY_PUBLISH")?;
+    let (placed, skipped) = publish::place(dir, src, to)?;
+    for warning in skipped {
+        eprintln!("receiver: warning: {warning}");
+    }
+    for file in &placed {
+        println!(
+            "placed {} ({}, mode {:04o})",
+            file.path.display(),
+            logferry_common::human_bytes(file.size),
+            file.mode
+        );
+    }
+    eprintln!("Placed {} files for {to}; the receiver publishes them once the folder has settled.", placed.len());
     Ok(ExitCode::SUCCESS)
 }
 

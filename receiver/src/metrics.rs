@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use logferry_common::update::UpdateOutcome;
 use logferry_common::wire::{ErrorCode, UploadOutcome};
 
-use crate::fleet::{DeviceState, FleetReport};
+use crate::fleet::{DeviceState, FleetReport, UpdateState};
 
 /// The content type of the exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -49,7 +50,15 @@ pub struct Metrics {
     in_flight: AtomicU64,
     /// Request latency by route pattern.
     latency: Mutex<BTreeMap<String, Histogram>>,
+    update_polls: AtomicU64,
+    update_content_bytes: AtomicU64,
+    /// Update reports by outcome.
+    update_reports: Mutex<BTreeMap<&'static str, u64>>,
 }
+
+/// The outcomes a report may carry, as the metrics list them.
+const REPORTED: [UpdateOutcome; 4] =
+    [UpdateOutcome::Updated, UpdateOutcome::RolledBack, UpdateOutcome::Failed, UpdateOutcome::Unknown];
 
 /// Counts an upload in flight until dropped.
 #[derive(Debug)]
@@ -93,6 +102,19 @@ impl Metrics {
 
     fn count_upload(&self, outcome: &'static str, reason: String) {
         *self.uploads.lock().unwrap_or_else(PoisonError::into_inner).entry((outcome, reason)).or_default() += 1;
+    }
+
+    pub fn update_polled(&self) {
+        self.update_polls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts bytes of published content as they are sent.
+    pub fn update_content_sent(&self, bytes: u64) {
+        self.update_content_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn update_reported(&self, outcome: UpdateOutcome) {
+        *self.update_reports.lock().unwrap_or_else(PoisonError::into_inner).entry(outcome.as_str()).or_default() += 1;
     }
 
     pub fn auth_failed(&self) {
@@ -153,6 +175,23 @@ impl Metrics {
             let count = fleet.devices.iter().filter(|d| d.state == state).count();
             sample(&mut out, "logferry_devices", &[("state", label)], count as f64);
         }
+        header(&mut out, "logferry_update_polls_total", "counter", "Verified polls for a device's release.");
+        sample(&mut out, "logferry_update_polls_total", &[], self.update_polls.load(Ordering::Relaxed) as f64);
+        let name = "logferry_update_content_bytes_total";
+        header(&mut out, name, "counter", "Bytes of published files sent to devices.");
+        sample(&mut out, name, &[], self.update_content_bytes.load(Ordering::Relaxed) as f64);
+        let name = "logferry_update_reports_total";
+        header(&mut out, name, "counter", "Update reports from devices, by outcome.");
+        let reports = self.update_reports.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for outcome in REPORTED.map(UpdateOutcome::as_str) {
+            sample(&mut out, name, &[("outcome", outcome)], reports.get(outcome).copied().unwrap_or(0) as f64);
+        }
+        let name = "logferry_devices_update";
+        header(&mut out, name, "gauge", "Devices listed in the ids file, by where they stand with their release.");
+        for state in UpdateState::ALL {
+            let count = fleet.devices.iter().filter(|d| d.update.as_ref().is_some_and(|u| u.state == state)).count();
+            sample(&mut out, name, &[("state", state.as_str())], count as f64);
+        }
         let name = "logferry_device_last_upload_timestamp_seconds";
         header(&mut out, name, "gauge", "When each device last uploaded (Unix time), by masked ID and label.");
         for device in &fleet.devices {
@@ -196,6 +235,9 @@ mod tests {
         metrics.auth_failed();
         let _in_flight = metrics.upload_started();
         metrics.request_done("/v1/upload", Duration::from_millis(30));
+        metrics.update_polled();
+        metrics.update_content_sent(42);
+        metrics.update_reported(UpdateOutcome::RolledBack);
         let fleet = FleetReport {
             generated_at: crate::fleet::Timestamp { utc: String::new(), unix: 0 },
             stale_after_seconds: 0,
@@ -215,6 +257,11 @@ mod tests {
             "logferry_request_duration_seconds_bucket{route=\"/v1/upload\",le=\"+Inf\"} 1",
             "logferry_request_duration_seconds_count{route=\"/v1/upload\"} 1",
             "logferry_devices{state=\"never\"} 0",
+            "logferry_update_polls_total 1",
+            "logferry_update_content_bytes_total 42",
+            "logferry_update_reports_total{outcome=\"rolled_back\"} 1",
+            "logferry_update_reports_total{outcome=\"updated\"} 0",
+            "logferry_devices_update{state=\"behind\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

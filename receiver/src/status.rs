@@ -10,7 +10,10 @@ use actix_web::{HttpResponse, web};
 use logferry_common::{human_bytes, human_duration};
 
 use crate::app::AppState;
-use crate::fleet::{DeviceReport, DeviceState, FleetReport, Timestamp};
+use logferry_common::update::Version;
+
+use crate::fleet::{DeviceReport, DeviceState, FleetReport, Timestamp, UpdateState, UpdateStatus};
+use crate::ids::Device;
 use crate::metrics;
 use crate::store::Store;
 
@@ -24,7 +27,9 @@ const REFRESH_SECS: u32 = 30;
 const PAGE_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'";
 
 fn report<S>(state: &AppState<S>) -> FleetReport {
-    state.fleet.report(&state.ids.current(), SystemTime::now())
+    let published = state.publish.as_ref().map(|publish| move |device: &Device| publish.release_for(device).version());
+    let published = published.as_ref().map(|version| version as &dyn Fn(&Device) -> Version);
+    state.fleet.report(&state.ids.current(), published, SystemTime::now())
 }
 
 pub async fn page<S: Store>(state: web::Data<AppState<S>>) -> HttpResponse {
@@ -59,7 +64,14 @@ small{color:#57606a}
 .badge.never{background:#eaeef2;color:#57606a}
 tr.stale td{background:#fff5f5}
 tr.stale td:first-child{box-shadow:inset 4px 0 #cf222e}
-.rejection,.clock{color:#9a6700}
+.badge.current{background:#dafbe1;color:#116329}
+.badge.behind{background:#fff8c5;color:#7d4e00}
+.badge.rolled_back,.badge.failed{background:#ffebe9;color:#a40e26}
+.badge.unknown{background:#eaeef2;color:#57606a}
+tr.update-behind:not(.stale) td{background:#fffbea}
+tr.update-rolled_back:not(.stale) td,tr.update-failed:not(.stale) td{background:#fff5f5}
+tr.update-rolled_back:not(.stale) td:first-child,tr.update-failed:not(.stale) td:first-child{box-shadow:inset 4px 0 #bf8700}
+.rejection,.clock,.reason{color:#9a6700}
 td.wraps{white-space:normal;min-width:11em}
 ";
 
@@ -88,13 +100,13 @@ pub fn render_page(report: &FleetReport) -> String {
     html.push_str(
         "<table id=\"devices\"><thead><tr><th>Device</th><th>ID</th><th>Status</th><th>Last upload</th><th>Last address</th>\
          <th class=\"num\">Files</th><th class=\"num\">Bytes</th><th class=\"num\">Files 24 h</th>\
-         <th class=\"num\">Bytes 24 h</th><th>Last rejection</th></tr></thead><tbody>\n",
+         <th class=\"num\">Bytes 24 h</th><th>Last rejection</th><th>Release</th><th>Last update</th></tr></thead><tbody>\n",
     );
     for device in &report.devices {
         device_row(&mut html, device);
     }
     if report.devices.is_empty() {
-        html.push_str("<tr><td colspan=\"10\">No devices are listed yet: add one with <code>receiver add-device</code>.</td></tr>\n");
+        html.push_str("<tr><td colspan=\"12\">No devices are listed yet: add one with <code>receiver add-device</code>.</td></tr>\n");
     }
     html.push_str(
         "</tbody></table>\n<h2>Recent uploads</h2>\n<table id=\"recent\"><thead><tr><th>When</th><th>Device</th>\
@@ -155,11 +167,25 @@ fn device_row(html: &mut String, device: &DeviceReport) {
         ),
         _ => String::new(),
     };
+    // The update marks go on the row only when releases are published, so
+    // a receiver that publishes nothing renders its rows as before.
+    let (update_class, update_data) = match &device.update {
+        Some(update) => {
+            let name = update.state.as_str();
+            (format!(" update-{name}"), format!(" data-update=\"{name}\""))
+        }
+        None => (String::new(), String::new()),
+    };
+    let (release, last_update) = device.update.as_ref().map_or_else(
+        || ("&mdash;".to_owned(), "&mdash;".to_owned()),
+        |update| (release_cell(update), last_update_cell(update)),
+    );
     let _ = writeln!(
         html,
-        "<tr class=\"{state}\" data-state=\"{state}\" data-device=\"{id}\"><td>{label}</td><td><code>{id}</code></td>\
+        "<tr class=\"{state}{update_class}\" data-state=\"{state}\" data-device=\"{id}\"{update_data}><td>{label}</td><td><code>{id}</code></td>\
          <td><span class=\"badge {state}\">{badge}</span>{clock}</td><td>{last}</td><td>{address}</td><td class=\"num\">{}</td>\
-         <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"wraps\">{rejection}</td></tr>",
+         <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"wraps\">{rejection}</td>\
+         <td>{release}</td><td class=\"wraps\">{last_update}</td></tr>",
         device.files,
         human_bytes(device.bytes),
         device.files_24h,
@@ -167,6 +193,52 @@ fn device_row(html: &mut String, device: &DeviceReport) {
         id = escape(&device.device),
         label = escape(device.label.as_deref().unwrap_or("(no label)")),
     );
+}
+
+/// The state's badge over the short version the device runs, and the one
+/// it should run when that differs.
+fn release_cell(update: &UpdateStatus) -> String {
+    let state = update.state.as_str();
+    // Before its first poll nothing is known of what a device runs; after
+    // one, no version means it runs none yet.
+    let nothing = if update.state == UpdateState::Unknown { "not polled yet" } else { "none" };
+    let short = |version: Option<Version>| version.map_or_else(|| nothing.to_owned(), |v| v.short());
+    let mut cell = format!(
+        "<span class=\"badge {state}\">{}</span><br><code title=\"{}\">{}</code>",
+        state.replace('_', " "),
+        escape(&update.current_version.map(|v| v.to_string()).unwrap_or_default()),
+        short(update.current_version),
+    );
+    if update.state != UpdateState::Current {
+        let _ = write!(
+            cell,
+            " &rarr; <code title=\"{}\">{}</code>",
+            escape(&update.published_version.map(|v| v.to_string()).unwrap_or_default()),
+            short(update.published_version)
+        );
+    }
+    cell
+}
+
+/// The last reported attempt: outcome, version, when, and why (a device's
+/// words, escaped).
+fn last_update_cell(update: &UpdateStatus) -> String {
+    match (update.last_outcome, update.last_version, &update.last_at) {
+        (Some(outcome), Some(version), Some(at)) => {
+            let reason = update
+                .last_reason
+                .as_deref()
+                .map(|reason| format!("<br><small class=\"reason\">{}</small>", escape(reason)))
+                .unwrap_or_default();
+            format!(
+                "{} <code>{}</code><br><small>{}</small>{reason}",
+                escape(&outcome.as_str().replace('_', " ")),
+                version.short(),
+                when(at),
+            )
+        }
+        _ => "&mdash;".to_owned(),
+    }
 }
 
 /// `2026-11-24T09:05:13Z` → `2026-11-24 09:05:13 UTC`.

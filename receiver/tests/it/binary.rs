@@ -6,7 +6,9 @@ use std::process::{Child, Command, Output, Stdio};
 
 use crate::harness::{DEVICE, authorization, claim, device, now, upload_form};
 
-fn receiver(dir: &Path, args: &[&str]) -> Command {
+/// The `receiver` binary in `dir`, with none of the settings the
+/// environment could give it.
+pub fn receiver(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_receiver"));
     command
         .args(args)
@@ -14,7 +16,9 @@ fn receiver(dir: &Path, args: &[&str]) -> Command {
         .env_remove("LOGFERRY_IDS")
         .env_remove("LOGFERRY_STORE")
         .env_remove("LOGFERRY_PORT")
-        .env_remove("LOGFERRY_BIND");
+        .env_remove("LOGFERRY_BIND")
+        .env_remove("LOGFERRY_PUBLISH")
+        .env_remove("LOGFERRY_PUBLISH_SETTLE");
     command
 }
 
@@ -129,7 +133,12 @@ fn help_documents_every_option_and_its_environment_variable() {
         "--trusted-proxies",
         "LOGFERRY_TRUSTED_PROXIES",
         "--log-format",
+        "--publish",
+        "LOGFERRY_PUBLISH",
+        "--publish-settle",
+        "LOGFERRY_PUBLISH_SETTLE",
         "add-device",
+        "publish",
     ] {
         assert!(help.contains(expected), "--help lacks {expected}:\n{help}");
     }

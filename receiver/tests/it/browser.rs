@@ -1,5 +1,6 @@
 //! The status page in a real browser: headless Chromium loads it from an
-//! in-process receiver after uploads from two devices, and the test reads
+//! in-process receiver after uploads from two devices and update polls
+//! and reports from three, and the test reads
 //! the DOM the browser built and keeps a screenshot
 //! (`target/tmp/status-page.png`; docs/status-page.png is a copy of it).
 
@@ -10,9 +11,11 @@ use std::time::{Duration, Instant};
 use logferry_common::DeviceId;
 use logferry_common::signing::SignedRequest;
 use logferry_common::wire::endpoint;
+use serde_json::json;
 
 use crate::harness::*;
 use crate::status::{SPARE, fleet_with_a_quiet_device};
+use crate::updates::{SETTLE, poll, put, release_listing, signed_json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// A bound on one browser run, so a hung browser fails the test instead of
@@ -86,8 +89,17 @@ async fn the_status_page_in_a_real_browser_lists_every_device_and_marks_the_quie
     fleet_with_a_quiet_device(&h);
     let ids = std::fs::read_to_string(h.ids_file()).expect("ids");
     std::fs::write(h.ids_file(), format!("{ids}{GREENHOUSE}  greenhouse-3\n")).expect("ids");
-    h.restart();
+    put(&h, "all/main.py", b"print('v2')\n", 0o644);
+    h.publish_with_settle(SETTLE);
     let greenhouse: DeviceId = GREENHOUSE.parse().expect("valid");
+    // bench-pi runs the release, cold-room runs none yet, greenhouse-3's
+    // hook failed on it; spare-pi never asked.
+    let (version, _) = release_listing(&h, &device(), &["main.py"]).await;
+    poll(&h, &device(), Some(version)).await;
+    poll(&h, &stranger(), None).await;
+    let report = json!({"version": version, "outcome": "rolled_back", "reason": "hook <exited> 3"});
+    let report = serde_json::to_vec(&report).expect("JSON");
+    assert_eq!(signed_json(&h, &greenhouse, endpoint::UPDATE_REPORT, &report).await.0, 200);
     for (id, path, content) in [
         (&device(), "2026-11-24/temperature.csv", &b"time,celsius\n09:00,21.5\n"[..]),
         (&device(), "2026-11-24/humidity.csv", b"time,percent\n09:00,40\n"),
@@ -136,10 +148,23 @@ async fn the_status_page_in_a_real_browser_lists_every_device_and_marks_the_quie
     assert!(find("greenhouse-3").contains("clock 3 h behind"), "its clock offset: {}", find("greenhouse-3"));
     assert!(!find("bench-pi").contains("clock "), "no offset where none was seen");
     assert_eq!(rows(&dom, "recent").len(), 5, "four uploads and the older stored file");
+    assert!(dom.contains("<th>Release</th><th>Last update</th>"), "the update columns: {dom}");
+    for (label, update) in
+        [("cold-room", "behind"), ("spare-pi", "unknown"), ("bench-pi", "current"), ("greenhouse-3", "rolled_back")]
+    {
+        let row = find(label);
+        let marked = row.contains(&format!("data-update=\"{update}\"")) && row.contains(&format!("update-{update}"));
+        assert!(marked, "{label}: {row}");
+        assert!(row.contains(&format!("class=\"badge {update}\">{}<", update.replace('_', " "))), "{label}: {row}");
+    }
+    assert!(find("bench-pi").contains(&version.short()), "the version it runs");
+    assert!(
+        find("greenhouse-3").contains("rolled back <code>") && find("greenhouse-3").contains("hook &lt;exited&gt; 3")
+    );
 
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let _ = std::fs::remove_file(&shot);
-    chromium(&url, &[&format!("--screenshot={}", shot.display()), "--window-size=1280,640", "--hide-scrollbars"]);
+    chromium(&url, &[&format!("--screenshot={}", shot.display()), "--window-size=1760,640", "--hide-scrollbars"]);
     let png = std::fs::read(&shot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "a real screenshot: {} bytes", png.len());
 }

@@ -11,7 +11,7 @@ use logferry_common::signing::{SignedFields, SignedRequest, UploadClaim};
 use logferry_common::wire::endpoint;
 use logferry_common::{DeviceId, DeviceKey, RelPath, Sha256Digest};
 use logferry_receiver::store::s3::{S3Settings, parse_store_url};
-use logferry_receiver::{BackgroundReceiver, Config, Limits, StoreLocation, TrustedProxies};
+use logferry_receiver::{BackgroundReceiver, Config, Limits, Publish, StoreLocation, TrustedProxies};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -130,6 +130,7 @@ pub struct Harness {
     backend: Backend,
     fleet_refresh: Option<Duration>,
     trusted_proxies: TrustedProxies,
+    publish: Option<Publish>,
     pub http: reqwest::Client,
 }
 
@@ -164,6 +165,7 @@ impl Harness {
             backend,
             fleet_refresh: None,
             trusted_proxies: TrustedProxies::default(),
+            publish: None,
             http: reqwest::Client::new(),
         };
         harness.restart();
@@ -183,7 +185,20 @@ impl Harness {
             stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
             fleet_refresh: self.fleet_refresh,
             trusted_proxies: self.trusted_proxies.clone(),
+            publish: self.publish.clone(),
         }
+    }
+
+    /// Restarts the receiver so that it, and those started after, publish
+    /// releases from `<dir>/publish`, taking a tree once it was still for
+    /// `settle`.
+    pub fn publish_with_settle(&mut self, settle: Duration) {
+        self.publish = Some(Publish { dir: self.publish_dir(), settle });
+        self.restart();
+    }
+
+    pub fn publish_dir(&self) -> PathBuf {
+        self.dir.path().join("publish")
     }
 
     /// Restarts the receiver so that it, and those started after, take the

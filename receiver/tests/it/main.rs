@@ -14,3 +14,4 @@ mod prometheus;
 mod proxies;
 mod status;
 mod store;
+mod updates;

@@ -447,6 +447,7 @@ async fn a_bucket_that_refuses_the_key_stops_start_up() {
         stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
         fleet_refresh: None,
         trusted_proxies: Default::default(),
+        publish: None,
     };
     std::fs::write(&config.ids_file, format!("{DEVICE}\n")).expect("ids");
     let err = logferry_receiver::open(&config).expect_err("a wrong secret is refused at start");

@@ -46,6 +46,7 @@ impl Harness {
             stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
             fleet_refresh: None,
             trusted_proxies: Default::default(),
+            publish: None,
         };
         adjust(dir.path(), &mut config);
         let ready = logferry_receiver::open(&config).expect("receiver opens");
