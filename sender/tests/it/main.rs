@@ -15,3 +15,4 @@ mod proxy;
 mod refusals;
 mod runs;
 mod tls;
+mod updates;

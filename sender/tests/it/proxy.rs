@@ -46,10 +46,8 @@ pub enum Fault {
     /// The first content answer (`GET /v1/update/content/…`, 200 or 206)
     /// through the proxy is cut after this many bytes of its body; every
     /// other passes.
-    #[expect(dead_code, reason = "for updates.rs, registered once the receiver publishes (branch update-receiver)")]
     CutFirstContentAfter(u64),
     /// Every content answer passes with the first byte of its body changed.
-    #[expect(dead_code, reason = "for updates.rs, registered once the receiver publishes (branch update-receiver)")]
     FlipContentByte,
 }
 

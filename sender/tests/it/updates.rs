@@ -12,6 +12,8 @@ use logferry_common::update::{Manifest, ManifestEntry, Version};
 use logferry_common::{RelPath, Sha256Digest};
 use serde_json::Value;
 
+use logferry_receiver::Publish;
+
 use crate::harness::*;
 use crate::proxy::{Fault, FaultProxy};
 
@@ -25,8 +27,7 @@ type Published<'a> = (&'a str, &'a [u8], u32);
 /// A receiver publishing `publish/` (settling at once), and the harness's device.
 fn start() -> Harness {
     Harness::start_with(|dir, config| {
-        config.publish = Some(dir.join("publish"));
-        config.publish_settle = Duration::ZERO;
+        config.publish = Some(Publish { dir: dir.join("publish"), settle: Duration::ZERO });
     })
 }
 
@@ -88,7 +89,8 @@ fn run_update(h: &Harness, host: &str, extra: &[&str]) -> (Run, Value) {
 
 /// Every file of `DIR/current` with its content and mode, sorted.
 fn current_files(h: &Harness) -> Vec<(String, Vec<u8>, u32)> {
-    let current = update_dir(h).join("current");
+    // The release it links to: the walk does not follow the link itself.
+    let current = update_dir(h).join("current").canonicalize().expect("a release is current");
     files(&current)
         .into_iter()
         .map(|name| {
@@ -142,7 +144,10 @@ fn a_device_gets_exactly_its_files_and_modes_with_its_label_laid_over_all() {
     let link = std::fs::read_link(update_dir(&h).join("current")).expect("a link");
     assert_eq!(link, Path::new("releases").join(version.to_string()), "relative, into releases/");
     let view = fleet_view(&h);
-    assert_eq!((view["current_version"].as_str(), view["state"].as_str()), (Some(&*version.to_string()), Some("current")));
+    assert_eq!(
+        (view["current_version"].as_str(), view["state"].as_str()),
+        (Some(&*version.to_string()), Some("current"))
+    );
     assert_eq!(view["last_outcome"], "updated", "{view}");
 }
 
@@ -160,7 +165,8 @@ fn one_changed_file_fetches_only_that_file_and_no_change_only_the_poll() {
     assert_eq!(count(&counts.content_requests), 3);
     assert_eq!(count(&counts.content_bytes), 200_000 + 3 + 3);
 
-    let second: &[Published<'_>] = &[("a.bin", &big, 0o644), ("b.txt", b"b2 changed\n", 0o644), ("c.txt", b"c1\n", 0o644)];
+    let second: &[Published<'_>] =
+        &[("a.bin", &big, 0o644), ("b.txt", b"b2 changed\n", 0o644), ("c.txt", b"c1\n", 0o644)];
     publish(&h, "all", &second[1..2]);
     wait_published(&h, version_of(second));
     let (run, update) = run_update(&h, &proxy.address, &[]);
@@ -252,6 +258,36 @@ fn a_hook_that_hangs_is_killed_and_the_first_release_is_taken_back() {
 }
 
 #[test]
+fn a_run_that_dies_while_its_hook_runs_is_rolled_back_by_the_next_one() {
+    let h = start();
+    let hook = logging_hook(&h);
+    let one: &[Published<'_>] = &[("main.py", b"print('one')\n", 0o644)];
+    publish(&h, "all", one);
+    wait_published(&h, version_of(one));
+    std::fs::write(h.path("hook-ok"), b"").expect("ok");
+    let (run, _) = run_update(&h, &h.host(), &["--on-update", &hook]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let two: &[Published<'_>] = &[("main.py", b"print('two')\n", 0o644)];
+    publish(&h, "all", two);
+    wait_published(&h, version_of(two));
+    // The hook kills the sender that runs it, as a power cut would.
+    let dir = update_dir(&h).display().to_string();
+    let run = h.send_to(&h.host(), &["--update-dir", &dir, "--on-update", "kill -KILL $PPID"]);
+    assert_eq!(run.code, None, "killed: {run:?}");
+    assert_eq!(current_files(&h), owned(two), "the unconfirmed release is current");
+
+    let (run, update) = run_update(&h, &h.host(), &["--on-update", &hook]);
+    assert_eq!((run.code, update["outcome"].as_str()), (Some(UPDATE_FAILED), Some("rolled_back")), "{run:?}");
+    assert!(update["reason"].as_str().expect("reason").contains("stopped before the hook"), "{update}");
+    assert_eq!(current_files(&h), owned(one), "back on the confirmed release");
+    let (v1, v2) = (version_of(one), version_of(two));
+    assert_eq!(hook_log(&h)[1..], [format!("rollback {v1} {v2}")]);
+    assert_eq!(fleet_view(&h)["last_outcome"], "rolled_back");
+    let (run, update) = run_update(&h, &h.host(), &["--on-update", &hook]);
+    assert_eq!((run.code, update["outcome"].as_str()), (Some(0), Some("held_back")), "{run:?}");
+}
+
+#[test]
 fn a_download_cut_mid_way_resumes_from_partial_on_the_next_run() {
     let h = start();
     let big = content(7, 3 << 20);
@@ -279,9 +315,9 @@ fn a_download_cut_mid_way_resumes_from_partial_on_the_next_run() {
 #[test]
 fn content_that_does_not_match_its_manifest_is_never_switched_in() {
     let h = start();
-    let files: &[Published<'_>] = &[("a.txt", b"the real content\n", 0o644), ("b.txt", b"more\n", 0o644)];
-    publish(&h, "all", files);
-    wait_published(&h, version_of(files));
+    let release: &[Published<'_>] = &[("a.txt", b"the real content\n", 0o644), ("b.txt", b"more\n", 0o644)];
+    publish(&h, "all", release);
+    wait_published(&h, version_of(release));
     let proxy = FaultProxy::start(h.host(), |_| Fault::FlipContentByte);
     let (run, update) = run_update(&h, &proxy.address, &[]);
     assert_eq!((run.code, update["outcome"].as_str()), (Some(UPDATE_FAILED), Some("failed")), "{run:?}");
@@ -292,7 +328,7 @@ fn content_that_does_not_match_its_manifest_is_never_switched_in() {
 
     let (run, update) = run_update(&h, &h.host(), &[]);
     assert_eq!((run.code, update["outcome"].as_str()), (Some(0), Some("updated")), "{run:?}");
-    assert_eq!(current_files(&h), owned(files));
+    assert_eq!(current_files(&h), owned(release));
 }
 
 #[test]
