@@ -306,7 +306,8 @@ fn place(dir: Option<&std::path::Path>, src: &std::path::Path, to: &str) -> anyh
             file.mode
         );
     }
-    eprintln!("Placed {} files for {to}; the receiver publishes them once the folder has settled.", placed.len());
+    let files = if placed.len() == 1 { "1 file" } else { &format!("{} files", placed.len()) };
+    eprintln!("Placed {files} for {to}; the receiver publishes the folder once it has settled.");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -98,8 +98,8 @@ impl fmt::Display for UpdateSummary {
             RunOutcome::HeldBack => write!(f, "{version} held back: {reason}"),
             RunOutcome::Updated => write!(
                 f,
-                "updated from {previous} to {version} ({} files, {} fetched)",
-                self.fetched_files,
+                "updated from {previous} to {version} ({} fetched, {})",
+                count(self.fetched_files, "file"),
                 human_bytes(self.fetched_bytes)
             ),
             RunOutcome::RolledBack => write!(f, "{version} rolled back to {previous}: {reason}"),
@@ -107,6 +107,11 @@ impl fmt::Display for UpdateSummary {
             RunOutcome::Failed => write!(f, "failed: {reason}"),
         }
     }
+}
+
+/// `1 file`, `2 files`.
+fn count(n: u64, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
 }
 
 /// The summary as `--json` prints it.
@@ -267,7 +272,7 @@ mod tests {
         assert_eq!(
             summary.to_string(),
             "logferry: 0 sent (0 B), 0 already stored, 0 failed; update: updated from abababababab to cdcdcdcdcdcd \
-             (2 files, 3.0 KiB fetched), in 0.0 s"
+             (2 files fetched, 3.0 KiB), in 0.0 s"
         );
         let json: serde_json::Value = serde_json::from_str(&summary.to_json(0, None)).expect("JSON");
         assert_eq!(json["update"]["outcome"], "updated");

@@ -22,4 +22,8 @@ fn the_readme_demo_delivers_everything_and_verifies_it() {
     assert_eq!(stdout.matches(": OK").count(), 7, "{context}");
     assert!(!stdout.contains("FAILED"), "{context}");
     assert!(stdout.contains("7 sent"), "{context}");
+    // The published script reached the device's current release, and its
+    // hook ran there (a hook's output goes to stderr, beside the sender's).
+    assert!(stderr.contains("hook: switched to") && stderr.contains("sensor script v2"), "{context}");
+    assert!(stdout.contains("app/current/main.py"), "{context}");
 }

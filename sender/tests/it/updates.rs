@@ -125,12 +125,22 @@ fn releases(h: &Harness) -> Vec<String> {
 fn a_device_gets_exactly_its_files_and_modes_with_its_label_laid_over_all() {
     let h = start();
     publish(&h, "all", &[("app.conf", b"x=1\n", 0o644), ("bin/run.sh", b"#!/bin/sh\necho all\n", 0o755)]);
-    publish(&h, LABEL, &[("app.conf", b"x=greenhouse\n", 0o600), ("sensors/main.py", b"print(1)\n", 0o640)]);
+    // A set-uid bit is published as the permission bits alone; an empty file is a file too.
+    publish(
+        &h,
+        LABEL,
+        &[
+            ("app.conf", b"x=greenhouse\n", 0o600),
+            ("sensors/main.py", b"print(1)\n", 0o4750),
+            ("sensors/.keep", b"", 0o644),
+        ],
+    );
     publish(&h, "other-label", &[("secret.txt", b"not for this device\n", 0o644)]);
     let expected: &[Published<'_>] = &[
         ("app.conf", b"x=greenhouse\n", 0o600),
         ("bin/run.sh", b"#!/bin/sh\necho all\n", 0o755),
-        ("sensors/main.py", b"print(1)\n", 0o640),
+        ("sensors/.keep", b"", 0o644),
+        ("sensors/main.py", b"print(1)\n", 0o750),
     ];
     let version = version_of(expected);
     wait_published(&h, version);
@@ -139,7 +149,7 @@ fn a_device_gets_exactly_its_files_and_modes_with_its_label_laid_over_all() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(update["outcome"], "updated", "{run:?}");
     assert_eq!(update["version"], version.to_string());
-    assert_eq!((update["fetched_files"].as_u64(), update["previous"].is_null()), (Some(3), true), "{update}");
+    assert_eq!((update["fetched_files"].as_u64(), update["previous"].is_null()), (Some(4), true), "{update}");
     assert_eq!(current_files(&h), owned(expected), "the label's file wins; another label's never comes");
     let link = std::fs::read_link(update_dir(&h).join("current")).expect("a link");
     assert_eq!(link, Path::new("releases").join(version.to_string()), "relative, into releases/");
@@ -196,20 +206,29 @@ fn logging_hook(h: &Harness) -> String {
     )
 }
 
+const FIRST_RELEASE: &[Published<'_>] = &[("main.py", b"print('one')\n", 0o644)];
+
+/// A device updated to [`FIRST_RELEASE`] by a run whose [`logging_hook`]
+/// succeeded, and that hook.
+fn first_release_with_logging_hook() -> (Harness, String) {
+    let h = start();
+    let hook = logging_hook(&h);
+    publish(&h, "all", FIRST_RELEASE);
+    wait_published(&h, version_of(FIRST_RELEASE));
+    std::fs::write(h.path("hook-ok"), b"").expect("ok");
+    let (run, update) = run_update(&h, &h.host(), &["--on-update", &hook]);
+    assert_eq!((run.code, update["outcome"].as_str()), (Some(0), Some("updated")), "{run:?}");
+    (h, hook)
+}
+
 fn hook_log(h: &Harness) -> Vec<String> {
     std::fs::read_to_string(h.path("hook.log")).unwrap_or_default().lines().map(str::to_owned).collect()
 }
 
 #[test]
 fn a_failing_hook_rolls_back_is_reported_and_that_version_is_not_tried_again() {
-    let h = start();
-    let hook = logging_hook(&h);
-    let one: &[Published<'_>] = &[("main.py", b"print('one')\n", 0o644)];
-    publish(&h, "all", one);
-    wait_published(&h, version_of(one));
-    std::fs::write(h.path("hook-ok"), b"").expect("ok");
-    let (run, update) = run_update(&h, &h.host(), &["--on-update", &hook]);
-    assert_eq!((run.code, update["outcome"].as_str()), (Some(0), Some("updated")), "{run:?}");
+    let (h, hook) = first_release_with_logging_hook();
+    let one = FIRST_RELEASE;
     let (v1, v2) = (version_of(one), version_of(&[("main.py", b"print('two')\n", 0o644)]));
     assert_eq!(hook_log(&h), [format!("apply {v1} ")]);
 
@@ -259,14 +278,8 @@ fn a_hook_that_hangs_is_killed_and_the_first_release_is_taken_back() {
 
 #[test]
 fn a_run_that_dies_while_its_hook_runs_is_rolled_back_by_the_next_one() {
-    let h = start();
-    let hook = logging_hook(&h);
-    let one: &[Published<'_>] = &[("main.py", b"print('one')\n", 0o644)];
-    publish(&h, "all", one);
-    wait_published(&h, version_of(one));
-    std::fs::write(h.path("hook-ok"), b"").expect("ok");
-    let (run, _) = run_update(&h, &h.host(), &["--on-update", &hook]);
-    assert_eq!(run.code, Some(0), "{run:?}");
+    let (h, hook) = first_release_with_logging_hook();
+    let one = FIRST_RELEASE;
     let two: &[Published<'_>] = &[("main.py", b"print('two')\n", 0o644)];
     publish(&h, "all", two);
     wait_published(&h, version_of(two));
