@@ -41,6 +41,7 @@ for target in "${targets[@]}"; do
             limits::a_busy_receiver_is_waited_for_and_retried
             refusals::a_signed_refusal_from_the_receiver_is_a_verdict_and_not_retried
             tls::delivers_over_https_when_the_receivers_ca_is_pinned
+            updates::a_failing_hook_rolls_back_is_reported_and_that_version_is_not_tried_again
         )
     fi
     LOGFERRY_TEST_SENDER="$emulator target/$target/debug/sender" \

@@ -127,12 +127,14 @@ pub fn dry_run(config: &Config) -> Outcome {
 pub const LOCK_FILE: &str = ".logferry-sender.lock";
 
 /// Delivers the files, then, once the receiver has accepted the device,
-/// updates it however the uploads went.
+/// updates it however the uploads went, unless the receiver was lost on
+/// the way: asking it again would only add a second round of retries.
 async fn deliver_all(config: &Config, summary: &mut Summary) -> Result<(), Fatal> {
     let _lock = lock(config)?;
     let client = connect(config, summary).await?;
     let uploaded = upload_all(&client, config, summary).await;
-    if let Some(update) = &config.update {
+    let receiver_lost = matches!(uploaded, Err(Fatal::Unreachable(_) | Fatal::AuthFailed(_) | Fatal::Tls(_)));
+    if let Some(update) = config.update.as_ref().filter(|_| !receiver_lost) {
         summary.update = Some(update::update(&client, update).await);
     }
     uploaded
