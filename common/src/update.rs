@@ -239,6 +239,16 @@ pub struct UpdateReport {
 /// Longest report reason the receiver keeps, in bytes.
 pub const MAX_REASON_BYTES: usize = 500;
 
+/// `reason` cut at a character boundary to at most [`MAX_REASON_BYTES`]:
+/// what a sender sends and a receiver keeps.
+pub fn bounded_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_REASON_BYTES);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,6 +318,14 @@ mod tests {
         assert!(parse("bin/run.sh", 0o2755).is_err(), "set-gid");
         let json = serde_json::to_string(&entry("a b.txt", b"", 0o600)).expect("json");
         assert_eq!(json, format!(r#"{{"path":"a b.txt","size":0,"sha256":"{sha}","mode":384}}"#));
+    }
+
+    #[test]
+    fn reasons_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let cut = bounded_reason(&long);
+        assert!(cut.len() <= MAX_REASON_BYTES && cut.len() >= MAX_REASON_BYTES - 1, "{}", cut.len());
+        assert_eq!(bounded_reason("short"), "short");
     }
 
     #[test]

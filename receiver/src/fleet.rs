@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use logferry_common::update::{MAX_REASON_BYTES, UpdateOutcome, UpdateReport, Version};
+use logferry_common::update::{UpdateOutcome, UpdateReport, Version, bounded_reason};
 use logferry_common::wire::{ErrorCode, UploadOutcome, UploadReceipt};
 use serde::Serialize;
 
@@ -80,7 +80,7 @@ impl UpdateRecord {
         };
         UpdateStatus {
             current_version: self.current.flatten(),
-            published_version: Some(published),
+            published_version: published,
             state,
             last_outcome: self.last.as_ref().map(|last| last.outcome),
             last_version: self.last.as_ref().map(|last| last.version),
@@ -242,13 +242,7 @@ impl FleetStatus {
     /// Keeps a device's report of an attempt (its reason cut to
     /// [`MAX_REASON_BYTES`]); an `updated` one also says what it runs now.
     pub fn record_report(&self, device: &Device, report: &UpdateReport, at: SystemTime) {
-        let reason = report.reason.as_deref().map(|reason| {
-            let mut end = reason.len().min(MAX_REASON_BYTES);
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason[..end].to_owned()
-        });
+        let reason = report.reason.as_deref().map(|reason| bounded_reason(reason).to_owned());
         let mut state = self.state();
         let update = &mut state.devices.entry(device.id.reveal().to_owned()).or_default().update;
         if report.outcome == UpdateOutcome::Updated {
@@ -408,7 +402,8 @@ impl UpdateState {
 #[derive(Debug, Clone, Serialize)]
 pub struct UpdateStatus {
     pub current_version: Option<Version>,
-    pub published_version: Option<Version>,
+    /// Always known: an `UpdateStatus` exists only when releases are published.
+    pub published_version: Version,
     pub state: UpdateState,
     pub last_outcome: Option<UpdateOutcome>,
     pub last_version: Option<Version>,
@@ -483,6 +478,7 @@ pub struct RecentReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use logferry_common::update::MAX_REASON_BYTES;
     use logferry_common::{DeviceId, RelPath, Sha256Digest};
 
     const HOUR: Duration = Duration::from_secs(3600);

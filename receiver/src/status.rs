@@ -213,8 +213,8 @@ fn release_cell(update: &UpdateStatus) -> String {
         let _ = write!(
             cell,
             " &rarr; <code title=\"{}\">{}</code>",
-            escape(&update.published_version.map(|v| v.to_string()).unwrap_or_default()),
-            short(update.published_version)
+            update.published_version,
+            update.published_version.short()
         );
     }
     cell

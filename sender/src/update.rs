@@ -24,7 +24,7 @@ use std::time::Duration;
 use logferry_common::digest::HASH_BUFFER_SIZE;
 use logferry_common::durable::{create_dirs, holds_exactly, sync_dir};
 use logferry_common::update::{
-    MAX_REASON_BYTES, MODE_MASK, Manifest, ManifestEntry, ManifestError, UpdateOutcome, UpdateReport, Version,
+    MODE_MASK, Manifest, ManifestEntry, ManifestError, UpdateOutcome, UpdateReport, Version, bounded_reason,
 };
 use logferry_common::{RelPath, Sha256Digest, Sha256Hasher};
 use rustix::fs::{Mode, OFlags, openat};
@@ -592,7 +592,11 @@ pub async fn update(client: &Client, config: &UpdateConfig) -> UpdateSummary {
     }
     // Without a version the receiver never answered the poll: nothing to report.
     if let (Some(version), Some(outcome)) = (summary.version, reported_outcome(summary.outcome)) {
-        let report = UpdateReport { version, outcome, reason: summary.reason.as_deref().map(bounded_reason) };
+        let report = UpdateReport {
+            version,
+            outcome,
+            reason: summary.reason.as_deref().map(|reason| bounded_reason(reason).to_owned()),
+        };
         if let Err(err) = client.report(&report).await {
             eprintln!("sender: update: cannot report {} to the receiver: {err}", outcome.as_str());
         }
@@ -608,15 +612,6 @@ fn reported_outcome(outcome: RunOutcome) -> Option<UpdateOutcome> {
         RunOutcome::Failed => Some(UpdateOutcome::Failed),
         RunOutcome::NothingPublished | RunOutcome::UpToDate | RunOutcome::HeldBack => None,
     }
-}
-
-/// `reason` cut at a character boundary to what the receiver keeps.
-fn bounded_reason(reason: &str) -> String {
-    let mut end = reason.len().min(MAX_REASON_BYTES);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    reason[..end].to_owned()
 }
 
 async fn attempt(
@@ -943,13 +938,5 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         std::thread::sleep(Duration::from_millis(2500));
         assert!(!marker.exists(), "the hook's own child was killed with it");
-    }
-
-    #[test]
-    fn reasons_are_cut_at_a_character_boundary() {
-        let long = "é".repeat(MAX_REASON_BYTES);
-        let cut = bounded_reason(&long);
-        assert!(cut.len() <= MAX_REASON_BYTES && cut.len() >= MAX_REASON_BYTES - 1, "{}", cut.len());
-        assert_eq!(bounded_reason("short"), "short");
     }
 }
