@@ -23,6 +23,10 @@ pub mod endpoint {
     /// many of the file's bytes the receiver already holds from a cut-off
     /// upload of it, so that the next one continues from there.
     pub const UPLOAD_OFFSET: &str = "/v1/upload/offset";
+    /// `POST`, signed: several small files in one request, their manifest
+    /// first ([`BatchManifest`](super::BatchManifest)), then each file's
+    /// bytes as a `file` part, in the manifest's order.
+    pub const UPLOAD_BATCH: &str = "/v1/upload/batch";
     /// `POST`, signed, JSON [`ManifestRequest`](crate::update::ManifestRequest):
     /// which release is published for this device.
     pub const UPDATE_MANIFEST: &str = "/v1/update/manifest";
@@ -54,6 +58,53 @@ pub mod field {
     /// Last, so the receiver knows what to expect before the first byte.
     pub const FILE: &str = "file";
     pub const ORDER: [&str; 6] = [PATH, SHA256, SIZE, OFFSET, ENCODING, FILE];
+    /// First field of a batch: its [`BatchManifest`](super::BatchManifest)
+    /// as JSON, whose SHA-256 and length are signed.
+    pub const MANIFEST: &str = "manifest";
+}
+
+/// Files up to this size may travel in a batch: one compression block
+/// each, held whole in memory on both sides.
+pub const BATCH_FILE_MAX: u64 = 128 * 1024;
+/// Most files in one batch.
+pub const BATCH_MAX_FILES: usize = 64;
+/// Most bytes (the files' declared sizes summed) in one batch: what the
+/// receiver holds in memory for it.
+pub const BATCH_MAX_BYTES: u64 = 1 << 20;
+
+/// What a batch declares, signed as a whole (its SHA-256 and length, like a
+/// JSON request body), before any file's bytes are read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchManifest {
+    pub files: Vec<BatchEntry>,
+}
+
+/// One file of a batch, as an upload's head declares one: the fields as
+/// text, judged by the receiver by the same rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchEntry {
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+    /// The file part's encoding; absent: the bytes as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Encoding>,
+}
+
+/// Body of the 200 answer to a batch: one result per manifest entry, in
+/// its order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchReceipt {
+    pub results: Vec<BatchResult>,
+}
+
+/// What became of one file of a batch: a receipt as a single upload's, or
+/// the refusal a single upload would have had.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchResult {
+    Delivered(UploadReceipt),
+    Refused(ErrorBody),
 }
 
 /// Files at least this big are resumable: a receiver that offers resuming
@@ -119,6 +170,9 @@ pub struct AuthCheckReply {
     /// least [`RESUMABLE_MIN_SIZE`]) and answers `UPLOAD_OFFSET`.
     #[serde(default)]
     pub resume: bool,
+    /// Whether the receiver takes small files in batches (`UPLOAD_BATCH`).
+    #[serde(default)]
+    pub batch: bool,
 }
 
 /// Body of a 2xx answer to an offset query.
@@ -227,7 +281,7 @@ mod tests {
     #[test]
     fn a_receiver_that_predates_compression_and_resuming_is_offered_neither() {
         let old: AuthCheckReply = serde_json::from_str(r#"{"label":null}"#).expect("valid");
-        assert_eq!(old, AuthCheckReply { label: None, encodings: Vec::new(), resume: false });
+        assert_eq!(old, AuthCheckReply { label: None, encodings: Vec::new(), resume: false, batch: false });
         let newer: AuthCheckReply =
             serde_json::from_str(r#"{"label":"x","encodings":["br","zstd"],"resume":true}"#).expect("valid");
         assert_eq!(newer.encodings, [Encoding::Unknown, Encoding::Zstd]);

@@ -60,6 +60,11 @@ pub fn configure<S: Store>(cfg: &mut web::ServiceConfig, state: web::Data<AppSta
                 .default_service(wrong_method()),
         )
         .service(
+            web::resource(endpoint::UPLOAD_BATCH)
+                .route(web::post().to(handlers::upload_batch::<S>))
+                .default_service(wrong_method()),
+        )
+        .service(
             web::resource(endpoint::UPLOAD_OFFSET)
                 .route(web::post().to(handlers::upload_offset::<S>))
                 .default_service(wrong_method()),

@@ -8,11 +8,14 @@ use std::time::{Instant, SystemTime};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use logferry_common::update::{ManifestReply, ManifestRequest, UpdateOutcome, UpdateReport};
-use logferry_common::wire::{AuthCheckReply, Encoding, Health, PROTOCOL_VERSION, UploadOutcome, endpoint};
+use logferry_common::wire::{
+    AuthCheckReply, Encoding, Health, PROTOCOL_VERSION, UploadOutcome, UploadReceipt, endpoint,
+};
 use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
 use crate::auth::{self, Verified};
+use crate::batch::{self, FileOutcome};
 use crate::client_addr::client_ip;
 use crate::error::ApiError;
 use crate::metrics;
@@ -42,6 +45,7 @@ pub async fn auth_check<S: Store>(req: HttpRequest, state: web::Data<AppState<S>
                 label: verified.device().label.clone(),
                 encodings: vec![Encoding::Zstd],
                 resume: state.store.keeps_partials(),
+                batch: true,
             };
             Ok(verified.answer(StatusCode::OK, &reply))
         }
@@ -69,44 +73,142 @@ pub async fn upload<S: Store>(
     let result = receive(&req, payload, &state, &mut progress).await;
     drop(in_flight);
     let ms = started.elapsed().as_millis() as u64;
-    let masked = progress.verified.as_ref().map(|d| d.id.masked());
-    let device = masked.as_deref().unwrap_or("-");
-    let path = progress.path.as_deref().unwrap_or("-");
-    let (resumed_from, encoding) = (progress.resumed_from, progress.encoding);
-    let shown_client = client_addr.map(|ip| ip.to_string());
-    let client = shown_client.as_deref().unwrap_or("-");
     match result {
         Ok(Stored { verified, receipt }) => {
-            state.metrics.upload_done(receipt.outcome, receipt.size);
-            state.fleet.record_commit(verified.device(), &receipt, client_addr, SystemTime::now());
-            tracing::info!(client, device, path, size = receipt.size, resumed_from, encoding, stored_as = %receipt.stored_as, outcome = metrics::outcome_name(receipt.outcome), ms, "upload");
+            let (resumed_from, encoding) = (progress.resumed_from, progress.encoding);
+            let logged = Logged { client: client_addr, device: &verified, ms };
+            logged.stored(&state, &receipt, &receipt.stored_as, resumed_from, encoding);
             let status = match receipt.outcome {
                 UploadOutcome::Stored => StatusCode::CREATED,
                 UploadOutcome::AlreadyStored => StatusCode::OK,
             };
             Ok(verified.answer(status, &receipt))
         }
-        Err(err) if err.counts_against_client() => {
-            let answer = auth_failed(&state, client_addr, progress.key.as_deref(), err);
-            state.metrics.upload_rejected(answer.code());
-            Err(answer)
-        }
-        Err(err) => {
-            state.metrics.upload_rejected(err.code());
-            // Only a verified device's rejections reach its status: anyone
-            // can send a malformed upload naming someone else's key id.
-            if let Some(signer) = err.signer() {
-                state.fleet.record_rejection(signer.device(), err.code(), err.to_string(), SystemTime::now());
-            }
-            let status = actix_web::ResponseError::status_code(&err).as_u16();
-            if actix_web::ResponseError::status_code(&err).is_server_error() {
-                tracing::error!(client, device, path, size = progress.size, outcome = "failed", status, code = ?err.code(), ms, "upload failed: {err}")
-            } else {
-                tracing::warn!(client, device, path, size = progress.size, resumed_from, encoding, outcome = "rejected", status, code = ?err.code(), ms, "upload rejected: {err}")
-            }
-            Err(err)
-        }
+        Err(err) => Err(upload_refused(&state, client_addr, &progress, err, ms)),
     }
+}
+
+/// Several small files in one request; see [`crate::batch`]. Each file is
+/// logged, counted and recorded as a single upload of it would be.
+pub async fn upload_batch<S: Store>(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState<S>>,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let client_addr = client_ip(&req, &state.trusted_proxies);
+    let in_flight = state.metrics.upload_started();
+    let mut progress = Progress::default();
+    let limits = &state.limits;
+    let result = async {
+        batch::read_head(&req, payload, &state.ids, limits, &mut progress)
+            .await?
+            .verify(limits, &mut progress)?
+            .take_slot(&state.slots)
+            .await?
+            .receive(limits)
+            .await?
+            .commit(&state.store)
+            .await
+    }
+    .await;
+    drop(in_flight);
+    let ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(committed) => {
+            let logged = Logged { client: client_addr, device: &committed.verified, ms };
+            for outcome in &committed.outcomes {
+                match outcome {
+                    FileOutcome::Delivered(receipt) => logged.stored(&state, receipt, &receipt.stored_as, None, None),
+                    FileOutcome::Refused { path, error } => logged.refused(&state, path, error),
+                }
+            }
+            Ok(committed.verified.answer(StatusCode::OK, &committed.receipt()))
+        }
+        Err(err) => Err(upload_refused(&state, client_addr, &progress, err, ms)),
+    }
+}
+
+/// A verified device's upload answered, for its log line and records.
+struct Logged<'a> {
+    client: Option<IpAddr>,
+    device: &'a Verified,
+    ms: u64,
+}
+
+impl Logged<'_> {
+    fn stored<S: Store>(
+        &self,
+        state: &AppState<S>,
+        receipt: &UploadReceipt,
+        stored_as: &str,
+        resumed_from: Option<u64>,
+        encoding: Option<&'static str>,
+    ) {
+        state.metrics.upload_done(receipt.outcome, receipt.size);
+        state.fleet.record_commit(self.device.device(), receipt, self.client, SystemTime::now());
+        let shown_client = self.client.map(|ip| ip.to_string());
+        let client = shown_client.as_deref().unwrap_or("-");
+        let device = self.device.device().id.masked();
+        tracing::info!(
+            client,
+            device,
+            path = stored_as,
+            size = receipt.size,
+            resumed_from,
+            encoding,
+            stored_as,
+            outcome = metrics::outcome_name(receipt.outcome),
+            ms = self.ms,
+            "upload"
+        );
+    }
+
+    /// One file of a batch refused alone.
+    fn refused<S: Store>(&self, state: &AppState<S>, path: &str, err: &ApiError) {
+        state.metrics.upload_rejected(err.code());
+        state.fleet.record_rejection(self.device.device(), err.code(), err.to_string(), SystemTime::now());
+        let shown_client = self.client.map(|ip| ip.to_string());
+        let client = shown_client.as_deref().unwrap_or("-");
+        let device = self.device.device().id.masked();
+        let status = actix_web::ResponseError::status_code(err).as_u16();
+        tracing::warn!(client, device, path, outcome = "rejected", status, code = ?err.code(), ms = self.ms, "upload rejected: {err}");
+    }
+}
+
+/// Counts, records and logs a refused upload (or batch), and gives the
+/// answer: a failed authentication goes to the throttle first.
+fn upload_refused<S: Store>(
+    state: &AppState<S>,
+    client_addr: Option<IpAddr>,
+    progress: &Progress,
+    err: ApiError,
+    ms: u64,
+) -> ApiError {
+    let masked = progress.verified.as_ref().map(|d| d.id.masked());
+    let device = masked.as_deref().unwrap_or("-");
+    let path = progress.path.as_deref().unwrap_or("-");
+    let (resumed_from, encoding) = (progress.resumed_from, progress.encoding);
+    let shown_client = client_addr.map(|ip| ip.to_string());
+    let client = shown_client.as_deref().unwrap_or("-");
+    if err.counts_against_client() {
+        let answer = auth_failed(state, client_addr, progress.key.as_deref(), err);
+        state.metrics.upload_rejected(answer.code());
+        return answer;
+    }
+    state.metrics.upload_rejected(err.code());
+    // Only a verified device's rejections reach its status: anyone can
+    // send a malformed upload naming someone else's key id.
+    if let Some(signer) = err.signer() {
+        state.fleet.record_rejection(signer.device(), err.code(), err.to_string(), SystemTime::now());
+    }
+    let status = actix_web::ResponseError::status_code(&err).as_u16();
+    if actix_web::ResponseError::status_code(&err).is_server_error() {
+        tracing::error!(client, device, path, size = progress.size, outcome = "failed", status, code = ?err.code(), ms, "upload failed: {err}")
+    } else {
+        tracing::warn!(client, device, path, size = progress.size, resumed_from, encoding, outcome = "rejected", status, code = ?err.code(), ms, "upload rejected: {err}")
+    }
+    err
 }
 
 /// The pipeline, step by step; see [`crate::upload`].

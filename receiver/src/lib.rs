@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod batch;
 pub mod client_addr;
 pub mod error;
 pub mod fleet;

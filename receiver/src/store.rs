@@ -125,11 +125,45 @@ pub trait Store: Send + Sync + 'static {
     /// bytes have exactly the claimed size and hash to the claimed SHA-256.
     fn commit(&self, staged: Self::Staged) -> impl Future<Output = Result<Committed, StoreError>>;
 
+    /// Commits small files of `device`, each received whole and verified,
+    /// as a group: one result per file, in their order, each as
+    /// [`Self::commit`] would give it, and none before all are durable. A
+    /// backend without a cheaper way commits them one by one.
+    fn commit_held(
+        &self,
+        device: &DeviceId,
+        files: Vec<HeldFile>,
+    ) -> impl Future<Output = Result<Vec<Result<Committed, StoreError>>, StoreError>> {
+        async move {
+            let mut results = Vec::with_capacity(files.len());
+            for held in files {
+                let committed = async {
+                    let (mut staged, _) = self.stage(device, &held.claim, 0).await?;
+                    for chunk in held.bytes {
+                        staged.write(chunk).await?;
+                    }
+                    self.commit(staged).await
+                };
+                results.push(committed.await);
+            }
+            Ok(results)
+        }
+    }
+
     /// Every committed data file under every device folder; anything that is
     /// not a valid device folder, a checksum file or staging is skipped. The
     /// fleet status is rebuilt from this, so it survives restarts and is the
     /// same on every receiver sharing a store.
     fn inventory(&self) -> impl Future<Output = Result<Vec<StoredFile>, StoreError>>;
+}
+
+/// A small file received whole, whose bytes have exactly its claim's size
+/// and hash to its claim's SHA-256 (the receiver checked before making
+/// one).
+#[derive(Debug)]
+pub struct HeldFile {
+    pub claim: UploadClaim,
+    pub bytes: Vec<Bytes>,
 }
 
 /// The backend chosen at start-up (`--store`).
@@ -215,6 +249,17 @@ impl Store for AnyStore {
             (Self::Disk(store), AnyStaged::Disk(staged)) => store.commit(staged).await,
             (Self::S3(store), AnyStaged::S3(staged)) => store.commit(staged).await,
             _ => Err(io::Error::other("an upload staged by one backend was committed to another").into()),
+        }
+    }
+
+    async fn commit_held(
+        &self,
+        device: &DeviceId,
+        files: Vec<HeldFile>,
+    ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+        match self {
+            Self::Disk(store) => store.commit_held(device, files).await,
+            Self::S3(store) => store.commit_held(device, files).await,
         }
     }
 

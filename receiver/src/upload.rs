@@ -147,7 +147,9 @@ impl Head {
     }
 }
 
-fn judge(head: SignedFields, limits: &Limits) -> Result<UploadClaim, ApiError> {
+/// The claim the fields make, by the path rules, the form of `sha256` and
+/// `size`, and the size limit.
+pub fn judge(head: SignedFields, limits: &Limits) -> Result<UploadClaim, ApiError> {
     let path =
         RelPath::parse(&head.path).map_err(|reason| ApiError::InvalidPath { path: head.path.clone(), reason })?;
     let sha256 = head
@@ -217,7 +219,7 @@ impl Slotted {
         progress: &mut Progress,
     ) -> Result<Received<S::Staged>, ApiError> {
         let Self { head: VerifiedHead { verified, claim, mut form }, slot } = self;
-        let pace = Pace { limits, deadline: limits.body_deadline(Instant::now(), claim.size) };
+        let pace = Pace::new(limits, claim.size);
         let opened = match body_fields(&pace, &claim, &mut form).await {
             Ok(fields) => {
                 progress.resumed_from = Some(fields.offset).filter(|offset| *offset > 0);
@@ -333,6 +335,12 @@ async fn stream_file<Staged: crate::store::Staged>(
             Err(e) => malformed(e),
         });
     }
+    check_received(claim, hasher)
+}
+
+/// The digest of what `hasher` took in, if it is the claimed file: its
+/// size and SHA-256.
+pub fn check_received(claim: &UploadClaim, hasher: Sha256Hasher) -> Result<Sha256Digest, ApiError> {
     let (received, received_len) = hasher.finish();
     if received_len != claim.size {
         return Err(ApiError::SizeMismatch { declared: claim.size, received_at_least: received_len });
@@ -344,14 +352,20 @@ async fn stream_file<Staged: crate::store::Staged>(
 }
 
 /// A zstd stream decoded as it arrives, frames one after another.
-struct ZstdDecoder {
+pub struct ZstdDecoder {
     inner: zstd::stream::raw::Decoder<'static>,
     /// No frame is half decoded: the data may end here.
-    at_frame_end: bool,
+    pub at_frame_end: bool,
+}
+
+impl std::fmt::Debug for ZstdDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZstdDecoder").field("at_frame_end", &self.at_frame_end).finish_non_exhaustive()
+    }
 }
 
 impl ZstdDecoder {
-    fn new() -> Result<Self, ApiError> {
+    pub fn new() -> Result<Self, ApiError> {
         let mut inner = zstd::stream::raw::Decoder::new().map_err(ApiError::Storage)?;
         inner.set_parameter(DParameter::WindowLogMax(ZSTD_WINDOW_LOG_MAX)).map_err(ApiError::Storage)?;
         Ok(Self { inner, at_frame_end: true })
@@ -359,7 +373,7 @@ impl ZstdDecoder {
 
     /// The next piece (at most [`DECODED_PIECE`] bytes) decoded from
     /// `input`; `None` once `input` is used up and nothing is pending.
-    fn next_piece(&mut self, input: &mut InBuffer<'_>) -> Result<Option<Bytes>, ApiError> {
+    pub fn next_piece(&mut self, input: &mut InBuffer<'_>) -> Result<Option<Bytes>, ApiError> {
         loop {
             let mut piece = Vec::with_capacity(DECODED_PIECE);
             let mut output = OutBuffer::around(&mut piece);
@@ -411,13 +425,18 @@ impl<Staged> Received<Staged> {
 /// How long the client may take for the next piece of the body: never more
 /// than the idle timeout, and never past the deadline of the whole body.
 #[derive(Debug, Clone, Copy)]
-struct Pace<'a> {
+pub struct Pace<'a> {
     limits: &'a Limits,
     deadline: Instant,
 }
 
-impl Pace<'_> {
-    async fn next<St: Stream + Unpin>(&self, stream: &mut St) -> Result<Option<St::Item>, ApiError> {
+impl<'a> Pace<'a> {
+    /// The pace of a body carrying `size` bytes of files, from now.
+    pub fn new(limits: &'a Limits, size: u64) -> Self {
+        Self { limits, deadline: limits.body_deadline(Instant::now(), size) }
+    }
+
+    pub async fn next<St: Stream + Unpin>(&self, stream: &mut St) -> Result<Option<St::Item>, ApiError> {
         let idle_until = Instant::now() + self.limits.idle_timeout;
         let until = self.deadline.min(idle_until);
         tokio::time::timeout_at(until.into(), stream.next()).await.map_err(|_| {
@@ -434,7 +453,15 @@ impl Pace<'_> {
 /// receiver knows path, checksum and size before the first byte of the file.
 /// Field names are compared exactly (they are lowercase).
 fn expect_field(next: Option<Result<Field, MultipartError>>, expected: &str) -> Result<Field, ApiError> {
-    let order = field::ORDER.join(", ");
+    expect_field_of(next, expected, &field::ORDER.join(", "))
+}
+
+/// As [`expect_field`], for a request whose fields are `order`.
+pub fn expect_field_of(
+    next: Option<Result<Field, MultipartError>>,
+    expected: &str,
+    order: &str,
+) -> Result<Field, ApiError> {
     match next {
         Some(Ok(found)) if found.name() == Some(expected) => Ok(found),
         Some(Ok(found)) => Err(ApiError::MalformedUpload(format!(
@@ -451,7 +478,7 @@ fn expect_field(next: Option<Result<Field, MultipartError>>, expected: &str) -> 
 /// A text field's bytes, at most `max` of them, as UTF-8 whatever charset
 /// its part declares. The path's limit is the path rule's, so a path that
 /// is too long is `invalid_path` whether it is long or very long.
-async fn read_text(mut field: Field, expected: &str, max: usize) -> Result<String, ApiError> {
+pub async fn read_text(mut field: Field, expected: &str, max: usize) -> Result<String, ApiError> {
     let mut bytes = Vec::new();
     while let Some(chunk) = field.next().await {
         let chunk = chunk.map_err(malformed)?;
@@ -483,6 +510,6 @@ async fn read_head_field(form: &mut Multipart, expected: &str, max: usize) -> Re
     read_text(expect_field(form.next().await, expected)?, expected, max).await
 }
 
-fn malformed(err: MultipartError) -> ApiError {
+pub fn malformed(err: MultipartError) -> ApiError {
     ApiError::MalformedUpload(format!("the multipart body could not be read: {err}"))
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use logferry_common::signing::{RECEIPT_HEADER, SignedFields, SignedRequest, UploadClaim, verify_receipt};
 use logferry_common::update::{ManifestReply, ManifestRequest, UpdateReport, Version};
 use logferry_common::wire::{
-    AuthCheckReply, Encoding, ErrorBody, ErrorCode, RESUMABLE_MIN_SIZE, UploadOffset, UploadReceipt, endpoint, field,
+    AuthCheckReply, BatchEntry, BatchManifest, BatchReceipt, BatchResult, Encoding, ErrorBody, ErrorCode,
+    RESUMABLE_MIN_SIZE, UploadOffset, UploadReceipt, endpoint, field,
 };
 use logferry_common::{DeviceKey, Sha256Digest};
 use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER};
@@ -57,6 +58,7 @@ pub struct ClientOptions {
 struct Accepts {
     zstd: bool,
     resume: bool,
+    batch: bool,
 }
 
 #[derive(Debug)]
@@ -232,7 +234,11 @@ impl Client {
             match attempt {
                 Ok((_, reply)) => {
                     self.clock = clock;
-                    self.accepts = Accepts { zstd: reply.encodings.contains(&Encoding::Zstd), resume: reply.resume };
+                    self.accepts = Accepts {
+                        zstd: reply.encodings.contains(&Encoding::Zstd),
+                        resume: reply.resume,
+                        batch: reply.batch,
+                    };
                     return Ok(reply);
                 }
                 Err(err) => match err.receiver_time() {
@@ -270,6 +276,79 @@ impl Client {
             }
             done => done,
         }
+    }
+
+    /// Whether the receiver takes small files in batches.
+    pub fn takes_batches(&self) -> bool {
+        self.accepts.batch
+    }
+
+    /// The files of a batch as they go on the wire: each compressed as
+    /// `--compress` says (with `auto`, only if that pays), all of them in one
+    /// trip to a compressor thread.
+    pub async fn batch_files(&self, files: Vec<(UploadClaim, Vec<u8>)>) -> io::Result<Vec<BatchFile>> {
+        let compression = if self.accepts.zstd { self.options.compression } else { Compression::Off };
+        let as_they_are = |(claim, wire)| BatchFile { claim, wire, encoding: None };
+        if compression == Compression::Off {
+            return Ok(files.into_iter().map(as_they_are).collect());
+        }
+        self.compressors
+            .with_compressor(move |compressor| {
+                files
+                    .into_iter()
+                    .map(|(claim, bytes)| {
+                        let compressed = match compression {
+                            Compression::Auto => compressor.compress_if_worth_it(&bytes)?,
+                            _ => Some(compressor.compress(&bytes)?),
+                        };
+                        Ok(match compressed {
+                            Some(wire) => BatchFile { claim, wire, encoding: Some(Encoding::Zstd) },
+                            None => as_they_are((claim, bytes)),
+                        })
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    /// Uploads several small files in one request, with its retries; the
+    /// answer has one result per file, in their order.
+    pub async fn upload_batch(&self, files: &[BatchFile]) -> Result<Vec<BatchResult>, RequestError> {
+        let entries = files
+            .iter()
+            .map(|file| BatchEntry {
+                path: file.claim.path.to_string(),
+                sha256: file.claim.sha256.to_hex(),
+                size: file.claim.size,
+                encoding: file.encoding,
+            })
+            .collect();
+        let manifest = serde_json::to_string(&BatchManifest { files: entries })
+            .map_err(|e| RequestError::Local(format!("cannot write the batch manifest: {e}")))?;
+        let fields = SignedFields::body(manifest.as_bytes());
+        let (_, receipt): (_, BatchReceipt) = self
+            .with_retries(|| async {
+                let mut form = Form::new().text(field::MANIFEST, manifest.clone());
+                for file in files {
+                    if let Some(bandwidth) = &self.options.bandwidth {
+                        bandwidth.take(file.wire.len()).await;
+                    }
+                    self.wire_bytes.fetch_add(file.wire.len() as u64, Ordering::Relaxed);
+                    form = form.part(field::FILE, Part::bytes(file.wire.clone()));
+                }
+                let request =
+                    self.signed(self.clock, Method::POST, endpoint::UPLOAD_BATCH, Some(&fields), |r| r.multipart(form));
+                self.send(request).await
+            })
+            .await?;
+        if receipt.results.len() != files.len() {
+            return Err(RequestError::Garbled(format!(
+                "the answer to a batch of {} files has {} results",
+                files.len(),
+                receipt.results.len()
+            )));
+        }
+        Ok(receipt.results)
     }
 
     /// Asks which release is published for this device, saying which one
@@ -596,6 +675,15 @@ impl Client {
             receipt.is_some_and(|tag| verify_receipt(&self.key, status.as_u16(), &signed.signature, &bytes, &tag));
         Err(RequestError::Refused { status, body: serde_json::from_slice(&bytes).ok(), retry_after, signed })
     }
+}
+
+/// One file of a batch: its claim (of the bytes as they are) and its bytes
+/// as they go on the wire.
+#[derive(Debug)]
+pub struct BatchFile {
+    pub claim: UploadClaim,
+    wire: Vec<u8>,
+    encoding: Option<Encoding>,
 }
 
 /// A 2xx answer whose body has not been read yet.

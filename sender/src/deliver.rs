@@ -1,13 +1,13 @@
 //! One run: check the credentials, walk the folder, deliver each file.
 
-use std::io;
+use std::io::{self, Read as _};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use logferry_common::Sha256Digest;
 use logferry_common::signing::UploadClaim;
-use logferry_common::wire::UploadOutcome;
+use logferry_common::wire::{BATCH_FILE_MAX, BATCH_MAX_FILES, BatchResult, UploadOutcome, UploadReceipt};
 
 use crate::body::Bandwidth;
 use crate::client::{Client, ClientOptions, RequestError};
@@ -181,46 +181,53 @@ async fn upload_all(client: &Client, config: &Config, summary: &mut Summary) -> 
     let second_look = tokio::time::Instant::now() + config.min_age;
     // Uploads overlap so that one file's network time and the receiver's
     // fsyncs hide behind another's; results are handled as they finish.
-    let mut deliveries = futures_util::stream::iter(&found.files)
-        .map(|candidate| async move { (candidate, deliver_one(client, config, second_look, candidate).await) })
+    let mut deliveries = futures_util::stream::iter(units(&found.files, client.takes_batches()))
+        .map(|unit| async move {
+            match unit {
+                Unit::One(candidate) => vec![(candidate, deliver_one(client, config, second_look, candidate).await)],
+                Unit::Batch(candidates) => deliver_batch(client, config, second_look, candidates).await,
+            }
+        })
         .buffer_unordered(config.jobs.max(1));
-    while let Some((candidate, result)) = deliveries.next().await {
-        progress.advance(candidate.rel.as_str());
-        match result {
-            Ok((outcome, size, stored_as)) => {
-                let renamed = if stored_as == candidate.rel.as_str() {
-                    String::new()
-                } else {
-                    format!(", stored as {stored_as} because the name held other content")
-                };
-                match outcome {
-                    UploadOutcome::Stored => {
-                        summary.sent += 1;
-                        summary.sent_bytes += size;
-                        if config.verbose {
-                            progress.say(&format!("sent {} ({}){renamed}", candidate.rel, human_bytes(size)));
+    while let Some(results) = deliveries.next().await {
+        for (candidate, result) in results {
+            progress.advance(candidate.rel.as_str());
+            match result {
+                Ok((outcome, size, stored_as)) => {
+                    let renamed = if stored_as == candidate.rel.as_str() {
+                        String::new()
+                    } else {
+                        format!(", stored as {stored_as} because the name held other content")
+                    };
+                    match outcome {
+                        UploadOutcome::Stored => {
+                            summary.sent += 1;
+                            summary.sent_bytes += size;
+                            if config.verbose {
+                                progress.say(&format!("sent {} ({}){renamed}", candidate.rel, human_bytes(size)));
+                            }
                         }
-                    }
-                    UploadOutcome::AlreadyStored => {
-                        summary.already_stored += 1;
-                        if config.verbose {
-                            progress.say(&format!("already stored {}{renamed}", candidate.rel));
+                        UploadOutcome::AlreadyStored => {
+                            summary.already_stored += 1;
+                            if config.verbose {
+                                progress.say(&format!("already stored {}{renamed}", candidate.rel));
+                            }
                         }
                     }
                 }
-            }
-            Err(Undelivered::Kept(reason)) => fail(summary, &progress, candidate.rel.to_string(), reason),
-            Err(Undelivered::NotYet) => {
-                summary.not_yet += 1;
-                if config.verbose {
-                    progress.say(&format!("not yet {}: still being written", candidate.rel));
+                Err(Undelivered::Kept(reason)) => fail(summary, &progress, candidate.rel.to_string(), reason),
+                Err(Undelivered::NotYet) => {
+                    summary.not_yet += 1;
+                    if config.verbose {
+                        progress.say(&format!("not yet {}: still being written", candidate.rel));
+                    }
                 }
-            }
-            // Dropping the stream abandons the uploads in flight; none of
-            // their files has been moved.
-            Err(Undelivered::Stop(fatal)) => {
-                summary.wire_bytes = client.wire_bytes();
-                return Err(fatal);
+                // Dropping the stream abandons the uploads in flight; none of
+                // their files has been moved.
+                Err(Undelivered::Stop(fatal)) => {
+                    summary.wire_bytes = client.wire_bytes();
+                    return Err(fatal);
+                }
             }
         }
     }
@@ -347,27 +354,232 @@ async fn deliver_one(
     }
     let claim = UploadClaim { path: candidate.rel.clone(), sha256, size };
     let (_, receipt) = client.upload(&file, &claim).await.map_err(|e| match e {
-        RequestError::Unreachable { .. } | RequestError::Tls { .. } => Undelivered::Stop(Fatal::from_request(e)),
-        e if e.is_auth_failure() => Undelivered::Stop(Fatal::from_request(e)),
         // Cut shorter meanwhile (copytruncate): its new content goes later.
         RequestError::Source(_) if file.now().ok() != Some(file.at_open) => Undelivered::NotYet,
-        e => Undelivered::Kept(e.to_string()),
+        e => request_failed(e),
     })?;
-    if receipt.sha256 != sha256 || receipt.size != size {
-        return Err(Undelivered::Kept(format!(
-            "the receiver confirmed other bytes ({} bytes, SHA-256 {}) than were sent ({size} bytes, SHA-256 {sha256})",
-            receipt.size, receipt.sha256
-        )));
-    }
+    confirmed(&receipt, &claim)?;
     let (source, to, rel) = (candidate.path.clone(), config.disposal(), candidate.rel.clone());
     let set_aside = tokio::task::spawn_blocking(move || sent::set_aside(&source, &file, &rel, &sha256, &to))
         .await
-        .map_err(internal)?
-        .map_err(|e| kept("delivered, but it could not be set aside", e))?;
-    match set_aside {
+        .map_err(internal)?;
+    delivered(set_aside, receipt)
+}
+
+/// What a request's failure means for the files it carried.
+fn request_failed(e: RequestError) -> Undelivered {
+    match e {
+        RequestError::Unreachable { .. } | RequestError::Tls { .. } => Undelivered::Stop(Fatal::from_request(e)),
+        e if e.is_auth_failure() => Undelivered::Stop(Fatal::from_request(e)),
+        e => Undelivered::Kept(e.to_string()),
+    }
+}
+
+/// The receipt must be for the bytes that were sent.
+fn confirmed(receipt: &UploadReceipt, claim: &UploadClaim) -> Result<(), Undelivered> {
+    if receipt.sha256 != claim.sha256 || receipt.size != claim.size {
+        return Err(Undelivered::Kept(format!(
+            "the receiver confirmed other bytes ({} bytes, SHA-256 {}) than were sent ({} bytes, SHA-256 {})",
+            receipt.size, receipt.sha256, claim.size, claim.sha256
+        )));
+    }
+    Ok(())
+}
+
+/// A confirmed file, once set aside (or not).
+fn delivered(set_aside: io::Result<SetAside>, receipt: UploadReceipt) -> Delivery {
+    match set_aside.map_err(|e| Undelivered::Kept(format!("delivered, but it could not be set aside: {e}")))? {
         // The receiver has the version that was hashed; what the name holds
         // now stays, and a later run sends it (under a conflict name).
         SetAside::Changed => Err(Undelivered::NotYet),
-        SetAside::Moved(_) | SetAside::Deleted => Ok((receipt.outcome, size, receipt.stored_as)),
+        SetAside::Moved(_) | SetAside::Deleted => Ok((receipt.outcome, receipt.size, receipt.stored_as)),
+    }
+}
+
+/// What became of one file: delivered (how, its size, where the receiver
+/// stored it) or not.
+type Delivery = Result<(UploadOutcome, u64, String), Undelivered>;
+
+/// What one upload request carries.
+enum Unit<'a> {
+    One(&'a walk::Candidate),
+    Batch(Vec<&'a walk::Candidate>),
+}
+
+/// Most bytes of files in one batch from this sender: with `--jobs`
+/// batches in flight, each held in memory (and once more compressed), this
+/// keeps the run within its memory budget.
+const SENDER_BATCH_BYTES: u64 = 256 * 1024;
+
+/// Groups small files, as the walk found them (folder by folder, so a
+/// batch's files mostly share folders), into batches when the receiver
+/// takes them; the rest go one by one. The sizes are the walk's; a file
+/// that grew past the limit since is read as far as it was.
+fn units(files: &[walk::Candidate], batches: bool) -> Vec<Unit<'_>> {
+    let mut units = Vec::new();
+    let mut batch: Vec<&walk::Candidate> = Vec::new();
+    let mut batch_bytes = 0;
+    for candidate in files {
+        let small =
+            std::fs::symlink_metadata(&candidate.path).ok().map(|m| m.len()).filter(|len| *len <= BATCH_FILE_MAX);
+        match small {
+            Some(len) if batches => {
+                if batch.len() == BATCH_MAX_FILES || batch_bytes + len > SENDER_BATCH_BYTES {
+                    units.push(Unit::Batch(std::mem::take(&mut batch)));
+                    batch_bytes = 0;
+                }
+                batch.push(candidate);
+                batch_bytes += len;
+            }
+            _ => units.push(Unit::One(candidate)),
+        }
+    }
+    if !batch.is_empty() {
+        units.push(Unit::Batch(batch));
+    }
+    units
+}
+
+/// A small file of a batch, as read.
+enum Read {
+    /// Settled, and read whole: the open file, its bytes, their SHA-256.
+    Whole(Opened, Vec<u8>, Sha256Digest),
+    /// Its mtime is in the future: it waits for the second look, alone.
+    Alone,
+}
+
+/// Opens a small file and reads it whole (one read of its bytes serves the
+/// hash and the upload); it must be settled and give exactly the size it
+/// had when opened.
+fn read_small(path: &Path, min_age: Duration) -> Result<Read, Undelivered> {
+    let file = Opened::open(path).map_err(|e| Undelivered::Kept(format!("cannot read it: {e}")))?;
+    let stamp = Stamp { len: file.at_open.len, modified: file.at_open.modified };
+    match stamp.settled(min_age) {
+        Settled::Yes => {}
+        Settled::NotYet => return Err(Undelivered::NotYet),
+        Settled::IfUnchangedAtSecondLook => return Ok(Read::Alone),
+    }
+    let mut bytes = Vec::with_capacity(stamp.len as usize);
+    file.rewound()
+        .take(stamp.len + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Undelivered::Kept(format!("cannot read it: {e}")))?;
+    if bytes.len() as u64 != stamp.len {
+        return Err(Undelivered::NotYet);
+    }
+    let digest = Sha256Digest::of_bytes(&bytes);
+    Ok(Read::Whole(file, bytes, digest))
+}
+
+/// Delivers small files in one request: each read whole, all sent, then
+/// those the receiver confirmed set aside together (their folders fsynced
+/// once). A file whose mtime is in the future goes alone after the others.
+async fn deliver_batch<'a>(
+    client: &Client,
+    config: &Config,
+    second_look: tokio::time::Instant,
+    candidates: Vec<&'a walk::Candidate>,
+) -> Vec<(&'a walk::Candidate, Delivery)> {
+    let (paths, min_age) = (candidates.iter().map(|c| c.path.clone()).collect::<Vec<_>>(), config.min_age);
+    let read = tokio::task::spawn_blocking(move || paths.iter().map(|path| read_small(path, min_age)).collect());
+    let read: Vec<_> = match read.await {
+        Ok(read) => read,
+        Err(e) => {
+            return candidates
+                .into_iter()
+                .map(|c| (c, Err(Undelivered::Kept(format!("cannot read it: {e}")))))
+                .collect();
+        }
+    };
+    let mut results = Vec::new();
+    let (mut ready, mut alone) = (Vec::new(), Vec::new());
+    for (candidate, read) in candidates.into_iter().zip(read) {
+        match read {
+            Ok(Read::Whole(file, bytes, sha256)) => {
+                let claim = UploadClaim { path: candidate.rel.clone(), sha256, size: bytes.len() as u64 };
+                ready.push((candidate, file, claim, bytes));
+            }
+            Ok(Read::Alone) => alone.push(candidate),
+            Err(undelivered) => results.push((candidate, Err(undelivered))),
+        }
+    }
+    if !ready.is_empty() {
+        send_batch(client, config, ready, &mut results).await;
+    }
+    for candidate in alone {
+        results.push((candidate, deliver_one(client, config, second_look, candidate).await));
+    }
+    results
+}
+
+/// Sends the files read for a batch and sets aside those confirmed.
+async fn send_batch<'a>(
+    client: &Client,
+    config: &Config,
+    ready: Vec<(&'a walk::Candidate, Opened, UploadClaim, Vec<u8>)>,
+    results: &mut Vec<(&'a walk::Candidate, Delivery)>,
+) {
+    let mut opened = Vec::with_capacity(ready.len());
+    let mut claims = Vec::with_capacity(ready.len());
+    for (candidate, file, claim, bytes) in ready {
+        opened.push((candidate, file));
+        claims.push((claim, bytes));
+    }
+    let sent = match client.batch_files(claims).await {
+        Ok(files) => client.upload_batch(&files).await.map(|answers| (files, answers)),
+        Err(e) => Err(RequestError::Local(format!("cannot compress it: {e}"))),
+    };
+    let (files, answers) = match sent {
+        Ok(sent) => sent,
+        Err(e) => {
+            // One failure stands for all: the first file carries it, the
+            // rest say the same in words.
+            let said = e.to_string();
+            let mut files = opened.into_iter();
+            if let Some((first, _)) = files.next() {
+                results.push((first, Err(request_failed(e))));
+            }
+            results.extend(files.map(|(candidate, _)| (candidate, Err(Undelivered::Kept(said.clone())))));
+            return;
+        }
+    };
+    let (mut confirmed_candidates, mut confirmed_files) = (Vec::new(), Vec::new());
+    for (((candidate, file), sent), answer) in opened.into_iter().zip(files).zip(answers) {
+        let receipt = match answer {
+            BatchResult::Delivered(receipt) => receipt,
+            BatchResult::Refused(body) => {
+                let refusal = format!("the receiver refused it: {}", body.error);
+                results.push((candidate, Err(Undelivered::Kept(refusal))));
+                continue;
+            }
+        };
+        match confirmed(&receipt, &sent.claim) {
+            Ok(()) => {
+                confirmed_candidates.push((candidate, receipt));
+                confirmed_files.push((candidate.path.clone(), file, sent.claim));
+            }
+            Err(undelivered) => results.push((candidate, Err(undelivered))),
+        }
+    }
+    let to = config.disposal();
+    let set_aside = tokio::task::spawn_blocking(move || {
+        let mut pending = sent::PendingSyncs::default();
+        let set: Vec<_> = confirmed_files
+            .iter()
+            .map(|(source, file, claim)| {
+                sent::set_aside_deferring(source, file, &claim.path, &claim.sha256, &to, &mut pending)
+            })
+            .collect();
+        // Until their folders are durable, none counts as moved.
+        match pending.sync() {
+            Ok(()) => set,
+            Err(e) => set.into_iter().map(|_| Err(io::Error::new(e.kind(), e.to_string()))).collect(),
+        }
+    });
+    let set_aside = set_aside
+        .await
+        .unwrap_or_else(|e| confirmed_candidates.iter().map(|_| Err(io::Error::other(e.to_string()))).collect());
+    for ((candidate, receipt), set_aside) in confirmed_candidates.into_iter().zip(set_aside) {
+        results.push((candidate, delivered(set_aside, receipt)));
     }
 }

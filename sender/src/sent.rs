@@ -2,6 +2,7 @@
 //! replacing anything, or deleted (`--keep-sent 0`); in both cases only the
 //! inode that was delivered, whatever a writer has put under its name since.
 
+use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -59,6 +60,36 @@ pub fn set_aside(
     digest: &Sha256Digest,
     to: &Disposal,
 ) -> io::Result<SetAside> {
+    let mut pending = PendingSyncs::default();
+    let set_aside = set_aside_deferring(source, file, rel, digest, to, &mut pending)?;
+    pending.sync()?;
+    Ok(set_aside)
+}
+
+/// The folders of the sent folder that gained a name by a rename and are
+/// not yet fsynced. A rename moves a file in one step, so until the fsync
+/// a crash can only bring back its old (hidden) name in the log folder,
+/// which the next run sends again: a batch of files fsyncs each folder
+/// once, after all of them.
+#[derive(Debug, Default)]
+pub struct PendingSyncs(BTreeSet<PathBuf>);
+
+impl PendingSyncs {
+    pub fn sync(self) -> io::Result<()> {
+        self.0.iter().try_for_each(|folder| sync_dir(folder))
+    }
+}
+
+/// [`set_aside`], leaving the fsync of the folder it moved the file to in
+/// `pending`.
+pub fn set_aside_deferring(
+    source: &Path,
+    file: &Opened,
+    rel: &RelPath,
+    digest: &Sha256Digest,
+    to: &Disposal,
+    pending: &mut PendingSyncs,
+) -> io::Result<SetAside> {
     let Some(taken) = Taken::take(source, file)? else {
         return Ok(SetAside::Changed);
     };
@@ -66,7 +97,7 @@ pub fn set_aside(
         taken.remove()?;
         return Ok(SetAside::Deleted);
     };
-    match place(&taken, sent_dir, rel, digest) {
+    match place(&taken, sent_dir, rel, digest, pending) {
         Ok(placed) => Ok(SetAside::Moved(placed)),
         Err(e) => {
             taken.put_back()?;
@@ -75,12 +106,18 @@ pub fn set_aside(
     }
 }
 
-fn place(taken: &Taken<'_>, sent_dir: &Path, rel: &RelPath, digest: &Sha256Digest) -> io::Result<PathBuf> {
+fn place(
+    taken: &Taken<'_>,
+    sent_dir: &Path,
+    rel: &RelPath,
+    digest: &Sha256Digest,
+    pending: &mut PendingSyncs,
+) -> io::Result<PathBuf> {
     let candidates = rel.candidates(digest);
     for name in &candidates {
         let folder = create_dirs(sent_dir, name.folders())?;
         let target = folder.join(name.file_name());
-        if taken.move_to(&target, digest)? {
+        if taken.move_to(&target, digest, pending)? {
             return Ok(target);
         }
         if holds_exactly(&target, digest, taken.file.at_open.len)? {
@@ -154,20 +191,25 @@ impl<'a> Taken<'a> {
     /// Moves the file to `target` unless that name exists; returns whether
     /// it moved. Across file systems the delivered bytes are copied from the
     /// open file (and hashed again on the way), fsynced, then put in place.
-    fn move_to(&self, target: &Path, digest: &Sha256Digest) -> io::Result<bool> {
+    fn move_to(&self, target: &Path, digest: &Sha256Digest, pending: &mut PendingSyncs) -> io::Result<bool> {
+        let folder = target.parent().unwrap_or(Path::new("."));
         match rename_no_replace(&self.hidden, target) {
-            Ok(false) => return Ok(false),
-            Ok(true) => {}
+            Ok(false) => Ok(false),
+            Ok(true) => {
+                pending.0.insert(folder.to_owned());
+                Ok(true)
+            }
+            // A copy's name must be durable before the original goes.
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
                 if !copy_no_replace(self.file, digest, target)? {
                     return Ok(false);
                 }
+                sync_dir(folder)?;
                 self.remove()?;
+                Ok(true)
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         }
-        sync_dir(target.parent().unwrap_or(Path::new(".")))?;
-        Ok(true)
     }
 
     /// Removes the taken file. Its folder is not fsynced: should a crash

@@ -18,6 +18,7 @@
 //! folder on the way is checked to be a real folder, not a symlink, so a
 //! link planted in the store cannot lead out.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::num::NonZeroU64;
@@ -35,7 +36,7 @@ use rand::rngs::SysRng;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Committed, Staged, Store, StoreError, StoredFile};
+use super::{Committed, HeldFile, Staged, Store, StoreError, StoredFile};
 
 /// Folder of in-progress uploads. Device folders are 16 hex characters, so
 /// this name can never clash with one.
@@ -62,6 +63,8 @@ pub struct DiskStore {
     partial: PathBuf,
     /// Free space to keep on the file system, in bytes.
     min_free: u64,
+    /// Groups are made durable by one `syncfs` (else by an fsync each).
+    syncfs_reports_errors: bool,
 }
 
 /// How often (in bytes written) a running upload re-checks free space, so
@@ -87,7 +90,8 @@ impl DiskStore {
             fs::remove_file(entry?.path())?;
             removed += 1;
         }
-        Ok((Self { root: root.to_owned(), staging, partial, min_free }, removed))
+        let syncfs_reports_errors = syncfs_reports_errors();
+        Ok((Self { root: root.to_owned(), staging, partial, min_free, syncfs_reports_errors }, removed))
     }
 
     /// Where a resumable upload of `claim` by `device` is staged. Named by
@@ -451,20 +455,30 @@ impl Store for DiskStore {
                         file.write_all(chunk)?;
                     }
                     file.sync_all()?;
-                    store.place(&name.0, &device_dir, &claim)
+                    store.place(&name.0, &device_dir, &claim, None, &mut FolderSyncs::Now)
                 })
                 .await
             }
             Body::Streamed(mut writer) => {
                 writer.finish().await?;
                 blocking(move || {
-                    let committed = store.place(writer.name.path(), &device_dir, &claim)?;
+                    let committed =
+                        store.place(writer.name.path(), &device_dir, &claim, None, &mut FolderSyncs::Now)?;
                     writer.remove_partial()?;
                     Ok(committed)
                 })
                 .await
             }
         }
+    }
+
+    async fn commit_held(
+        &self,
+        device: &DeviceId,
+        files: Vec<HeldFile>,
+    ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+        let (store, device_dir) = (self.clone(), self.root.join(device.reveal()));
+        blocking(move || store.commit_group(&device_dir, &files)).await
     }
 
     async fn inventory(&self) -> Result<Vec<StoredFile>, StoreError> {
@@ -524,11 +538,94 @@ enum Placement {
     Taken,
 }
 
+/// How the folders that gain names are made durable before an answer.
+#[derive(Debug)]
+enum FolderSyncs {
+    /// Each one at once (a single upload).
+    Now,
+    /// Once for a whole group, by [`FolderSyncs::finish`].
+    /// `syncfs` of the store's file system (at this path) where it reports
+    /// write-back errors; else an fsync of each folder.
+    Group { folders: BTreeSet<PathBuf>, whole_fs: Option<PathBuf> },
+}
+
+impl FolderSyncs {
+    fn group(store: &DiskStore) -> Self {
+        Self::Group { folders: BTreeSet::new(), whole_fs: store.syncfs_reports_errors.then(|| store.root.clone()) }
+    }
+
+    fn sync(&mut self, folder: &Path) -> io::Result<()> {
+        match self {
+            Self::Now => sync_dir(folder),
+            Self::Group { folders, .. } => {
+                folders.insert(folder.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes every folder named since durable.
+    fn finish(self) -> io::Result<()> {
+        match self {
+            Self::Group { folders, whole_fs } if !folders.is_empty() => match whole_fs {
+                Some(root) => sync_fs(&root),
+                None => folders.iter().try_for_each(|folder| sync_dir(folder)),
+            },
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `syncfs(2)` of the file system holding `path`: every dirty page and
+/// pending metadata change on it, one journal commit for all.
+fn sync_fs(path: &Path) -> io::Result<()> {
+    Ok(rustix::fs::syncfs(File::open(path)?)?)
+}
+
+/// Whether `syncfs(2)` reports write-back errors, which Linux does since
+/// 5.8; before, it always succeeded, so it cannot vouch for durability.
+fn syncfs_reports_errors() -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (major, minor) >= (5, 8)
+}
+
+/// A group's checksum file, written with its data before their one sync,
+/// for the name the file is most likely placed under.
+#[derive(Debug)]
+struct PrestagedChecksum {
+    line: String,
+    name: StagingName,
+}
+
+/// The staged checksum file a placement links.
+enum ChecksumFile<'a> {
+    Prestaged(&'a StagingName),
+    Own(StagingName),
+}
+
+impl ChecksumFile<'_> {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Prestaged(name) => &name.0,
+            Self::Own(name) => &name.0,
+        }
+    }
+}
+
 impl DiskStore {
     /// Puts the staged file under the claimed path's stored name, or, when
     /// that holds other content, under the first of its conflict names that
     /// is free or holds these bytes (see `RelPath::store_candidates`).
-    fn place(&self, staged: &Path, device_dir: &Path, claim: &UploadClaim) -> Result<Committed, StoreError> {
+    fn place(
+        &self,
+        staged: &Path,
+        device_dir: &Path,
+        claim: &UploadClaim,
+        prestaged: Option<&PrestagedChecksum>,
+        folders: &mut FolderSyncs,
+    ) -> Result<Committed, StoreError> {
         let device_folder = device_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         // Named apart from the rest: the device folder's name is the ID,
         // which must not appear in a message sent back.
@@ -547,7 +644,7 @@ impl DiskStore {
                 _ => StoreError::Io(e),
             })?;
             let target = folder.join(candidate.file_name());
-            let outcome = match self.place_at(staged, &target, candidate, claim)? {
+            let outcome = match self.place_at(staged, &target, candidate, claim, prestaged, folders)? {
                 Placement::Placed => UploadOutcome::Stored,
                 Placement::SameContentThere => UploadOutcome::AlreadyStored,
                 Placement::Taken => continue,
@@ -567,6 +664,8 @@ impl DiskStore {
         target: &Path,
         name: &RelPath,
         claim: &UploadClaim,
+        prestaged: Option<&PrestagedChecksum>,
+        folders: &mut FolderSyncs,
     ) -> Result<Placement, StoreError> {
         let sidecar = target.with_file_name(name.checksum_path().file_name());
         let folder = target.parent().ok_or_else(|| io::Error::other("target has no folder"))?;
@@ -579,11 +678,11 @@ impl DiskStore {
             if exists_no_follow(&sidecar)? && !holds_line(&sidecar, &line)? {
                 return Ok(Placement::Taken);
             }
-            let checksum = self.staged_checksum_file(&line)?;
+            let checksum = self.checksum_file_for(&line, prestaged)?;
             match fs::hard_link(staged, target) {
                 Ok(()) => {
-                    link_checksum_file(&checksum.0, &sidecar, name, &line)?;
-                    sync_dir(folder)?;
+                    link_checksum_file(checksum.path(), &sidecar, name, &line)?;
+                    folders.sync(folder)?;
                     return Ok(Placement::Placed);
                 }
                 // Another upload got there first; judge what it put there.
@@ -597,11 +696,66 @@ impl DiskStore {
         // Same bytes already there: an earlier answer was lost, or a crash
         // came between placing the file and its checksum file.
         if !exists_no_follow(&sidecar)? {
-            let checksum = self.staged_checksum_file(&line)?;
-            link_checksum_file(&checksum.0, &sidecar, name, &line)?;
+            let checksum = self.checksum_file_for(&line, prestaged)?;
+            link_checksum_file(checksum.path(), &sidecar, name, &line)?;
         }
-        sync_dir(folder)?;
+        folders.sync(folder)?;
         Ok(Placement::SameContentThere)
+    }
+
+    /// A staged checksum file holding `line`: the one a group wrote with its
+    /// data, and made durable with it, when it holds that line (the name was
+    /// the first candidate, as it nearly always is); else one written and
+    /// fsynced now, as it must be durable before its name is.
+    fn checksum_file_for<'a>(
+        &self,
+        line: &str,
+        prestaged: Option<&'a PrestagedChecksum>,
+    ) -> io::Result<ChecksumFile<'a>> {
+        Ok(match prestaged.filter(|ready| ready.line == line) {
+            Some(ready) => ChecksumFile::Prestaged(&ready.name),
+            None => ChecksumFile::Own(self.staged_checksum_file(line)?),
+        })
+    }
+
+    /// Commits a group of held files of one device: their data and
+    /// checksum files written to staging, made durable together (one
+    /// `syncfs`, or an fsync each where that cannot report errors), then
+    /// each placed as a single upload is, and their folders made durable
+    /// together. Only then does any of them count as stored.
+    fn commit_group(
+        &self,
+        device_dir: &Path,
+        files: &[HeldFile],
+    ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+        self.check_room(files.iter().map(|held| held.claim.size).sum())?;
+        let mut staged = Vec::with_capacity(files.len());
+        for held in files {
+            let (data, mut out) = self.new_staging_file("upload")?;
+            for chunk in &held.bytes {
+                out.write_all(chunk)?;
+            }
+            let [first, ..] = held.claim.path.store_candidates(&held.claim.sha256);
+            let line = first.checksum_line(&held.claim.sha256);
+            let (checksum, mut checksum_out) = self.new_staging_file("checksum")?;
+            checksum_out.write_all(line.as_bytes())?;
+            if !self.syncfs_reports_errors {
+                out.sync_all()?;
+                checksum_out.sync_all()?;
+            }
+            staged.push((data, PrestagedChecksum { line, name: checksum }));
+        }
+        if self.syncfs_reports_errors {
+            sync_fs(&self.staging)?;
+        }
+        let mut folders = FolderSyncs::group(self);
+        let results = files
+            .iter()
+            .zip(&staged)
+            .map(|(held, (data, checksum))| self.place(&data.0, device_dir, &held.claim, Some(checksum), &mut folders))
+            .collect();
+        folders.finish()?;
+        Ok(results)
     }
 
     /// A checksum file in staging, written and fsynced like data.

@@ -4,6 +4,7 @@
 
 mod api;
 mod attacks;
+mod batch;
 mod binary;
 mod browser;
 mod harness;

@@ -379,3 +379,34 @@ fn keep_sent_deletes_what_was_delivered_longer_ago_and_the_folders_it_empties() 
     assert_eq!(run.code, Some(code::USAGE), "{run:?}");
     assert!(run.stderr.contains("--keep-sent"), "{run:?}");
 }
+
+/// How many requests the receiver answered on `route`, by its metrics.
+fn requests_on(h: &Harness, route: &str) -> u64 {
+    let metrics = h.get("/metrics");
+    let line = format!("logferry_request_duration_seconds_count{{route=\"{route}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |n| n.trim().parse().expect("a count"))
+}
+
+#[test]
+fn small_files_travel_in_batches_and_large_ones_alone() {
+    let h = Harness::start();
+    let small: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|i| (format!("day/{:02}/f{i:03}.log", i / 40), format!("reading {i}\n").repeat(i + 1).into_bytes()))
+        .collect();
+    for (name, content) in &small {
+        h.log(name, content);
+    }
+    let large = vec![b'x'; 200 * 1024];
+    h.log("large.bin", &large);
+    let run = h.send(&[]);
+    assert_eq!(run.code, Some(code::SUCCESS), "{run:?}");
+    assert!(run.stdout.contains("101 sent"), "{run:?}");
+    for (name, content) in small.iter().map(|(n, c)| (n.as_str(), c.as_slice())).chain([("large.bin", &large[..])]) {
+        assert_eq!(std::fs::read(h.stored().join(name)).expect("stored"), content, "{name}");
+        assert_eq!(std::fs::read(h.sent().join(name)).expect("moved aside"), content, "{name}");
+    }
+    // 100 small files: two batches (64 files at most in one); the large
+    // one alone.
+    assert_eq!(requests_on(&h, "/v1/upload/batch"), 2);
+    assert_eq!(requests_on(&h, "/v1/upload"), 1);
+}
