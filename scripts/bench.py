@@ -26,6 +26,7 @@ import platform
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -431,12 +432,18 @@ def transfer_section(work):
     crowd_ids = os.path.join(work, "crowd-ids.txt")
     open(crowd_ids, "w").close()
     jobs_default = default_jobs()
-    log("transfer: starting the peers' sshd")
-    peers = Peers(work)
+    # A SIGTERM, like a Ctrl-C, ends the section through the `finally`s
+    # below, which stop the peers' servers.
+    previous = signal.signal(signal.SIGTERM, bench_peers.interrupted)
     try:
-        return measure_transfer(work, ids_file, crowd_ids, jobs_default, peers, started)
+        log("transfer: starting the peers' sshd")
+        peers = Peers(work)
+        try:
+            return measure_transfer(work, ids_file, crowd_ids, jobs_default, peers, started)
+        finally:
+            peers.close()
     finally:
-        peers.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def measure_transfer(work, ids_file, crowd_ids, jobs_default, peers, started):

@@ -30,6 +30,12 @@ def cpu_seconds(pid, waited=False):
     return sum(int(v) for v in fields[11:15 if waited else 13]) / os.sysconf("SC_CLK_TCK")
 
 
+def interrupted(signum, frame):
+    """A SIGTERM handler: ends a case like a Ctrl-C, through its `finally`s,
+    which stop the servers it started."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def signal_group(process, sig):
     """Signals a process we started and whatever it started: its own process
     group (GNU time does not pass a SIGTERM on to the sender). False when

@@ -29,8 +29,8 @@ import subprocess
 import tempfile
 import time
 
-from bench_peers import (check_peers, cpu_seconds, files_in, put_back, rclone_webdav, rsync_daemon,
-                         stop, tool_env, verify, wait_listening)
+from bench_peers import (check_peers, cpu_seconds, files_in, interrupted, put_back, rclone_webdav,
+                         rsync_daemon, stop, tool_env, verify, wait_listening)
 
 SLOW_FILES = int(os.environ.get("SLOW_FILES", "200"))
 SLOW_MB = float(os.environ.get("SLOW_MB", "100"))
@@ -418,10 +418,6 @@ def check_tools():
 
 def ratio_at_most(value, goal):
     return f"≤ {goal}x: " + ("met" if value <= goal else f"**missed** by {value - goal:.3f}x")
-
-
-def interrupted(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def slowlink_section(work, bench):
