@@ -7,8 +7,9 @@ interleaved round by round, so that a noisy neighbour on the machine slows
 ours and the floor alike. Test data is made once and moved back into place
 after each run. Writes the tables to BENCHMARKS.md.
 
-Three sections, chosen with CASES (all by default): `transfer` (cases 1-5:
-delivering files), `keys` (cases 6-9: the device key derivation, and the
+Three sections, chosen with CASES (all by default): `transfer` (cases 1-5
+and 11: delivering files, cases 1 and 2 also against rsync, to its daemon
+and over ssh, and rclone, all on loopback), `keys` (cases 6-9: the device key derivation, and the
 receiver's start-up and reload with DEVICES devices) and `slowlink` (case
 10, in scripts/bench_slowlink.py: text logs over a 20 Mbit/s link, against
 rsync and rclone, and a resumed upload). A section not measured is kept in
@@ -25,13 +26,16 @@ import platform
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+import bench_peers
 import bench_slowlink
+from bench_peers import cpu_seconds, files_in, put_back, rclone_webdav, rsync_daemon, stop, tool_env, verify
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
@@ -41,6 +45,9 @@ LARGE_MIB = int(os.environ.get("LARGE_MIB", "1024"))
 MIXED_FILES = int(os.environ.get("MIXED_FILES", "1000"))
 SENDERS = int(os.environ.get("SENDERS", "50"))
 PER_SENDER = int(os.environ.get("PER_SENDER", "200"))
+# Case 11: FLEET_DEVICES senders at once, each its own device, FLEET_FILES files each.
+FLEET_DEVICES = int(os.environ.get("FLEET_DEVICES", "200"))
+FLEET_FILES = int(os.environ.get("FLEET_FILES", "50"))
 JOBS_SWEEP = [int(j) for j in os.environ.get("JOBS_SWEEP", "1 2 4 8 16").split()]
 BENCH_DIR = os.environ.get("BENCH_DIR", "/var/tmp")
 SECTIONS = ("transfer", "keys", "slowlink")
@@ -52,6 +59,16 @@ SENT = "sent_files"
 LOCK_FILE = ".logferry-sender.lock"
 # The sender's peak RSS budget, derivation of its key included (8 MiB).
 SENDER_RSS_MIB = 24
+# Targets of cases 1 and 2: ours over the floor, over rsync to its daemon,
+# over rsync over ssh (case 2 only).
+SMALL_OVER_FLOOR, SMALL_OVER_RSYNCD = 1.5, 1.5
+LARGE_OVER_CP, LARGE_OVER_RSYNCD, LARGE_OVER_SSH = 0.5, 1.5, 3.0
+# Case 11 before the work of issue 15, at full size (200 devices x 50 files
+# of 4 KiB): median of 3 runs (1159, 1128, 926 files/s), code 339bfb7,
+# 2026-12-02 15:02 UTC, on this project's 2-core AMD EPYC VM (load average
+# 5-6 from other work). The target is twice that.
+FLEET_BEFORE_FILES_S = 1128
+FLEET_OVER_BEFORE = 2.0
 
 
 def log(message):
@@ -108,16 +125,21 @@ class Device:
         self.dir = tempfile.mkdtemp(dir=work, prefix="device-")
         self.logs = os.path.join(self.dir, "logs")
         self.files = files
+        # {relative path: (size, SHA-256)}, to check what a peer delivered.
+        self.digests = {}
         rng = random.Random(seed)
         for rel, size in files.items():
             path = os.path.join(self.logs, rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            digest = hashlib.sha256()
             with open(path, "wb") as f:
                 remaining = size
                 while remaining:
-                    chunk = min(remaining, 1 << 20)
-                    f.write(rng.randbytes(chunk))
-                    remaining -= chunk
+                    chunk = rng.randbytes(min(remaining, 1 << 20))
+                    f.write(chunk)
+                    digest.update(chunk)
+                    remaining -= len(chunk)
+            self.digests[rel] = (size, digest.hexdigest())
         made = subprocess.run([os.path.join(BIN, "receiver"), "--ids", ids_file, "add-device"],
                               check=True, capture_output=True, text=True)
         self.id_file = os.path.join(self.dir, "device-id")
@@ -165,20 +187,23 @@ def finish(process):
 
 def timed_send(work, ids_file, devices, jobs=None):
     """One end-to-end run of every device's sender at once: returns
-    (seconds until the last one finished, peak sender KiB, peak receiver KiB)."""
+    (seconds until the last one finished, peak sender KiB, peak receiver KiB,
+    the receiver's CPU seconds during the run, start-up not counted)."""
     receiver = Receiver(work, ids_file)
     try:
         os.sync()
+        cpu_before = cpu_seconds(receiver.process.pid)
         start = time.perf_counter()
         processes = [device.start(receiver.address, jobs) for device in devices]
         sender_rss = max(finish(p) for p in processes)
         seconds = time.perf_counter() - start
         receiver_rss = receiver.peak_rss_kib()
+        receiver_cpu = cpu_seconds(receiver.process.pid) - cpu_before
     finally:
         receiver.stop()
     for device in devices:
         device.reset()
-    return seconds, sender_rss, receiver_rss
+    return seconds, sender_rss, receiver_rss, receiver_cpu
 
 
 def durable_copy_floor(work, device):
@@ -216,6 +241,126 @@ def cp_sync_floor(work, device):
     seconds = time.perf_counter() - start
     os.remove(dst)
     return seconds
+
+
+PEERS = {"rsyncd": "rsync daemon", "ssh": "rsync over ssh", "rclone": "rclone move to WebDAV"}
+SSHD = "/usr/sbin/sshd"
+
+
+def listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+        return True
+    except OSError:
+        return False
+
+
+def peer_timeout(device):
+    """How long a peer's run may take: more than ours, as rclone's WebDAV
+    backend spaces its requests 10 ms apart (about 30 small files a second;
+    1.60 has no option to change that)."""
+    return RUN_TIMEOUT + 0.1 * len(device.files) + sum(device.files.values()) / 10e6
+
+
+class Peers:
+    """The peers of cases 1 and 2 on loopback, each pushing a device's files
+    with its sources removed: `rsync -a --fsync --remove-source-files` to an
+    rsync daemon, the same over ssh to an sshd of our own, and `rclone move`
+    to `rclone serve webdav`. A daemon and a WebDAV server are started
+    fresh for each run, serving an empty folder; the sshd serves the whole
+    section. After each run the destination is checked (every file, its
+    size and SHA-256; no source left) and the files go back."""
+
+    def __init__(self, work):
+        self.work = work
+        self.versions = bench_peers.check_peers(("rsync", "rclone", "ssh", "ssh-keygen", SSHD, "/usr/bin/time"))
+        self.ssh_dir = tempfile.mkdtemp(dir=work, prefix="sshd-")
+        self.key = os.path.join(self.ssh_dir, "client_key")
+        for key in (self.key, os.path.join(self.ssh_dir, "host_key")):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True, timeout=60)
+        shutil.copy(self.key + ".pub", os.path.join(self.ssh_dir, "authorized_keys"))
+        self.ssh_port = free_port()
+        config = os.path.join(self.ssh_dir, "sshd_config")
+        with open(config, "w") as f:
+            f.write(f"Port {self.ssh_port}\nListenAddress 127.0.0.1\nHostKey {self.ssh_dir}/host_key\n"
+                    f"AuthorizedKeysFile {self.ssh_dir}/authorized_keys\nPidFile {self.ssh_dir}/sshd.pid\n"
+                    "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+                    "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n")
+        # sshd refuses to start without its privilege separation folder.
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        self.sshd = self.spawn([SSHD, "-D", "-e", "-f", config], "sshd.log")
+        try:
+            bench_peers.wait_listening(lambda: listening(self.ssh_port), self.sshd, "sshd")
+        except BaseException:
+            self.close()
+            raise
+
+    def spawn(self, command, log_name):
+        logfile = open(os.path.join(self.work, log_name), "a")
+        # In a process group of its own, which `stop` ends whole.
+        process = subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, env=tool_env())
+        process.logfile = logfile
+        return process
+
+    def close(self):
+        stop(self.sshd)
+        self.sshd.logfile.close()
+
+    def rsyncd(self, device):
+        dest = tempfile.mkdtemp(dir=self.work, prefix="rsyncd-dest-")
+        port = free_port()
+        daemon, url = rsync_daemon(self.work, port, dest)
+        client = ["rsync", "-a", "--fsync", "--remove-source-files", device.logs + "/", url]
+        return self.run("rsyncd", device, client, dest, self.spawn(daemon, "rsyncd.out"), port)
+
+    def ssh(self, device):
+        dest = tempfile.mkdtemp(dir=self.work, prefix="ssh-dest-")
+        shell = (f"ssh -p {self.ssh_port} -i {self.key} -o StrictHostKeyChecking=no "
+                 "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+        client = ["rsync", "-a", "--fsync", "--remove-source-files", "-e", shell, device.logs + "/",
+                  f"root@127.0.0.1:{dest}/"]
+        return self.run("ssh", device, client, dest)
+
+    def rclone(self, device):
+        dest = tempfile.mkdtemp(dir=self.work, prefix="webdav-dest-")
+        port = free_port()
+        server, client = rclone_webdav(self.work, port, dest, device.logs)
+        return self.run("rclone", device, client, dest, self.spawn(server, "webdav.log"), port)
+
+    def run(self, name, device, client, dest, server=None, port=None):
+        """One run of a peer's client (bounded), timed from its start; with
+        the server started for it, that server's CPU seconds over the run
+        (its process tree: the children it forked and reaped count)."""
+        try:
+            if server:
+                bench_peers.wait_listening(lambda: listening(port), server, PEERS[name])
+                cpu_before = cpu_seconds(server.pid, waited=True)
+            os.sync()
+            start = time.perf_counter()
+            done = subprocess.run(client, capture_output=True, text=True, timeout=peer_timeout(device), env=tool_env())
+            seconds = time.perf_counter() - start
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(client)} exited {done.returncode}: {done.stderr[-2000:]}")
+            cpu = None
+            if server:
+                # The daemon reaps the process it forked for the connection
+                # just after the client ends (bounded: 10 s).
+                for _ in range(200):
+                    if not bench_peers.children(server.pid):
+                        break
+                    time.sleep(0.05)
+                cpu = cpu_seconds(server.pid, waited=True) - cpu_before
+        finally:
+            if server:
+                stop(server)
+                server.logfile.close()
+        verify(dest, device.digests, PEERS[name])
+        left = files_in(device.logs)
+        if left:
+            raise RuntimeError(f"{PEERS[name]} left {len(left)} source files, e.g. {left[0]}")
+        put_back(dest, device.logs, device.files)
+        return {"s": seconds, "cpu": cpu}
 
 
 def small_files(count, prefix=""):
@@ -269,19 +414,48 @@ def commit():
     return head + (" with local changes" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+def peer_rows(case, ours, peer_rates, unit, goals):
+    """Rows of ours against each peer of a case: `peer_rates` {peer: rate},
+    `goals` {peer: the least ratio, or None for no target}."""
+    return [(f"{case}. against {PEERS[name]}", f"{ours:.0f} {unit}", f"{PEERS[name]} {rate:.0f} {unit}",
+             f"{ours / rate:.2f}x", at_least(round(ours / rate, 2), goals[name], "x") if goals.get(name) else "")
+            for name, rate in peer_rates.items()]
+
+
 def transfer_section(work):
-    """Cases 1-5: delivering files. Returns the section's lines."""
+    """Cases 1-5 and 11: delivering files. Returns the section's lines."""
     started = time.perf_counter()
     ids_file = os.path.join(work, "ids.txt")
     open(ids_file, "w").close()
+    # Case 11's devices have an ids file of their own, so that the
+    # receivers of the other cases derive the same 53 keys as before.
+    crowd_ids = os.path.join(work, "crowd-ids.txt")
+    open(crowd_ids, "w").close()
     jobs_default = default_jobs()
+    # A SIGTERM, like a Ctrl-C, ends the section through the `finally`s
+    # below, which stop the peers' servers.
+    previous = signal.signal(signal.SIGTERM, bench_peers.interrupted)
+    try:
+        log("transfer: starting the peers' sshd")
+        peers = Peers(work)
+        try:
+            return measure_transfer(work, ids_file, crowd_ids, jobs_default, peers, started)
+        finally:
+            peers.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def measure_transfer(work, ids_file, crowd_ids, jobs_default, peers, started):
     log("transfer: making the test data")
     small = Device(work, ids_file, small_files(SMALL_FILES), 1)
     large = Device(work, ids_file, {"large.bin": LARGE_MIB << 20}, 2)
     mixed = Device(work, ids_file, mixed_files(MIXED_FILES), 3)
     fleet = [Device(work, ids_file, small_files(PER_SENDER, f"s{n:02}-"), 10 + n) for n in range(SENDERS)]
+    crowd = [Device(work, crowd_ids, small_files(FLEET_FILES, f"d{n:03}-"), 1000 + n) for n in range(FLEET_DEVICES)]
     sweep = {j: [] for j in JOBS_SWEEP}
-    small_runs, small_floor, large_runs, large_floor, mixed_runs, fleet_runs = [], [], [], [], [], []
+    small_runs, small_floor, large_runs, large_floor, mixed_runs, fleet_runs, crowd_runs = [], [], [], [], [], [], []
+    small_peers, large_peers = {name: [] for name in PEERS}, {name: [] for name in PEERS}
     for round_ in range(1, RUNS + 1):
         log(f"transfer: round {round_} of {RUNS}")
         for jobs in JOBS_SWEEP:
@@ -291,15 +465,23 @@ def transfer_section(work):
             log(f"  case 1, --jobs {jobs}: {SMALL_FILES / sweep[jobs][-1][0]:.0f} files/s")
         small_runs.append(timed_send(work, ids_file, [small]))
         small_floor.append(durable_copy_floor(work, small))
+        for name, runs in small_peers.items():
+            runs.append(getattr(peers, name)(small))
         log(f"  case 1, default --jobs: {SMALL_FILES / small_runs[-1][0]:.0f} files/s, "
-            f"floor {SMALL_FILES / small_floor[-1]:.0f} files/s")
+            f"floor {SMALL_FILES / small_floor[-1]:.0f} files/s, "
+            + ", ".join(f"{PEERS[n]} {SMALL_FILES / r[-1]['s']:.0f}" for n, r in small_peers.items()))
         large_runs.append(timed_send(work, ids_file, [large]))
         large_floor.append(cp_sync_floor(work, large))
-        log(f"  case 2: {large_runs[-1][0]:.2f} s, floor {large_floor[-1]:.2f} s")
+        for name, runs in large_peers.items():
+            runs.append(getattr(peers, name)(large))
+        log(f"  case 2: {large_runs[-1][0]:.2f} s, floor {large_floor[-1]:.2f} s, "
+            + ", ".join(f"{PEERS[n]} {r[-1]['s']:.2f} s" for n, r in large_peers.items()))
         mixed_runs.append(timed_send(work, ids_file, [mixed]))
         log(f"  case 3: {mixed_runs[-1][0]:.2f} s")
         fleet_runs.append(timed_send(work, ids_file, fleet))
         log(f"  case 4: {fleet_runs[-1][0]:.2f} s")
+        crowd_runs.append(timed_send(work, crowd_ids, crowd))
+        log(f"  case 11: {crowd_runs[-1][0]:.2f} s, {FLEET_DEVICES * FLEET_FILES / crowd_runs[-1][0]:.0f} files/s")
     if jobs_default in sweep:
         sweep[jobs_default] = small_runs
     elapsed = time.perf_counter() - started
@@ -308,62 +490,100 @@ def transfer_section(work):
     large_mb = (LARGE_MIB << 20) / 1e6
     mixed_mb = sum(mixed.files.values()) / 1e6
     fleet_files = SENDERS * PER_SENDER
+    crowd_files = FLEET_DEVICES * FLEET_FILES
     ours_small = SMALL_FILES / median(r[0] for r in small_runs)
     floor_small = SMALL_FILES / median(small_floor)
     ours_large = large_mb / median(r[0] for r in large_runs)
     floor_large = large_mb / median(large_floor)
+    small_peer = {n: SMALL_FILES / median(r["s"] for r in runs) for n, runs in small_peers.items()}
+    large_peer = {n: large_mb / median(r["s"] for r in runs) for n, runs in large_peers.items()}
+    # CPU per file of case 1: our receiver's, the rsync daemon's process tree.
+    ours_cpu_us = median(r[3] for r in small_runs) / SMALL_FILES * 1e6
+    rsyncd_cpu_us = median(r["cpu"] for r in small_peers["rsyncd"]) / SMALL_FILES * 1e6
     mixed_seconds = median(r[0] for r in mixed_runs)
     fleet_rate = fleet_files / median(r[0] for r in fleet_runs)
+    crowd_rate = crowd_files / median(r[0] for r in crowd_runs)
     peak = lambda runs, side: max(r[side] for r in runs) / 1024  # noqa: E731
-    sender_peaks = [peak(small_runs, 1), peak(large_runs, 1), peak(mixed_runs, 1), peak(fleet_runs, 1)]
+    sender_peaks = [peak(small_runs, 1), peak(large_runs, 1), peak(mixed_runs, 1), peak(fleet_runs, 1),
+                    peak(crowd_runs, 1)]
     binary_mib = os.path.getsize(os.path.join(BIN, "sender")) / (1 << 20)
     sweep_rates = {j: SMALL_FILES / median(r[0] for r in runs) for j, runs in sweep.items() if runs}
     fastest = max(sweep_rates, key=sweep_rates.get)
+    # The before figure was measured at the full size only.
+    full_crowd = (FLEET_DEVICES, FLEET_FILES) == (200, 50)
+    crowd_goal = at_least(round(crowd_rate / FLEET_BEFORE_FILES_S, 2), FLEET_OVER_BEFORE, "x") if full_crowd \
+        else f"≥ {FLEET_OVER_BEFORE}x at 200 × 50 only"
 
     rows = [
         (f"1. {SMALL_FILES:,} files of 4 KiB in nested folders, one sender (--jobs {jobs_default})",
          f"{ours_small:.0f} files/s", f"sequential durable copy {floor_small:.0f} files/s",
-         f"{ours_small / floor_small:.2f}x", at_least(round(ours_small / floor_small, 2), 1.0, "x")),
-        (f"2. one file of {LARGE_MIB} MiB", f"{ours_large:.0f} MB/s", f"cp + sync {floor_large:.0f} MB/s",
-         f"{ours_large / floor_large:.2f}x", at_least(round(ours_large / floor_large, 2), 0.85, "x")),
+         f"{ours_small / floor_small:.2f}x", at_least(round(ours_small / floor_small, 2), SMALL_OVER_FLOOR, "x")),
+        *peer_rows(1, ours_small, small_peer, "files/s", {"rsyncd": SMALL_OVER_RSYNCD}),
+        ("1. CPU time per file: our receiver / the rsync daemon's processes (user + system)",
+         f"{ours_cpu_us:.0f} µs", f"rsync daemon {rsyncd_cpu_us:.0f} µs", f"{ours_cpu_us / rsyncd_cpu_us:.2f}x", ""),
+        (f"2. one file of {LARGE_MIB} MiB", f"{ours_large:.0f} MB/s",
+         f"cp + sync {floor_large:.0f} MB/s (the disk in this run)",
+         f"{ours_large / floor_large:.2f}x", at_least(round(ours_large / floor_large, 2), LARGE_OVER_CP, "x")),
+        *peer_rows(2, ours_large, large_peer, "MB/s", {"rsyncd": LARGE_OVER_RSYNCD, "ssh": LARGE_OVER_SSH}),
         (f"3. {MIXED_FILES:,} files of 1 KiB–8 MiB ({mixed_mb:.0f} MB)",
          f"{mixed_seconds:.1f} s: {mixed_mb / mixed_seconds:.0f} MB/s, {MIXED_FILES / mixed_seconds:.0f} files/s",
          "", "", ""),
         (f"4. {SENDERS} senders at once × {PER_SENDER} files of 4 KiB", f"{fleet_rate:.0f} files/s",
          f"(case 1's floor: {floor_small:.0f} files/s)", f"{fleet_rate / floor_small:.2f}x", ""),
+        (f"11. {FLEET_DEVICES} devices at once (a sender each) × {FLEET_FILES} files of 4 KiB",
+         f"{crowd_rate:.0f} files/s", f"before, 200 × 50 at 339bfb7: {FLEET_BEFORE_FILES_S} files/s",
+         f"{crowd_rate / FLEET_BEFORE_FILES_S:.2f}x", crowd_goal),
         ("5. receiver peak RSS during case 2", f"{peak(large_runs, 2):.1f} MiB", "", "",
          at_most(peak(large_runs, 2), 32, "MiB")),
         ("5. receiver peak RSS during case 4", f"{peak(fleet_runs, 2):.1f} MiB", "", "",
          at_most(peak(fleet_runs, 2), 128, "MiB")),
-        ("5. sender peak RSS during cases 1 / 2 / 3 / 4", " / ".join(f"{p:.1f}" for p in sender_peaks) + " MiB",
-         "", "", at_most(max(sender_peaks), SENDER_RSS_MIB, "MiB")),
+        (f"11. receiver peak RSS during case 11 ({FLEET_DEVICES} devices listed)", f"{peak(crowd_runs, 2):.1f} MiB",
+         "", "", ""),
+        ("5. sender peak RSS during cases 1 / 2 / 3 / 4 / 11",
+         " / ".join(f"{p:.1f}" for p in sender_peaks) + " MiB", "", "",
+         at_most(max(sender_peaks), SENDER_RSS_MIB, "MiB")),
         ("release `sender` binary", f"{binary_mib:.1f} MiB", "", "", ""),
     ]
+    peer_runs = lambda case, by_peer, rate, unit: [  # noqa: E731
+        f"- case {case}: {PEERS[n]} {listed([rate(r['s']) for r in runs], '{:.0f}')} {unit}"
+        for n, runs in by_peer.items()]
     run_rows = [
         f"- case 1: ours {listed([SMALL_FILES / r[0] for r in small_runs], '{:.0f}')} files/s; "
         f"floor {listed([SMALL_FILES / s for s in small_floor], '{:.0f}')} files/s",
+        *peer_runs(1, small_peers, lambda s: SMALL_FILES / s, "files/s"),
+        f"- case 1, CPU per file: our receiver {listed([r[3] / SMALL_FILES * 1e6 for r in small_runs], '{:.0f}')} µs; "
+        f"rsync daemon {listed([r['cpu'] / SMALL_FILES * 1e6 for r in small_peers['rsyncd']], '{:.0f}')} µs",
         f"- case 2: ours {listed([large_mb / r[0] for r in large_runs], '{:.0f}')} MB/s; "
         f"floor {listed([large_mb / s for s in large_floor], '{:.0f}')} MB/s",
+        *peer_runs(2, large_peers, lambda s: large_mb / s, "MB/s"),
         f"- case 3: {listed([r[0] for r in mixed_runs], '{:.2f}')} s",
         f"- case 4: {listed([fleet_files / r[0] for r in fleet_runs], '{:.0f}')} files/s",
+        f"- case 11: {listed([crowd_files / r[0] for r in crowd_runs], '{:.0f}')} files/s; receiver peak RSS "
+        f"{listed([r[2] / 1024 for r in crowd_runs], '{:.1f}')} MiB",
     ]
     sweep_rows = [f"| {j} | {rate:.0f} | {rate / floor_small:.2f}x |" for j, rate in sweep_rates.items()]
+    rsync_version, rclone_version = peers.versions
     lines = [
-        "## Transfer: cases 1-5",
+        "## Transfer: cases 1-5 and 11",
         "",
         *run_header(elapsed),
         f"- Disk: the one under {BENCH_DIR}; loopback network; release builds; receiver upload limits raised "
         "(`--max-uploads 1024 --max-uploads-per-device 64`) so that they never decide a figure",
-        f"- Each figure is the median of {RUNS} runs (peak RSS: the highest of them). Floors are measured in the",
-        "  same rounds, interleaved with ours, on the same disk and from the same source files.",
+        f"- Each figure is the median of {RUNS} runs (peak RSS: the highest of them). Floors and peers are measured",
+        "  in the same rounds, interleaved with ours, on the same disk and from the same source files.",
+        f"- Peers (cases 1 and 2): {rsync_version}, `rsync -a --fsync --remove-source-files` to an rsync daemon "
+        "and over ssh (OpenSSH, an sshd of the run's own); "
+        f"{rclone_version}, `rclone move` to `rclone serve webdav`; all on loopback.",
         "",
-        "| case | ours | floor | ratio | target |",
+        "| case | ours | floor or peer | ratio | target |",
         "|---|---|---|---|---|",
     ]
     lines += [f"| {' | '.join(row)} |" for row in rows]
     # Measured by scripts/bench-s3.sh just before, in the same bench.sh run.
     s3_rows = os.environ.get("BENCH_S3_ROWS", "").strip()
-    lines += s3_rows.splitlines() if s3_rows else ["| S3 (Garage): skipped, Garage not installed |  |  |  |  |"]
+    lines += s3_rows.splitlines() if s3_rows else [
+        "| S3 (Garage): skipped, " + ("S3=0" if os.environ.get("S3") == "0" else "Garage not installed")
+        + " |  |  |  |  |"]
     lines += [
         "",
         f"`--jobs` sweep over case 1 (median of {RUNS} runs each); the fastest is {fastest}, "
@@ -666,7 +886,7 @@ def keys_section(work):
 
 MARK = "<!-- bench section {}: rewritten by a run that measures it -->"
 END = "<!-- end of bench section {} -->"
-TITLES = {"transfer": "Transfer: cases 1-5", "keys": "Device keys: cases 6-9", "slowlink": "Slow link: case 10"}
+TITLES = {"transfer": "Transfer: cases 1-5 and 11", "keys": "Device keys: cases 6-9", "slowlink": "Slow link: case 10"}
 
 
 def main():

@@ -14,7 +14,8 @@ SIGKILL, then sent again, shows what a resumed upload sends twice.
 
 bench.py calls `slowlink_section(work, bench)` with itself as `bench`, for
 its helpers (`log`, `run_header`, `at_least`, `at_most`, `listed`) and its
-settings (`BIN`, `RUNS`, `RUN_TIMEOUT`, `SENT`, `LOCK_FILE`).
+settings (`BIN`, `RUNS`, `RUN_TIMEOUT`, `SENT`, `LOCK_FILE`). What its peers
+share with those of the transfer section is in bench_peers.py.
 """
 
 import hashlib
@@ -27,6 +28,9 @@ import statistics
 import subprocess
 import tempfile
 import time
+
+from bench_peers import (check_peers, cpu_seconds, files_in, interrupted, put_back, rclone_webdav,
+                         rsync_daemon, stop, tool_env, verify, wait_listening)
 
 SLOW_FILES = int(os.environ.get("SLOW_FILES", "200"))
 SLOW_MB = float(os.environ.get("SLOW_MB", "100"))
@@ -187,82 +191,12 @@ class Namespace:
     def wait_port(self, port, process, what):
         """Until something listens on `port` in the namespace (bounded)."""
         probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1).close()"
-        for _ in range(100):
-            if process.poll() is not None:
-                raise RuntimeError(f"{what} exited {process.returncode} before listening")
-            if subprocess.run(self.args("python3", "-c", probe), capture_output=True, timeout=30).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"{what} is not listening on port {port} after 10 s")
+        wait_listening(lambda: subprocess.run(self.args("python3", "-c", probe), capture_output=True,
+                                              timeout=30).returncode == 0, process, what)
 
     def delete(self):
         subprocess.run(["ip", "netns", "delete", self.name], capture_output=True, timeout=30)
 
-
-def tool_env():
-    """The environment without the variables that would steer rsync or
-    rclone (a user's remotes, passwords, options)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("RCLONE_", "RSYNC_"))}
-
-
-def cpu_seconds(pid):
-    """User + system CPU seconds of a running process (`ip netns exec` execs
-    the command, so the pid is the receiver's own)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def signal_group(process, sig):
-    """Signals a process we started and whatever it started: its own process
-    group (GNU time does not pass a SIGTERM on to the sender). False when
-    none of them is left."""
-    try:
-        os.killpg(process.pid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def stop(*processes):
-    """Ends processes we started, and theirs: SIGTERM, then SIGKILL to what
-    is left after 10 s."""
-    for process in processes:
-        signal_group(process, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for process in processes:
-        while (process.poll() is None or signal_group(process, 0)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        signal_group(process, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
-def files_in(folder):
-    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, _, names in os.walk(folder) for n in names)
-
-
-def verify(folder, files, what):
-    """Every file in `folder` with its size and SHA-256 (a missing, short or
-    altered one fails the benchmark)."""
-    for rel, (size, digest) in files.items():
-        path = os.path.join(folder, rel)
-        if not os.path.isfile(path):
-            raise RuntimeError(f"{what}: {rel} is missing from {folder}")
-        with open(path, "rb") as f:
-            data = f.read()
-        if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
-            raise RuntimeError(f"{what}: {rel} arrived with {len(data)} bytes, not the {size} sent, or altered")
-
-
-def put_back(origin, logs, files):
-    """Moves the files from where a run left them back into `logs`, and
-    removes what else is left there (empty folders, a lock file)."""
-    for rel in files:
-        target = os.path.join(logs, rel)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.rename(os.path.join(origin, rel), target)
-    shutil.rmtree(origin)
-    os.makedirs(origin)
 
 
 class Case:
@@ -391,14 +325,10 @@ class Case:
         """rsync -z zstd to a fresh rsync daemon with an empty module folder."""
         dest = tempfile.mkdtemp(dir=self.work, prefix="rsync-dest-")
         port = self.port()
-        conf = os.path.join(self.work, f"rsyncd-{port}.conf")
-        with open(conf, "w") as f:
-            f.write(f"use chroot = no\nuid = 0\ngid = 0\nlog file = {self.work}/rsyncd.log\n"
-                    f"[logs]\n    path = {dest}\n    read only = no\n")
-        server = self.spawn(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}"],
-                            "rsyncd.out", env=tool_env())
+        daemon, url = rsync_daemon(self.work, port, dest)
+        server = self.spawn(daemon, "rsyncd.out", env=tool_env())
         client = ["rsync", "-a", "-z", "--compress-choice=zstd", "--fsync", "--remove-source-files",
-                  device["logs"] + "/", f"rsync://127.0.0.1:{port}/logs/"]
+                  device["logs"] + "/", url]
         return self.peer(server, port, client, device, dest, "rsync")
 
     def rclone(self, device):
@@ -408,12 +338,8 @@ class Case:
         sources without sending them)."""
         dest = tempfile.mkdtemp(dir=self.work, prefix="webdav-dest-")
         port = self.port()
-        conf = os.path.join(self.work, "rclone.conf")
-        open(conf, "w").close()
-        server = self.spawn(["rclone", "serve", "webdav", dest, "--addr", f"127.0.0.1:{port}", "--config", conf],
-                            "webdav.log", env=tool_env())
-        client = ["rclone", "move", device["logs"], ":webdav:", "--webdav-url", f"http://127.0.0.1:{port}",
-                  "--config", conf]
+        command, client = rclone_webdav(self.work, port, dest, device["logs"])
+        server = self.spawn(command, "webdav.log", env=tool_env())
         return self.peer(server, port, client, device, dest, "rclone")
 
     def port(self):
@@ -487,24 +413,11 @@ class Case:
 
 def check_tools():
     """The peers as the case needs them: fails early, with what is missing."""
-    for tool in ("ip", "tc", "rsync", "rclone", "/usr/bin/time"):
-        if not shutil.which(tool):
-            raise RuntimeError(f"the slowlink case needs {tool} (scripts/bench.sh installs it)")
-    version = subprocess.run(["rsync", "--version"], capture_output=True, text=True, timeout=30).stdout
-    usage = subprocess.run(["rsync", "--help"], capture_output=True, text=True, timeout=30).stdout
-    compress = re.search(r"Compress list:\s*\n\s*(.*)", version)
-    if not compress or "zstd" not in compress.group(1).split() or "--fsync" not in usage:
-        raise RuntimeError("this rsync has no zstd compression or no --fsync (3.2.4 or later has both)")
-    rclone = subprocess.run(["rclone", "version"], capture_output=True, text=True, timeout=30).stdout
-    return " ".join(version.split("\n")[0].split("protocol")[0].split()), rclone.split("\n")[0].strip()
+    return check_peers(("ip", "tc", "rsync", "rclone", "/usr/bin/time"), compress=True)
 
 
 def ratio_at_most(value, goal):
     return f"≤ {goal}x: " + ("met" if value <= goal else f"**missed** by {value - goal:.3f}x")
-
-
-def interrupted(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def slowlink_section(work, bench):
