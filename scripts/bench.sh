@@ -21,10 +21,10 @@
 # own, lo shaped by tc tbf; needs root) against rsync -z zstd and rclone,
 # and one RESUME_MIB MiB file cut off mid-upload and sent again.
 # The defaults are the full sizes, 3 runs of each: on 2 cores a fresh clone
-# takes about 2 minutes to build, about 22 to measure the transfer section
-# (8.2 for one round; rclone's case 1 runs, paced by its WebDAV backend at
-# about 30 files/s, take some 5.5 minutes a round; 3.5 in all before the
-# peers), 0.7 the keys section and about 9 the slowlink section.
+# takes about 2 minutes to build, about 11 to measure the transfer section
+# (rclone's case 1 run, paced by its WebDAV backend at about 30 files/s,
+# takes some 5.5 minutes and runs in the first round only), 0.7 the keys
+# section and about 9 the slowlink section.
 # Sizes can be lowered for a quick look:
 # RUNS=3 SMALL_FILES=10000 LARGE_MIB=1024 MIXED_FILES=1000 SENDERS=50
 # PER_SENDER=200 FLEET_DEVICES=200 FLEET_FILES=50 JOBS_SWEEP="1 2 4 8 16"

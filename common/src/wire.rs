@@ -104,7 +104,16 @@ pub struct BatchReceipt {
 #[serde(rename_all = "snake_case")]
 pub enum BatchResult {
     Delivered(UploadReceipt),
-    Refused(ErrorBody),
+    Refused(BatchRefusal),
+}
+
+/// A batch's file refused alone: the status a single upload of it would
+/// have been answered with, and that answer's body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRefusal {
+    pub status: u16,
+    #[serde(flatten)]
+    pub body: ErrorBody,
 }
 
 /// Files at least this big are resumable: a receiver that offers resuming

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use logferry_common::signing::{SignedFields, UploadClaim};
 use logferry_common::wire::{
-    BATCH_FILE_MAX, BATCH_MAX_BYTES, BATCH_MAX_FILES, BatchManifest, BatchReceipt, BatchResult, Encoding,
+    BATCH_FILE_MAX, BATCH_MAX_BYTES, BATCH_MAX_FILES, BatchManifest, BatchReceipt, BatchRefusal, BatchResult, Encoding,
     UploadReceipt, endpoint, field,
 };
 use logferry_common::{Sha256Digest, Sha256Hasher};
@@ -359,7 +359,10 @@ impl Committed {
                 .iter()
                 .map(|outcome| match outcome {
                     FileOutcome::Delivered(receipt) => BatchResult::Delivered(receipt.clone()),
-                    FileOutcome::Refused { error, .. } => BatchResult::Refused(error.body()),
+                    FileOutcome::Refused { error, .. } => BatchResult::Refused(BatchRefusal {
+                        status: actix_web::ResponseError::status_code(error).as_u16(),
+                        body: error.body(),
+                    }),
                 })
                 .collect(),
         }

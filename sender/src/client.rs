@@ -288,7 +288,8 @@ impl Client {
     /// trip to a compressor thread.
     pub async fn batch_files(&self, files: Vec<(UploadClaim, Vec<u8>)>) -> io::Result<Vec<BatchFile>> {
         let compression = if self.accepts.zstd { self.options.compression } else { Compression::Off };
-        let as_they_are = |(claim, wire)| BatchFile { claim, wire, encoding: None };
+        let as_they_are =
+            |(claim, wire): (UploadClaim, Vec<u8>)| BatchFile { claim, wire: wire.into(), encoding: None };
         if compression == Compression::Off {
             return Ok(files.into_iter().map(as_they_are).collect());
         }
@@ -302,7 +303,7 @@ impl Client {
                             _ => Some(compressor.compress(&bytes)?),
                         };
                         Ok(match compressed {
-                            Some(wire) => BatchFile { claim, wire, encoding: Some(Encoding::Zstd) },
+                            Some(wire) => BatchFile { claim, wire: wire.into(), encoding: Some(Encoding::Zstd) },
                             None => as_they_are((claim, bytes)),
                         })
                     })
@@ -334,7 +335,8 @@ impl Client {
                         bandwidth.take(file.wire.len()).await;
                     }
                     self.wire_bytes.fetch_add(file.wire.len() as u64, Ordering::Relaxed);
-                    form = form.part(field::FILE, Part::bytes(file.wire.clone()));
+                    let len = file.wire.len() as u64;
+                    form = form.part(field::FILE, Part::stream_with_length(Body::from(file.wire.clone()), len));
                 }
                 let request =
                     self.signed(self.clock, Method::POST, endpoint::UPLOAD_BATCH, Some(&fields), |r| r.multipart(form));
@@ -682,7 +684,8 @@ impl Client {
 #[derive(Debug)]
 pub struct BatchFile {
     pub claim: UploadClaim,
-    wire: Vec<u8>,
+    /// Shared by every attempt, not copied.
+    wire: bytes::Bytes,
     encoding: Option<Encoding>,
 }
 

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt;
 use logferry_common::Sha256Digest;
 use logferry_common::signing::UploadClaim;
-use logferry_common::wire::{BATCH_FILE_MAX, BATCH_MAX_FILES, BatchResult, UploadOutcome, UploadReceipt};
+use logferry_common::wire::{BATCH_FILE_MAX, BATCH_MAX_FILES, BatchRefusal, BatchResult, UploadOutcome, UploadReceipt};
+use reqwest::StatusCode;
 
 use crate::body::Bandwidth;
 use crate::client::{Client, ClientOptions, RequestError};
@@ -185,7 +186,7 @@ async fn upload_all(client: &Client, config: &Config, summary: &mut Summary) -> 
         .map(|unit| async move {
             match unit {
                 Unit::One(candidate) => vec![(candidate, deliver_one(client, config, second_look, candidate).await)],
-                Unit::Batch(candidates) => deliver_batch(client, config, second_look, candidates).await,
+                Unit::Batch(candidates) => deliver_batch(client, config, candidates).await,
             }
         })
         .buffer_unordered(config.jobs.max(1));
@@ -420,8 +421,13 @@ fn units(files: &[walk::Candidate], batches: bool) -> Vec<Unit<'_>> {
     let mut batch: Vec<&walk::Candidate> = Vec::new();
     let mut batch_bytes = 0;
     for candidate in files {
-        let small =
-            std::fs::symlink_metadata(&candidate.path).ok().map(|m| m.len()).filter(|len| *len <= BATCH_FILE_MAX);
+        // A file stamped in the future of the device's clock waits for its
+        // second look, which is `deliver_one`'s.
+        let small = std::fs::symlink_metadata(&candidate.path)
+            .ok()
+            .filter(|meta| meta.modified().is_ok_and(|m| m.elapsed().is_ok()))
+            .map(|meta| meta.len())
+            .filter(|len| *len <= BATCH_FILE_MAX);
         match small {
             Some(len) if batches => {
                 if batch.len() == BATCH_MAX_FILES || batch_bytes + len > SENDER_BATCH_BYTES {
@@ -440,13 +446,9 @@ fn units(files: &[walk::Candidate], batches: bool) -> Vec<Unit<'_>> {
     units
 }
 
-/// A small file of a batch, as read.
-enum Read {
-    /// Settled, and read whole: the open file, its bytes, their SHA-256.
-    Whole(Opened, Vec<u8>, Sha256Digest),
-    /// Its mtime is in the future: it waits for the second look, alone.
-    Alone,
-}
+/// A small file of a batch, read whole: the open file, its bytes, their
+/// SHA-256.
+type Read = (Opened, Vec<u8>, Sha256Digest);
 
 /// Opens a small file and reads it whole (one read of its bytes serves the
 /// hash and the upload); it must be settled and give exactly the size it
@@ -456,8 +458,9 @@ fn read_small(path: &Path, min_age: Duration) -> Result<Read, Undelivered> {
     let stamp = Stamp { len: file.at_open.len, modified: file.at_open.modified };
     match stamp.settled(min_age) {
         Settled::Yes => {}
-        Settled::NotYet => return Err(Undelivered::NotYet),
-        Settled::IfUnchangedAtSecondLook => return Ok(Read::Alone),
+        // Stamped in the future since the walk looked: the clock stepped
+        // back meanwhile, and the next run gives it its second look.
+        Settled::NotYet | Settled::IfUnchangedAtSecondLook => return Err(Undelivered::NotYet),
     }
     let mut bytes = Vec::with_capacity(stamp.len as usize);
     file.rewound()
@@ -468,16 +471,15 @@ fn read_small(path: &Path, min_age: Duration) -> Result<Read, Undelivered> {
         return Err(Undelivered::NotYet);
     }
     let digest = Sha256Digest::of_bytes(&bytes);
-    Ok(Read::Whole(file, bytes, digest))
+    Ok((file, bytes, digest))
 }
 
 /// Delivers small files in one request: each read whole, all sent, then
 /// those the receiver confirmed set aside together (their folders fsynced
-/// once). A file whose mtime is in the future goes alone after the others.
+/// once).
 async fn deliver_batch<'a>(
     client: &Client,
     config: &Config,
-    second_look: tokio::time::Instant,
     candidates: Vec<&'a walk::Candidate>,
 ) -> Vec<(&'a walk::Candidate, Delivery)> {
     let (paths, min_age) = (candidates.iter().map(|c| c.path.clone()).collect::<Vec<_>>(), config.min_age);
@@ -492,22 +494,18 @@ async fn deliver_batch<'a>(
         }
     };
     let mut results = Vec::new();
-    let (mut ready, mut alone) = (Vec::new(), Vec::new());
+    let mut ready = Vec::new();
     for (candidate, read) in candidates.into_iter().zip(read) {
         match read {
-            Ok(Read::Whole(file, bytes, sha256)) => {
+            Ok((file, bytes, sha256)) => {
                 let claim = UploadClaim { path: candidate.rel.clone(), sha256, size: bytes.len() as u64 };
                 ready.push((candidate, file, claim, bytes));
             }
-            Ok(Read::Alone) => alone.push(candidate),
             Err(undelivered) => results.push((candidate, Err(undelivered))),
         }
     }
     if !ready.is_empty() {
         send_batch(client, config, ready, &mut results).await;
-    }
-    for candidate in alone {
-        results.push((candidate, deliver_one(client, config, second_look, candidate).await));
     }
     results
 }
@@ -547,9 +545,11 @@ async fn send_batch<'a>(
     for (((candidate, file), sent), answer) in opened.into_iter().zip(files).zip(answers) {
         let receipt = match answer {
             BatchResult::Delivered(receipt) => receipt,
-            BatchResult::Refused(body) => {
-                let refusal = format!("the receiver refused it: {}", body.error);
-                results.push((candidate, Err(Undelivered::Kept(refusal))));
+            // Said as a single upload's signed refusal would be.
+            BatchResult::Refused(BatchRefusal { status, body }) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let refusal = RequestError::Refused { status, body: Some(body), retry_after: None, signed: true };
+                results.push((candidate, Err(Undelivered::Kept(refusal.to_string()))));
                 continue;
             }
         };

@@ -197,7 +197,7 @@ fn handle(mut client: TcpStream, upstream: &str, fault: Fault, counts: &Arc<Coun
         }
         Fault::ForgeRefusal { status, code } => {
             let Some(whole) = read_request(&mut client) else { return };
-            if whole.starts_with(UPLOAD_LINE) {
+            if UPLOAD_LINES.iter().any(|line| whole.starts_with(line)) {
                 counts.uploads.fetch_add(1, Ordering::Relaxed);
                 let body = format!(r#"{{"error":"forged by the proxy: refused as {code}","code":"{code}"}}"#);
                 return forge(client, counts, status, &body);
@@ -289,7 +289,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, cut: Cut, seen: &Seen, counts: &
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if buf[..n].windows(UPLOAD_LINE.len()).any(|w| w == UPLOAD_LINE) && !saw_upload.swap(true, Ordering::Relaxed) {
+        if contains_any(&buf[..n], &UPLOAD_LINES) && !saw_upload.swap(true, Ordering::Relaxed) {
             counts.uploads.fetch_add(1, Ordering::Relaxed);
             if let Cut::FirstUploadAfter(bytes) = cut
                 && counts.cut.load(Ordering::Relaxed) == 0
@@ -300,10 +300,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, cut: Cut, seen: &Seen, counts: &
         if buf[..n].starts_with(CONTENT_LINE) && !seen.content.swap(true, Ordering::Relaxed) {
             counts.content_requests.fetch_add(1, Ordering::Relaxed);
         }
-        if saw_upload.load(Ordering::Relaxed)
-            && !encoding_seen
-            && buf[..n].windows(ENCODING_FIELD.len()).any(|w| w == ENCODING_FIELD)
-        {
+        if saw_upload.load(Ordering::Relaxed) && !encoding_seen && contains_any(&buf[..n], &ENCODING_MARKS) {
             encoding_seen = true;
             counts.encoded_uploads.fetch_add(1, Ordering::Relaxed);
         }
@@ -331,9 +328,16 @@ enum Cut {
     FirstUploadAfter(u64),
 }
 
-/// The request line of an upload (not of an offset query, `/v1/upload/offset`).
-const UPLOAD_LINE: &[u8] = b"POST /v1/upload ";
-const ENCODING_FIELD: &[u8] = b"name=\"encoding\"";
+/// The request lines of an upload and of a batch (not of an offset query,
+/// `/v1/upload/offset`).
+const UPLOAD_LINES: [&[u8]; 2] = [b"POST /v1/upload ", b"POST /v1/upload/batch "];
+/// What shows a compressed file part: an upload's `encoding` field, or a
+/// batch manifest's entry.
+const ENCODING_MARKS: [&[u8]; 2] = [b"name=\"encoding\"", b"\"encoding\":\"zstd\""];
+
+fn contains_any(bytes: &[u8], patterns: &[&[u8]]) -> bool {
+    patterns.iter().any(|pattern| bytes.windows(pattern.len()).any(|w| w == *pattern))
+}
 const AUTH_CHECK_LINE: &[u8] = b"GET /v1/auth-check";
 const CONTENT_LINE: &[u8] = b"GET /v1/update/content/";
 

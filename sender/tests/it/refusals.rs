@@ -72,10 +72,12 @@ fn an_unsigned_refusal_that_persists_leaves_the_file_and_says_it_may_not_be_the_
     });
 }
 
-/// A receiver taking files of at most 10 bytes, and a file of 20 in the logs.
+/// A receiver taking files of at most 10 bytes, and a file in the logs too
+/// large for a batch, so its refusal is an answer of its own (a batch's
+/// refusals of single files are results in a 200 answer).
 fn too_large_for_the_receiver() -> Harness {
     let h = Harness::start_with(|_, config| config.limits.max_file_size = 10);
-    h.log("large.log", b"0123456789 and more");
+    h.log("large.log", &vec![b'x'; 200 * 1024]);
     h
 }
 
