@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use logferry_common::Sha256Digest;
-use logferry_common::signing::UploadClaim;
+use logferry_common::signing::{HeadDigest, UploadHead};
 use logferry_common::wire::UploadOutcome;
 
 use crate::body::Bandwidth;
@@ -314,9 +314,11 @@ impl Stamp {
     }
 }
 
-/// Opens the file once, then hashes, uploads, checks the receipt, and sets
-/// that open file aside only if the receiver confirmed exactly these bytes
-/// and it is still unchanged under its name.
+/// Opens the file once, then uploads it (hashing it first only for a
+/// receiver that wants the digest before the file, otherwise while sending
+/// it), checks the receipt, and sets that open file aside only if the
+/// receiver confirmed exactly the bytes sent and it is still unchanged under
+/// its name.
 async fn deliver_one(
     client: &Client,
     config: &Config,
@@ -337,16 +339,22 @@ async fn deliver_one(
             }
         }
     }
-    let (source, expected) = (file.rewound(), before.len);
-    let (sha256, size) = tokio::task::spawn_blocking(move || Sha256Digest::of_reader_expecting(source, expected))
-        .await
-        .map_err(internal)?
-        .map_err(|e| kept("cannot read it", e))?;
-    if size != before.len {
-        return Err(Undelivered::NotYet);
-    }
-    let claim = UploadClaim { path: candidate.rel.clone(), sha256, size };
-    let (_, receipt) = client.upload(&file, &claim).await.map_err(|e| match e {
+    let size = before.len;
+    let digest = if client.digest_after() {
+        HeadDigest::Trailer
+    } else {
+        let source = file.rewound();
+        let (sha256, hashed) = tokio::task::spawn_blocking(move || Sha256Digest::of_reader_expecting(source, size))
+            .await
+            .map_err(internal)?
+            .map_err(|e| kept("cannot read it", e))?;
+        if hashed != size {
+            return Err(Undelivered::NotYet);
+        }
+        HeadDigest::Known(sha256)
+    };
+    let head = UploadHead { path: candidate.rel.clone(), sha256: digest, size };
+    let (_, receipt, sha256) = client.upload(&file, &head).await.map_err(|e| match e {
         RequestError::Unreachable { .. } | RequestError::Tls { .. } => Undelivered::Stop(Fatal::from_request(e)),
         e if e.is_auth_failure() => Undelivered::Stop(Fatal::from_request(e)),
         // Cut shorter meanwhile (copytruncate): its new content goes later.

@@ -14,4 +14,5 @@ mod prometheus;
 mod proxies;
 mod status;
 mod store;
+mod trailer;
 mod updates;
