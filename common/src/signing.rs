@@ -32,6 +32,51 @@ pub struct UploadClaim {
     pub size: u64,
 }
 
+/// The text of a head's `sha256` field that says the digest follows the
+/// file, in a trailer signed by [`trailer_signature`].
+pub const TRAILER: &str = "trailer";
+
+/// An upload's SHA-256 as its head gives it: known before the file, or
+/// sent after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadDigest {
+    Known(Sha256Digest),
+    /// The head's `sha256` is [`TRAILER`].
+    Trailer,
+}
+
+impl HeadDigest {
+    /// The `sha256` field's text.
+    pub fn to_field(&self) -> String {
+        match self {
+            Self::Known(sha256) => sha256.to_hex(),
+            Self::Trailer => TRAILER.to_owned(),
+        }
+    }
+}
+
+/// What an upload's signed head declares; its digest may still be to come.
+/// Only an [`UploadClaim`] names a file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadHead {
+    pub path: RelPath,
+    pub sha256: HeadDigest,
+    pub size: u64,
+}
+
+impl UploadHead {
+    /// The claim, once the digest is known (from the head or its trailer).
+    pub fn with_digest(&self, sha256: Sha256Digest) -> UploadClaim {
+        UploadClaim { path: self.path.clone(), sha256, size: self.size }
+    }
+}
+
+impl From<&UploadClaim> for UploadHead {
+    fn from(claim: &UploadClaim) -> Self {
+        Self { path: claim.path.clone(), sha256: HeadDigest::Known(claim.sha256), size: claim.size }
+    }
+}
+
 /// The fields a request declares beyond its method and path, as the text
 /// that travels, which is what the signature covers: the receiver checks the
 /// signature over exactly what it read before it judges any of it, so every
@@ -50,6 +95,12 @@ impl From<&UploadClaim> for SignedFields {
     /// The one spelling a valid claim has on the wire.
     fn from(claim: &UploadClaim) -> Self {
         Self { path: claim.path.to_string(), sha256: claim.sha256.to_hex(), size: claim.size.to_string() }
+    }
+}
+
+impl From<&UploadHead> for SignedFields {
+    fn from(head: &UploadHead) -> Self {
+        Self { path: head.path.to_string(), sha256: head.sha256.to_field(), size: head.size.to_string() }
     }
 }
 
@@ -164,6 +215,35 @@ fn receipt_mac(key: &DeviceKey, status: u16, request_signature: &[u8; 32], body:
     mac.update(hex::encode(request_signature).as_bytes());
     mac.update(b"\n");
     mac.update(body);
+    mac
+}
+
+/// First line of the string a trailer's signature signs.
+pub const TRAILER_VERSION: &str = "LOGFERRY-TRAILER-V2";
+
+/// Signs the digest an upload sends after its file, bound to the request
+/// whose head carried `request_signature`: a trailer cannot be moved to
+/// another upload, and nobody without the key can make one, so the digest
+/// is as authenticated as a head's.
+pub fn trailer_signature(key: &DeviceKey, request_signature: &[u8; 32], sha256: &Sha256Digest) -> String {
+    hex::encode(trailer_mac(key, request_signature, sha256).finalize().into_bytes())
+}
+
+/// Checks a signature from [`trailer_signature`] in constant time.
+pub fn verify_trailer(key: &DeviceKey, request_signature: &[u8; 32], sha256: &Sha256Digest, tag: &str) -> bool {
+    let mut bytes = [0u8; 32];
+    tag.len() == 64
+        && hex::decode_to_slice(tag, &mut bytes).is_ok()
+        && trailer_mac(key, request_signature, sha256).verify_slice(&bytes).is_ok()
+}
+
+fn trailer_mac(key: &DeviceKey, request_signature: &[u8; 32], sha256: &Sha256Digest) -> hmac::Hmac<sha2::Sha256> {
+    let mut mac = key.mac();
+    mac.update(TRAILER_VERSION.as_bytes());
+    mac.update(b"\n");
+    mac.update(hex::encode(request_signature).as_bytes());
+    mac.update(b"\n");
+    mac.update(sha256.to_hex().as_bytes());
     mac
 }
 
@@ -457,6 +537,20 @@ mod tests {
         assert!(!verify_receipt(key, 201, &sig, body, "zz"));
     }
 
+    #[test]
+    fn trailers_bind_the_digest_to_the_request_and_the_key() {
+        let key = &*KEY;
+        let (sig, other_sig) = ([1u8; 32], [2u8; 32]);
+        let (digest, other) = (Sha256Digest::of_bytes(b"abc"), Sha256Digest::of_bytes(b"abd"));
+        let tag = trailer_signature(key, &sig, &digest);
+        assert!(verify_trailer(key, &sig, &digest, &tag));
+        assert!(!verify_trailer(key, &other_sig, &digest, &tag), "moved to another request");
+        assert!(!verify_trailer(key, &sig, &other, &tag), "another digest");
+        assert!(!verify_trailer(&OTHER_KEY, &sig, &digest, &tag), "made without the key");
+        assert!(!verify_trailer(key, &sig, &digest, "zz"));
+        assert_ne!(tag, receipt(key, 201, &sig, digest.to_hex().as_bytes()), "not a receipt");
+    }
+
     /// The worked example of PROTOCOL.md, computed there independently (with
     /// Python's argon2-cffi and hmac modules): the two implementations must
     /// agree.
@@ -483,6 +577,17 @@ mod tests {
         assert_eq!(
             receipt(key, 201, &header.signature, body),
             "98810f3cbb10e23c4e62aa508d6643b880cadfa7612aa2c342be3782cf705fad"
+        );
+        let trailed = SignedFields::from(&UploadHead { sha256: HeadDigest::Trailer, ..UploadHead::from(&claim) });
+        let header = SignedRequest { fields: Some(&trailed), ..upload }.authorization(key);
+        assert_eq!(hex::encode(header.signature), "96bc86fb82b74f96db49397ccb335326826dcd7c1924d0a2947a06e0a8c77712");
+        assert_eq!(
+            trailer_signature(key, &header.signature, &claim.sha256),
+            "cd9428111f3cbafd83732481db22efa10bee4a35d6a5eeb37f276914b04bdcad"
+        );
+        assert_eq!(
+            receipt(key, 201, &header.signature, body),
+            "d1b69901cf80191b7d729c17c0733b954f85e19e68362a430bc562098e4b24ed"
         );
         let check = SignedRequest {
             method: "GET",

@@ -55,8 +55,13 @@ pub mod field {
     pub const OFFSET: &str = "offset";
     /// Optional: the file part is compressed with this [`Encoding`](super::Encoding).
     pub const ENCODING: &str = "encoding";
-    /// Last, so the receiver knows what to expect before the first byte.
+    /// Last of the head and body fields, so the receiver knows what to
+    /// expect before the first byte.
     pub const FILE: &str = "file";
+    /// After the file, only when the head's `sha256` is
+    /// [`TRAILER`](crate::signing::TRAILER): the file's SHA-256 (named as in
+    /// the head), then this, its signature.
+    pub const SIGNATURE: &str = "signature";
     pub const ORDER: [&str; 6] = [PATH, SHA256, SIZE, OFFSET, ENCODING, FILE];
     /// First field of a batch: its [`BatchManifest`](super::BatchManifest)
     /// as JSON, whose SHA-256 and length are signed.
@@ -179,6 +184,11 @@ pub struct AuthCheckReply {
     /// least [`RESUMABLE_MIN_SIZE`]) and answers `UPLOAD_OFFSET`.
     #[serde(default)]
     pub resume: bool,
+    /// Whether an upload may send its file's SHA-256 after the file, in a
+    /// signed trailer, so that a sender reads each file once; a receiver
+    /// without it wants the digest in the head.
+    #[serde(default)]
+    pub digest_after: bool,
     /// Whether the receiver takes small files in batches (`UPLOAD_BATCH`).
     #[serde(default)]
     pub batch: bool,
@@ -288,9 +298,12 @@ mod tests {
     }
 
     #[test]
-    fn a_receiver_that_predates_compression_and_resuming_is_offered_neither() {
+    fn a_receiver_that_predates_compression_resuming_and_trailers_is_offered_none() {
         let old: AuthCheckReply = serde_json::from_str(r#"{"label":null}"#).expect("valid");
-        assert_eq!(old, AuthCheckReply { label: None, encodings: Vec::new(), resume: false, batch: false });
+        assert_eq!(
+            old,
+            AuthCheckReply { label: None, encodings: Vec::new(), resume: false, digest_after: false, batch: false }
+        );
         let newer: AuthCheckReply =
             serde_json::from_str(r#"{"label":"x","encodings":["br","zstd"],"resume":true}"#).expect("valid");
         assert_eq!(newer.encodings, [Encoding::Unknown, Encoding::Zstd]);

@@ -6,8 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{AUTHORIZATION, ContentType, RETRY_AFTER};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use logferry_common::Sha256Digest;
 use logferry_common::signing::{
     AuthHeader, AuthHeaderError, Freshness, RECEIPT_HEADER, SignedFields, SignedRequest, freshness, receipt,
+    verify_trailer,
 };
 use serde::Serialize;
 
@@ -100,6 +102,12 @@ impl Verified {
     /// receiver knows its key (see `signing::receipt`).
     pub fn answer(&self, status: StatusCode, body: &impl Serialize) -> HttpResponse {
         self.signer.signed(status, body, None)
+    }
+
+    /// Whether `tag` signs `sha256` as the digest sent after this request's
+    /// file (see `signing::trailer_signature`).
+    pub fn signs_trailer(&self, sha256: &Sha256Digest, tag: &str) -> bool {
+        verify_trailer(&self.signer.device.key, &self.signer.request_signature, sha256, tag)
     }
 
     /// A refusal of this request, to be answered signed.

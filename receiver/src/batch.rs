@@ -15,7 +15,7 @@ use actix_multipart::Multipart;
 use actix_web::{HttpRequest, web};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use logferry_common::signing::{SignedFields, UploadClaim};
+use logferry_common::signing::{HeadDigest, SignedFields, UploadHead};
 use logferry_common::wire::{
     BATCH_FILE_MAX, BATCH_MAX_BYTES, BATCH_MAX_FILES, BatchManifest, BatchReceipt, BatchRefusal, BatchResult, Encoding,
     UploadReceipt, endpoint, field,
@@ -29,7 +29,7 @@ use crate::ids::IdsFile;
 use crate::limits::{Limits, Slot, UploadSlots};
 use crate::store::{HeldFile, Store};
 use crate::upload::{
-    Pace, Progress, ZstdDecoder, check_received, expect_field_of, judge, malformed, read_text, refuse_encoded_body,
+    Pace, Progress, ZstdDecoder, check_received, expect_in, judge, malformed, read_text, refuse_encoded_body,
 };
 
 /// Longest manifest: every entry with a path of the longest kind.
@@ -58,7 +58,7 @@ pub async fn read_head(
     let mut form = Multipart::new(req.headers(), payload);
     let manifest = async {
         let next = form.next().await;
-        read_text(expect_field_of(next, field::MANIFEST, ORDER)?, field::MANIFEST, MAX_MANIFEST_BYTES).await
+        read_text(expect_in(next, field::MANIFEST, ORDER)?, field::MANIFEST, MAX_MANIFEST_BYTES).await
     };
     let manifest = tokio::time::timeout(limits.head_timeout, manifest)
         .await
@@ -70,7 +70,7 @@ pub async fn read_head(
 /// refused without being stored (its bytes are still read past).
 #[derive(Debug)]
 enum Entry {
-    Claimed { claim: UploadClaim, zstd: bool },
+    Claimed { head: UploadHead, declared: Sha256Digest, zstd: bool },
     Refused { path: String, error: ApiError },
 }
 
@@ -144,7 +144,14 @@ fn judge_manifest(text: &str, limits: &Limits) -> Result<(Vec<Entry>, u64), ApiE
         };
         let fields = SignedFields { path: entry.path.clone(), sha256: entry.sha256, size: entry.size.to_string() };
         entries.push(match judge(fields, limits) {
-            Ok(claim) => Entry::Claimed { claim, zstd },
+            Ok(UploadHead { sha256: HeadDigest::Known(declared), path, size }) => {
+                Entry::Claimed { head: UploadHead { path, sha256: HeadDigest::Known(declared), size }, declared, zstd }
+            }
+            Ok(UploadHead { sha256: HeadDigest::Trailer, .. }) => {
+                return Err(ApiError::MalformedUpload(
+                    "a batch entry's sha256 must be 64 hexadecimal characters: a batch has no trailers".to_owned(),
+                ));
+            }
             Err(error @ ApiError::TooLarge { .. }) => Entry::Refused { path: entry.path, error },
             Err(error) => return Err(error),
         });
@@ -172,7 +179,7 @@ impl VerifiedBatch {
 /// refused.
 #[derive(Debug)]
 enum Arrived {
-    Held(HeldFile, Sha256Digest),
+    Held(HeldFile),
     Refused { path: String, error: ApiError },
 }
 
@@ -202,9 +209,9 @@ impl Slotted {
 async fn receive_all(entries: Vec<Entry>, pace: &Pace<'_>, form: &mut Multipart) -> Result<Vec<Arrived>, ApiError> {
     let mut arrived = Vec::with_capacity(entries.len());
     for entry in entries {
-        let mut part = expect_field_of(pace.next(form).await?, field::FILE, ORDER)?;
-        let (claim, zstd) = match entry {
-            Entry::Claimed { claim, zstd } => (claim, zstd),
+        let mut part = expect_in(pace.next(form).await?, field::FILE, ORDER)?;
+        let (head, declared, zstd) = match entry {
+            Entry::Claimed { head, declared, zstd } => (head, declared, zstd),
             Entry::Refused { path, error } => {
                 while let Some(chunk) = pace.next(&mut part).await? {
                     chunk.map_err(malformed)?;
@@ -214,7 +221,7 @@ async fn receive_all(entries: Vec<Entry>, pace: &Pace<'_>, form: &mut Multipart)
             }
         };
         let mut file =
-            HeldBytes { declared: claim.size, hasher: Sha256Hasher::default(), bytes: Vec::new(), excess: false };
+            HeldBytes { declared: head.size, hasher: Sha256Hasher::default(), bytes: Vec::new(), excess: false };
         let mut decoder = zstd.then(ZstdDecoder::new).transpose()?;
         let mut corrupt = None;
         while let Some(chunk) = pace.next(&mut part).await? {
@@ -241,9 +248,9 @@ async fn receive_all(entries: Vec<Entry>, pace: &Pace<'_>, form: &mut Multipart)
         if corrupt.is_none() && decoder.as_ref().is_some_and(|decoder| !decoder.at_frame_end) {
             corrupt = Some(ApiError::CorruptEncoding("the zstd data ends in the middle of a frame".to_owned()));
         }
-        let path = claim.path.to_string();
-        arrived.push(match corrupt.map_or_else(|| file.check(claim), Err) {
-            Ok((held, digest)) => Arrived::Held(held, digest),
+        let path = head.path.to_string();
+        arrived.push(match corrupt.map_or_else(|| file.check(&head, declared), Err) {
+            Ok(held) => Arrived::Held(held),
             Err(error) => Arrived::Refused { path, error },
         });
     }
@@ -277,12 +284,11 @@ impl HeldBytes {
         }
     }
 
-    fn check(self, claim: UploadClaim) -> Result<(HeldFile, Sha256Digest), ApiError> {
+    fn check(self, head: &UploadHead, declared: Sha256Digest) -> Result<HeldFile, ApiError> {
         if self.excess {
             return Err(ApiError::SizeMismatch { declared: self.declared, received_at_least: self.hasher.len() });
         }
-        let digest = check_received(&claim, self.hasher)?;
-        Ok((HeldFile { claim, bytes: self.bytes }, digest))
+        Ok(HeldFile { checked: check_received(head, declared, self.hasher)?, bytes: self.bytes })
     }
 }
 
@@ -308,9 +314,10 @@ impl Received {
         let waiting: Vec<_> = arrived
             .into_iter()
             .map(|file| match file {
-                Arrived::Held(file, digest) => {
+                Arrived::Held(file) => {
+                    let claim = file.checked.claim();
                     let waiting =
-                        Waiting::Committing { path: file.claim.path.to_string(), size: file.claim.size, digest };
+                        Waiting::Committing { path: claim.path.to_string(), size: claim.size, digest: claim.sha256 };
                     held.push(file);
                     waiting
                 }

@@ -25,6 +25,8 @@ pub enum ApiError {
     UnknownDevice,
     #[error("the request signature does not match; the request was altered, or was signed for another request")]
     BadSignature,
+    #[error("the signature of the digest after the file does not match; the upload was altered on the way")]
+    BadTrailer,
     #[error(
         "the request's timestamp is {} s {} the receiver's clock (at most {MAX_CLOCK_SKEW_SECS} s is allowed); \
          set the device's clock (NTP), or sign with receiver_time",
@@ -98,7 +100,7 @@ impl ApiError {
             Self::MissingAuth => ErrorCode::MissingAuth,
             Self::MalformedAuth(_) => ErrorCode::MalformedAuth,
             Self::UnknownDevice => ErrorCode::UnknownDevice,
-            Self::BadSignature => ErrorCode::BadSignature,
+            Self::BadSignature | Self::BadTrailer => ErrorCode::BadSignature,
             Self::ClockSkew { .. } => ErrorCode::ClockSkew,
             Self::InvalidPath { .. } => ErrorCode::InvalidPath,
             Self::MalformedUpload(_) | Self::MalformedRequest(_) | Self::CorruptEncoding(_) => {
@@ -140,7 +142,10 @@ impl ApiError {
     pub fn is_bad_data(&self) -> bool {
         match self {
             Self::Signed { error, .. } => error.is_bad_data(),
-            Self::SizeMismatch { .. } | Self::ChecksumMismatch { .. } | Self::CorruptEncoding(_) => true,
+            // A forged trailer may come with forged bytes.
+            Self::SizeMismatch { .. } | Self::ChecksumMismatch { .. } | Self::CorruptEncoding(_) | Self::BadTrailer => {
+                true
+            }
             _ => false,
         }
     }
@@ -178,6 +183,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(message) => Self::PathConflict(message),
             StoreError::Full(message) => Self::InsufficientStorage(message),
             StoreError::Raced(what) => Self::Busy { what, retry_after: 1 },
+            StoreError::DigestFirst => Self::MalformedUpload(err.to_string()),
             StoreError::OffsetBeyond { offset, held } => Self::OffsetMismatch { offset, held },
             // Until the receiver notices the other connection is gone: at
             // most its idle timeout.

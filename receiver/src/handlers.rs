@@ -45,6 +45,7 @@ pub async fn auth_check<S: Store>(req: HttpRequest, state: web::Data<AppState<S>
                 label: verified.device().label.clone(),
                 encodings: vec![Encoding::Zstd],
                 resume: state.store.keeps_partials(),
+                digest_after: state.store.digest_after(),
                 batch: true,
             };
             Ok(verified.answer(StatusCode::OK, &reply))

@@ -13,10 +13,11 @@ use std::io;
 use std::time::Duration;
 
 use bytes::Bytes;
-use logferry_common::signing::UploadClaim;
+use logferry_common::signing::{HeadDigest, UploadHead};
 use logferry_common::wire::UploadOutcome;
 use logferry_common::{DeviceId, RelPath, Sha256Hasher};
 
+use crate::upload::Checked;
 use disk::{DiskStaged, DiskStore};
 use s3::{S3Staged, S3Store};
 
@@ -32,6 +33,12 @@ pub enum StoreError {
     /// stored and answers accordingly.
     #[error("{0}")]
     Raced(&'static str),
+    /// A head that leaves the digest to a trailer, on a store that must
+    /// know the digest before the first byte.
+    #[error(
+        "this receiver's store needs the sha256 in the head, before the file (its auth check says digest_after: false)"
+    )]
+    DigestFirst,
     /// An upload continues from further than the store holds of the file.
     #[error("the upload continues from byte {offset}, but only {held} are held")]
     OffsetBeyond { offset: u64, held: u64 },
@@ -97,33 +104,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Starts receiving the upload `claim` of `device` from byte `offset`
     /// of the file on, refusing it at once when the store has no room for
-    /// it. Knowing the name and checksum before the first byte lets a
-    /// backend pick the final name up front. The hasher returned has hashed
+    /// it. The digest may be still to come (a trailer); when the head gives
+    /// it, a backend may pick the final name up front. The hasher returned has hashed
     /// the file's bytes before `offset`, which the store holds from a
     /// cut-off upload of the same claim; what it holds beyond `offset` is
     /// dropped.
     fn stage(
         &self,
         device: &DeviceId,
-        claim: &UploadClaim,
+        claim: &UploadHead,
         offset: u64,
     ) -> impl Future<Output = Result<(Self::Staged, Sha256Hasher), StoreError>>;
 
     /// How many bytes of the file `claim` the store holds from cut-off
     /// uploads of it: where the next upload of it may start.
-    fn held(&self, device: &DeviceId, claim: &UploadClaim) -> impl Future<Output = Result<u64, StoreError>>;
+    fn held(&self, device: &DeviceId, claim: &UploadHead) -> impl Future<Output = Result<u64, StoreError>>;
 
     /// Whether the store keeps cut-off uploads of resumable files at all.
     fn keeps_partials(&self) -> bool;
+
+    /// Whether the store takes uploads whose digest follows the file: it
+    /// names nothing by the digest before [`Store::commit`].
+    fn digest_after(&self) -> bool;
 
     /// Removes what cut-off uploads left that has not grown for `ttl`;
     /// returns how many were removed.
     fn expire_partials(&self, ttl: Duration) -> impl Future<Output = Result<usize, StoreError>>;
 
     /// Makes a staged upload visible under its device and path, durably,
-    /// never replacing other content. The caller has verified that the staged
-    /// bytes have exactly the claimed size and hash to the claimed SHA-256.
-    fn commit(&self, staged: Self::Staged) -> impl Future<Output = Result<Committed, StoreError>>;
+    /// never replacing other content: `checked` says the staged bytes have
+    /// exactly its size and hash to its SHA-256, which names the checksum
+    /// file and conflict names.
+    fn commit(&self, staged: Self::Staged, checked: &Checked) -> impl Future<Output = Result<Committed, StoreError>>;
 
     /// Commits small files of `device`, each received whole and verified,
     /// as a group: one result per file, in their order, each as
@@ -138,11 +150,17 @@ pub trait Store: Send + Sync + 'static {
             let mut results = Vec::with_capacity(files.len());
             for held in files {
                 let committed = async {
-                    let (mut staged, _) = self.stage(device, &held.claim, 0).await?;
+                    let claim = held.checked.claim();
+                    let head = UploadHead {
+                        path: claim.path.clone(),
+                        sha256: HeadDigest::Known(claim.sha256),
+                        size: claim.size,
+                    };
+                    let (mut staged, _) = self.stage(device, &head, 0).await?;
                     for chunk in held.bytes {
                         staged.write(chunk).await?;
                     }
-                    self.commit(staged).await
+                    self.commit(staged, &held.checked).await
                 };
                 results.push(committed.await);
             }
@@ -162,7 +180,7 @@ pub trait Store: Send + Sync + 'static {
 /// one).
 #[derive(Debug)]
 pub struct HeldFile {
-    pub claim: UploadClaim,
+    pub checked: Checked,
     pub bytes: Vec<Bytes>,
 }
 
@@ -208,7 +226,7 @@ impl Store for AnyStore {
     async fn stage(
         &self,
         device: &DeviceId,
-        claim: &UploadClaim,
+        claim: &UploadHead,
         offset: u64,
     ) -> Result<(AnyStaged, Sha256Hasher), StoreError> {
         Ok(match self {
@@ -223,7 +241,7 @@ impl Store for AnyStore {
         })
     }
 
-    async fn held(&self, device: &DeviceId, claim: &UploadClaim) -> Result<u64, StoreError> {
+    async fn held(&self, device: &DeviceId, claim: &UploadHead) -> Result<u64, StoreError> {
         match self {
             Self::Disk(store) => store.held(device, claim).await,
             Self::S3(store) => store.held(device, claim).await,
@@ -237,6 +255,13 @@ impl Store for AnyStore {
         }
     }
 
+    fn digest_after(&self) -> bool {
+        match self {
+            Self::Disk(store) => store.digest_after(),
+            Self::S3(store) => store.digest_after(),
+        }
+    }
+
     async fn expire_partials(&self, ttl: Duration) -> Result<usize, StoreError> {
         match self {
             Self::Disk(store) => store.expire_partials(ttl).await,
@@ -244,10 +269,10 @@ impl Store for AnyStore {
         }
     }
 
-    async fn commit(&self, staged: AnyStaged) -> Result<Committed, StoreError> {
+    async fn commit(&self, staged: AnyStaged, checked: &Checked) -> Result<Committed, StoreError> {
         match (self, staged) {
-            (Self::Disk(store), AnyStaged::Disk(staged)) => store.commit(staged).await,
-            (Self::S3(store), AnyStaged::S3(staged)) => store.commit(staged).await,
+            (Self::Disk(store), AnyStaged::Disk(staged)) => store.commit(staged, checked).await,
+            (Self::S3(store), AnyStaged::S3(staged)) => store.commit(staged, checked).await,
             _ => Err(io::Error::other("an upload staged by one backend was committed to another").into()),
         }
     }

@@ -6,8 +6,12 @@
 //!
 //! ```text
 //! read_head → Head::verify → VerifiedHead::take_slot → Slotted::receive → Received::commit
-//!   (claim)     (signature)        (slot)                 (staging)          (store)
+//!   (claim)     (signature)        (slot)            (staging, trailer)      (store)
 //! ```
+//!
+//! A head may leave the digest to a signed trailer after the file; the store
+//! commits only a [`Checked`] claim, which exists once the digest is known
+//! and the bytes hash to it.
 
 use std::time::Instant;
 
@@ -17,7 +21,7 @@ use actix_web::{HttpRequest, web};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use logferry_common::rel_path::MAX_PATH_BYTES;
-use logferry_common::signing::{SignedFields, UploadClaim, parse_decimal};
+use logferry_common::signing::{HeadDigest, SignedFields, TRAILER, UploadClaim, UploadHead, parse_decimal};
 use logferry_common::wire::{Encoding, UploadOffset, UploadReceipt, field};
 use logferry_common::{PathError, RelPath, Sha256Digest, Sha256Hasher};
 use zstd::stream::raw::{DParameter, InBuffer, Operation as _, OutBuffer};
@@ -115,7 +119,7 @@ pub fn refuse_encoded_body(req: &HttpRequest) -> Result<(), ApiError> {
 /// timestamp is fresh. From here on every answer is signed.
 pub struct VerifiedHead {
     verified: Verified,
-    claim: UploadClaim,
+    claim: UploadHead,
     form: Multipart,
 }
 
@@ -147,15 +151,15 @@ impl Head {
     }
 }
 
-/// The claim the fields make, by the path rules, the form of `sha256` and
+/// The head the fields make, by the path rules, the form of `sha256` and
 /// `size`, and the size limit.
-pub fn judge(head: SignedFields, limits: &Limits) -> Result<UploadClaim, ApiError> {
+pub fn judge(head: SignedFields, limits: &Limits) -> Result<UploadHead, ApiError> {
     let path =
         RelPath::parse(&head.path).map_err(|reason| ApiError::InvalidPath { path: head.path.clone(), reason })?;
-    let sha256 = head
-        .sha256
-        .parse()
-        .map_err(|_| ApiError::MalformedUpload("the sha256 field must be 64 hexadecimal characters".to_owned()))?;
+    let sha256 = match head.sha256.as_str() {
+        TRAILER => HeadDigest::Trailer,
+        hex => HeadDigest::Known(parse_sha256(hex)?),
+    };
     let size = parse_decimal(&head.size).ok_or_else(|| {
         ApiError::MalformedUpload(format!(
             "the size field must be a whole number of bytes in decimal, without leading zeros, not {:?}",
@@ -165,7 +169,26 @@ pub fn judge(head: SignedFields, limits: &Limits) -> Result<UploadClaim, ApiErro
     if size > limits.max_file_size {
         return Err(ApiError::TooLarge { declared: size, max: limits.max_file_size });
     }
-    Ok(UploadClaim { path, sha256, size })
+    Ok(UploadHead { path, sha256, size })
+}
+
+fn parse_sha256(text: &str) -> Result<Sha256Digest, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::MalformedUpload(format!(
+            "the sha256 field must be 64 hexadecimal characters (or {TRAILER:?} in the head)"
+        ))
+    })
+}
+
+/// A claim whose digest is known and whose bytes, all of them, were
+/// received and hash to it: the one thing a store commits.
+#[derive(Debug)]
+pub struct Checked(UploadClaim);
+
+impl Checked {
+    pub fn claim(&self) -> &UploadClaim {
+        &self.0
+    }
 }
 
 /// Step 3: a verified upload holding its slot (overall and per device).
@@ -194,14 +217,13 @@ impl VerifiedHead {
     }
 }
 
-/// Step 4: the body is in staging, ended cleanly, and its size and SHA-256
-/// are the declared ones.
+/// Step 4: the body is in staging, ended cleanly (after its trailer, if the
+/// head promised one), and its size and SHA-256 are the declared ones.
 #[derive(Debug)]
 pub struct Received<Staged> {
     verified: Verified,
-    claim: UploadClaim,
+    checked: Checked,
     staged: Staged,
-    received: Sha256Digest,
     _slot: Slot,
 }
 
@@ -233,8 +255,8 @@ impl Slotted {
             Err(error) => Err(error),
         };
         let (fields, mut staged, hasher) = opened.map_err(|error| verified.refuse(error))?;
-        match stream_file(&claim, fields, hasher, &pace, &mut form, &mut staged).await {
-            Ok(received) => Ok(Received { verified, claim, staged, received, _slot: slot }),
+        match stream_file(&verified, &claim, fields, hasher, &pace, &mut form, &mut staged).await {
+            Ok(checked) => Ok(Received { verified, checked, staged, _slot: slot }),
             Err(error) => {
                 // Incomplete bytes are kept for the next try to continue;
                 // wrong ones are not worth continuing.
@@ -258,7 +280,7 @@ struct BodyFields {
 
 /// Reads the optional `offset` and `encoding` fields and opens the `file`
 /// field, all within one idle timeout.
-async fn body_fields(pace: &Pace<'_>, claim: &UploadClaim, form: &mut Multipart) -> Result<BodyFields, ApiError> {
+async fn body_fields(pace: &Pace<'_>, claim: &UploadHead, form: &mut Multipart) -> Result<BodyFields, ApiError> {
     let read = async {
         let mut next = pace.next(form).await?;
         let mut offset = 0;
@@ -293,13 +315,14 @@ async fn body_fields(pace: &Pace<'_>, claim: &UploadClaim, form: &mut Multipart)
 }
 
 async fn stream_file<Staged: crate::store::Staged>(
-    claim: &UploadClaim,
+    verified: &Verified,
+    claim: &UploadHead,
     fields: BodyFields,
     mut hasher: Sha256Hasher,
     pace: &Pace<'_>,
     form: &mut Multipart,
     staged: &mut Staged,
-) -> Result<Sha256Digest, ApiError> {
+) -> Result<Checked, ApiError> {
     let BodyFields { mut decoder, mut file, .. } = fields;
     let mut keep = async |bytes: Bytes, hasher: &mut Sha256Hasher| {
         hasher.update(&bytes);
@@ -326,29 +349,56 @@ async fn stream_file<Staged: crate::store::Staged>(
     if decoder.as_ref().is_some_and(|decoder| !decoder.at_frame_end) {
         return Err(ApiError::CorruptEncoding("the zstd data ends in the middle of a frame".to_owned()));
     }
+    let declared = match &claim.sha256 {
+        HeadDigest::Known(sha256) => *sha256,
+        HeadDigest::Trailer => read_trailer(verified, pace, form).await?,
+    };
     if let Some(extra) = pace.next(form).await? {
         return Err(match extra {
             Ok(extra) => ApiError::MalformedUpload(format!(
-                "unexpected field {:?} after the file field",
+                "unexpected field {:?} after the file field and its trailer, if any",
                 extra.name().unwrap_or_default()
             )),
             Err(e) => malformed(e),
         });
     }
-    check_received(claim, hasher)
+    check_received(claim, declared, hasher)
 }
 
-/// The digest of what `hasher` took in, if it is the claimed file: its
-/// size and SHA-256.
-pub fn check_received(claim: &UploadClaim, hasher: Sha256Hasher) -> Result<Sha256Digest, ApiError> {
+/// The checked claim, if what `hasher` took in is the file `claim`
+/// declares, with the SHA-256 `declared` (the head's or its trailer's).
+pub fn check_received(claim: &UploadHead, declared: Sha256Digest, hasher: Sha256Hasher) -> Result<Checked, ApiError> {
     let (received, received_len) = hasher.finish();
     if received_len != claim.size {
         return Err(ApiError::SizeMismatch { declared: claim.size, received_at_least: received_len });
     }
-    if received != claim.sha256 {
-        return Err(ApiError::ChecksumMismatch { declared: claim.sha256, received });
+    if received != declared {
+        return Err(ApiError::ChecksumMismatch { declared, received });
     }
-    Ok(received)
+    Ok(Checked(claim.with_digest(received)))
+}
+
+/// The digest sent after the file and its signature, within one idle
+/// timeout. Checked before it is compared with what arrived, so that a
+/// forged trailer is told apart from a damaged file.
+async fn read_trailer(verified: &Verified, pace: &Pace<'_>, form: &mut Multipart) -> Result<Sha256Digest, ApiError> {
+    let read = async {
+        let mut trailer_field = async |expected| {
+            let next = pace.next(form).await?;
+            read_text(expect_in(next, expected, TRAILER_ORDER)?, expected, MAX_SHA256_FIELD_BYTES).await
+        };
+        let sha256 = trailer_field(field::SHA256).await?;
+        let tag = trailer_field(field::SIGNATURE).await?;
+        Ok::<_, ApiError>((sha256, tag))
+    };
+    let (sha256, tag) = tokio::time::timeout(pace.limits.idle_timeout, read).await.map_err(|_| {
+        ApiError::Timeout(format!("the trailer did not arrive within {} s", pace.limits.idle_timeout.as_secs()))
+    })??;
+    let sha256 = parse_sha256(&sha256)?;
+    if !verified.signs_trailer(&sha256, &tag) {
+        return Err(ApiError::BadTrailer);
+    }
+    Ok(sha256)
 }
 
 /// A zstd stream decoded as it arrives, frames one after another.
@@ -407,14 +457,14 @@ impl<Staged> Received<Staged> {
     /// Makes the verified bytes visible in the store; the slot is held until
     /// they are durable.
     pub async fn commit<S: Store<Staged = Staged>>(self, store: &S) -> Result<Stored, ApiError> {
-        match store.commit(self.staged).await {
+        match store.commit(self.staged, &self.checked).await {
             Ok(committed) => Ok(Stored {
                 verified: self.verified,
                 receipt: UploadReceipt {
                     outcome: committed.outcome,
                     stored_as: committed.stored_as.to_string(),
-                    sha256: self.received,
-                    size: self.claim.size,
+                    sha256: self.checked.0.sha256,
+                    size: self.checked.0.size,
                 },
             }),
             Err(error) => Err(self.verified.refuse(error.into())),
@@ -453,15 +503,14 @@ impl<'a> Pace<'a> {
 /// receiver knows path, checksum and size before the first byte of the file.
 /// Field names are compared exactly (they are lowercase).
 fn expect_field(next: Option<Result<Field, MultipartError>>, expected: &str) -> Result<Field, ApiError> {
-    expect_field_of(next, expected, &field::ORDER.join(", "))
+    expect_in(next, expected, &field::ORDER.join(", "))
 }
 
-/// As [`expect_field`], for a request whose fields are `order`.
-pub fn expect_field_of(
-    next: Option<Result<Field, MultipartError>>,
-    expected: &str,
-    order: &str,
-) -> Result<Field, ApiError> {
+/// What follows the file when the head's `sha256` is `trailer`.
+const TRAILER_ORDER: &str = "the head's fields, the file, then sha256 and signature";
+
+/// [`expect_field`] in a body whose fields are `order`.
+pub fn expect_in(next: Option<Result<Field, MultipartError>>, expected: &str, order: &str) -> Result<Field, ApiError> {
     match next {
         Some(Ok(found)) if found.name() == Some(expected) => Ok(found),
         Some(Ok(found)) => Err(ApiError::MalformedUpload(format!(

@@ -4,17 +4,19 @@
 use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use logferry_common::signing::{RECEIPT_HEADER, SignedFields, SignedRequest, UploadClaim, verify_receipt};
+use logferry_common::signing::{
+    HeadDigest, RECEIPT_HEADER, SignedFields, SignedRequest, UploadClaim, UploadHead, trailer_signature, verify_receipt,
+};
 use logferry_common::update::{ManifestReply, ManifestRequest, UpdateReport, Version};
 use logferry_common::wire::{
     AuthCheckReply, BatchEntry, BatchManifest, BatchReceipt, BatchResult, Encoding, ErrorBody, ErrorCode,
     RESUMABLE_MIN_SIZE, UploadOffset, UploadReceipt, endpoint, field,
 };
-use logferry_common::{DeviceKey, Sha256Digest};
+use logferry_common::{DeviceKey, Sha256Digest, Sha256Hasher};
 use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER};
 use reqwest::multipart::{Form, Part};
 use reqwest::{Body, Method, StatusCode, Url};
@@ -58,6 +60,7 @@ pub struct ClientOptions {
 struct Accepts {
     zstd: bool,
     resume: bool,
+    digest_after: bool,
     batch: bool,
 }
 
@@ -237,6 +240,7 @@ impl Client {
                     self.accepts = Accepts {
                         zstd: reply.encodings.contains(&Encoding::Zstd),
                         resume: reply.resume,
+                        digest_after: reply.digest_after,
                         batch: reply.batch,
                     };
                     return Ok(reply);
@@ -255,16 +259,23 @@ impl Client {
         }
     }
 
+    /// Whether the receiver takes the digest after the file, so that a file
+    /// needs no reading before it is sent.
+    pub fn digest_after(&self) -> bool {
+        self.accepts.digest_after
+    }
+
     /// Uploads the first `claim.size` bytes of `file`, streamed; every
     /// attempt reads them again from the same open file. A resumable file
     /// continues from what the receiver holds of it; should those bytes and
     /// the rest not verify together (the receiver then drops what it held),
-    /// the whole file is sent once more.
+    /// the whole file is sent once more. Gives the SHA-256 of the bytes
+    /// sent: the head's, or for a trailer what was hashed while sending.
     pub async fn upload(
         &self,
         file: &Opened,
-        claim: &UploadClaim,
-    ) -> Result<(StatusCode, UploadReceipt), RequestError> {
+        claim: &UploadHead,
+    ) -> Result<(StatusCode, UploadReceipt, Sha256Digest), RequestError> {
         let resumable = self.accepts.resume && claim.size >= RESUMABLE_MIN_SIZE;
         let continued_from = Cell::new(0);
         match self.send_file(file, claim, resumable, &continued_from).await {
@@ -458,17 +469,17 @@ impl Client {
     async fn send_file(
         &self,
         file: &Opened,
-        claim: &UploadClaim,
+        claim: &UploadHead,
         resume: bool,
         continued_from: &Cell<u64>,
-    ) -> Result<(StatusCode, UploadReceipt), RequestError> {
+    ) -> Result<(StatusCode, UploadReceipt, Sha256Digest), RequestError> {
         self.with_retries(|| async {
-            // A file cut shorter since it was hashed (copytruncate) cannot
+            // A file cut shorter since it was opened (copytruncate) cannot
             // give the claimed bytes; asking again would not help.
             let now = file.now().map_err(|e| RequestError::Source(e.to_string()))?;
             if now.len < claim.size {
                 return Err(RequestError::Source(format!(
-                    "it shrank from {} to {} bytes since it was hashed",
+                    "it shrank from {} to {} bytes since it was opened",
                     claim.size, now.len
                 )));
             }
@@ -477,7 +488,13 @@ impl Client {
             if offset > 0 && self.options.verbose {
                 eprintln!("{}: the receiver holds {offset} of its {} bytes; sending the rest", claim.path, claim.size);
             }
-            let (part, encoding) = self.file_part(file, claim, offset).await?;
+            let hashed = match claim.sha256 {
+                HeadDigest::Known(_) => None,
+                HeadDigest::Trailer => Some(hash_prefix(file, offset).await.map_err(source_error)?),
+            };
+            let digest = Arc::new(OnceLock::new());
+            let hashing = hashed.map(|hasher| (hasher, Arc::clone(&digest)));
+            let (part, encoding) = self.file_part(file, claim.size, offset, hashing).await?;
             // The fields are sent as exactly the text that is signed.
             let head = SignedFields::from(claim);
             let mut form = head_form(&head);
@@ -487,14 +504,35 @@ impl Client {
             if let Some(encoding) = encoding {
                 form = form.text(field::ENCODING, encoding.as_str());
             }
-            let form = form.part(field::FILE, part.file_name(claim.path.file_name().to_owned()));
-            self.send(self.signed(self.clock, Method::POST, endpoint::UPLOAD, Some(&head), |r| r.multipart(form))).await
+            let mut form = form.part(field::FILE, part.file_name(claim.path.file_name().to_owned()));
+            // The trailer's parts are made once the file part is sent, and
+            // the request signed.
+            let request_signature = Arc::new(OnceLock::new());
+            if claim.sha256 == HeadDigest::Trailer {
+                let (key, signed_as) = (self.key.clone(), Arc::clone(&request_signature));
+                let (for_field, for_signature) = (Arc::clone(&digest), Arc::clone(&digest));
+                form = form.part(field::SHA256, trailer_part(move || Ok(known(&for_field)?.to_hex()))).part(
+                    field::SIGNATURE,
+                    trailer_part(move || {
+                        let signature = signed_as.get().ok_or_else(|| io::Error::other("the request is unsigned"))?;
+                        Ok(trailer_signature(&key, signature, known(&for_signature)?))
+                    }),
+                );
+            }
+            let signed = self.signed(self.clock, Method::POST, endpoint::UPLOAD, Some(&head), |r| r.multipart(form));
+            request_signature.get_or_init(|| signed.signature);
+            let (status, receipt) = self.send(signed).await?;
+            let sha256 = match claim.sha256 {
+                HeadDigest::Known(sha256) => sha256,
+                HeadDigest::Trailer => *known(&digest).map_err(source_error)?,
+            };
+            Ok((status, receipt, sha256))
         })
         .await
     }
 
     /// How many bytes of the file the receiver holds from a cut-off upload.
-    async fn held(&self, claim: &UploadClaim) -> Result<u64, RequestError> {
+    async fn held(&self, claim: &UploadHead) -> Result<u64, RequestError> {
         let head = SignedFields::from(claim);
         let form = head_form(&head);
         let request =
@@ -509,22 +547,25 @@ impl Client {
         Ok(reply.offset)
     }
 
-    /// The file part: the bytes from `offset` to the claimed size, never more
+    /// The file part: the bytes from `offset` to `size`, never more
     /// (bytes appended meanwhile wait for the next run), compressed when the
     /// receiver decodes zstd and `--compress` and the bytes make it worth it
-    /// (`auto` judges by the first block).
+    /// (`auto` judges by the first block). With `hashing`, the bytes read
+    /// are hashed on from that hasher, and the digest is set once the part
+    /// has been read to its end.
     async fn file_part(
         &self,
         file: &Opened,
-        claim: &UploadClaim,
+        size: u64,
         offset: u64,
+        hashing: Option<(Sha256Hasher, Arc<OnceLock<Sha256Digest>>)>,
     ) -> Result<(Part, Option<Encoding>), RequestError> {
-        let source_error = |e: io::Error| RequestError::Source(e.to_string());
-        let remaining = claim.size - offset;
+        let remaining = size - offset;
         let compression = if self.accepts.zstd { self.options.compression } else { Compression::Off };
         let first_len = remaining.min(BLOCK_SIZE as u64);
-        let (first, encoding) =
-            self.first_block(file.reader_from(offset).take(first_len), compression).await.map_err(source_error)?;
+        let source = Hashed { inner: file.reader_from(offset).take(remaining), hashing };
+        let (first, encoding, mut source) =
+            self.first_block(source, first_len, compression).await.map_err(source_error)?;
         let bandwidth = self.options.bandwidth.clone();
         if first_len == remaining {
             // The whole file in one piece: a burst of small files costs one
@@ -534,10 +575,11 @@ impl Client {
             }
             let len = first.len() as u64;
             self.wire_bytes.fetch_add(len, Ordering::Relaxed);
+            source.finish();
             return Ok((Part::stream_with_length(Body::from(first), len), encoding));
         }
         let rest = Pieces {
-            source: Some(file.reader_from(offset + first_len).take(remaining - first_len)),
+            source: Some(source),
             compressors: encoding.map(|_| Arc::clone(&self.compressors)),
             bandwidth,
             sent: Arc::clone(&self.wire_bytes),
@@ -553,24 +595,25 @@ impl Client {
     /// `compression` says: with `Auto`, only if that pays.
     async fn first_block(
         &self,
-        source: io::Take<Rewound>,
+        mut source: Hashed,
+        len: u64,
         compression: Compression,
-    ) -> io::Result<(Vec<u8>, Option<Encoding>)> {
+    ) -> io::Result<(Vec<u8>, Option<Encoding>, Hashed)> {
         if compression == Compression::Off {
-            return tokio::task::spawn_blocking(move || Ok((read_all(source)?, None)))
+            return tokio::task::spawn_blocking(move || Ok((read_all((&mut source).take(len))?, None, source)))
                 .await
                 .map_err(io::Error::other)?;
         }
         self.compressors
             .with_compressor(move |compressor| {
-                let block = read_all(source)?;
+                let block = read_all((&mut source).take(len))?;
                 let compressed = match compression {
                     Compression::Auto => compressor.compress_if_worth_it(&block)?,
                     _ => Some(compressor.compress(&block)?),
                 };
                 Ok(match compressed {
-                    Some(compressed) => (compressed, Some(Encoding::Zstd)),
-                    None => (block, None),
+                    Some(compressed) => (compressed, Some(Encoding::Zstd), source),
+                    None => (block, None, source),
                 })
             })
             .await
@@ -736,7 +779,7 @@ fn read_all(mut source: impl Read) -> io::Result<Vec<u8>> {
 /// `sent`.
 struct Pieces {
     /// Away while a piece is being read.
-    source: Option<io::Take<Rewound>>,
+    source: Option<Hashed>,
     compressors: Option<Arc<Compressors>>,
     bandwidth: Option<Bandwidth>,
     sent: Arc<AtomicU64>,
@@ -751,6 +794,9 @@ impl Pieces {
                 None => pieces.next().await?,
             };
             if piece.is_empty() {
+                if let Some(source) = &mut pieces.source {
+                    source.finish();
+                }
                 return Ok(None);
             }
             if let Some(bandwidth) = &pieces.bandwidth {
@@ -789,6 +835,66 @@ impl Pieces {
         self.source = Some(source);
         Ok(piece)
     }
+}
+
+/// A file part's source: with `hashing`, every byte read is hashed as it
+/// passes, once, in the chunks it is read in.
+struct Hashed {
+    inner: io::Take<Rewound>,
+    hashing: Option<(Sha256Hasher, Arc<OnceLock<Sha256Digest>>)>,
+}
+
+impl Read for Hashed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        if let Some((hasher, _)) = &mut self.hashing {
+            hasher.update(&buf[..read]);
+        }
+        Ok(read)
+    }
+}
+
+impl Hashed {
+    /// Sets the digest of what was read, at the end of the part.
+    fn finish(&mut self) {
+        if let Some((hasher, digest)) = self.hashing.take() {
+            digest.get_or_init(|| hasher.finish().0);
+        }
+    }
+}
+
+/// The hasher that has hashed the first `offset` bytes of `file`: those a
+/// trailer upload that continues from `offset` does not send again.
+async fn hash_prefix(file: &Opened, offset: u64) -> io::Result<Sha256Hasher> {
+    let mut source = file.reader_from(0).take(offset);
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = Sha256Hasher::default();
+        let mut buffer = vec![0; UPLOAD_CHUNK];
+        loop {
+            match source.read(&mut buffer)? {
+                0 if hasher.len() == offset => return Ok(hasher),
+                0 => return Err(io::Error::other("it shrank below what the receiver holds of it")),
+                read => hasher.update(&buffer[..read]),
+            }
+        }
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// A trailer field whose text is made when it is sent, after the file part.
+fn trailer_part(make: impl FnOnce() -> io::Result<String> + Send + 'static) -> Part {
+    let once = futures_util::stream::once(async move { make() });
+    Part::stream(Body::wrap_stream(once))
+}
+
+/// The digest of a file part that has been read to its end.
+fn known(digest: &OnceLock<Sha256Digest>) -> io::Result<&Sha256Digest> {
+    digest.get().ok_or_else(|| io::Error::other("the file part ended before all of it was read"))
+}
+
+fn source_error(e: io::Error) -> RequestError {
+    RequestError::Source(e.to_string())
 }
 
 /// Full jitter over an exponentially growing window, so a fleet that lost

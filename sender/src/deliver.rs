@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use logferry_common::Sha256Digest;
-use logferry_common::signing::UploadClaim;
+use logferry_common::signing::{HeadDigest, UploadClaim, UploadHead};
 use logferry_common::wire::{BATCH_FILE_MAX, BATCH_MAX_FILES, BatchRefusal, BatchResult, UploadOutcome, UploadReceipt};
 use reqwest::StatusCode;
 
@@ -322,9 +322,11 @@ impl Stamp {
     }
 }
 
-/// Opens the file once, then hashes, uploads, checks the receipt, and sets
-/// that open file aside only if the receiver confirmed exactly these bytes
-/// and it is still unchanged under its name.
+/// Opens the file once, then uploads it (hashing it first only for a
+/// receiver that wants the digest before the file, otherwise while sending
+/// it), checks the receipt, and sets that open file aside only if the
+/// receiver confirmed exactly the bytes sent and it is still unchanged under
+/// its name.
 async fn deliver_one(
     client: &Client,
     config: &Config,
@@ -345,21 +347,27 @@ async fn deliver_one(
             }
         }
     }
-    let (source, expected) = (file.rewound(), before.len);
-    let (sha256, size) = tokio::task::spawn_blocking(move || Sha256Digest::of_reader_expecting(source, expected))
-        .await
-        .map_err(internal)?
-        .map_err(|e| kept("cannot read it", e))?;
-    if size != before.len {
-        return Err(Undelivered::NotYet);
-    }
-    let claim = UploadClaim { path: candidate.rel.clone(), sha256, size };
-    let (_, receipt) = client.upload(&file, &claim).await.map_err(|e| match e {
+    let size = before.len;
+    let digest = if client.digest_after() {
+        HeadDigest::Trailer
+    } else {
+        let source = file.rewound();
+        let (sha256, hashed) = tokio::task::spawn_blocking(move || Sha256Digest::of_reader_expecting(source, size))
+            .await
+            .map_err(internal)?
+            .map_err(|e| kept("cannot read it", e))?;
+        if hashed != size {
+            return Err(Undelivered::NotYet);
+        }
+        HeadDigest::Known(sha256)
+    };
+    let head = UploadHead { path: candidate.rel.clone(), sha256: digest, size };
+    let (_, receipt, sha256) = client.upload(&file, &head).await.map_err(|e| match e {
         // Cut shorter meanwhile (copytruncate): its new content goes later.
         RequestError::Source(_) if file.now().ok() != Some(file.at_open) => Undelivered::NotYet,
         e => request_failed(e),
     })?;
-    confirmed(&receipt, &claim)?;
+    confirmed(&receipt, &UploadClaim { path: candidate.rel.clone(), sha256, size })?;
     let (source, to, rel) = (candidate.path.clone(), config.disposal(), candidate.rel.clone());
     let set_aside = tokio::task::spawn_blocking(move || sent::set_aside(&source, &file, &rel, &sha256, &to))
         .await

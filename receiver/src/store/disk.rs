@@ -3,7 +3,7 @@
 //! the relative path, escaped; see `RelPath::store_candidates`).
 //!
 //! Resumable files (at least `RESUMABLE_MIN_SIZE`) are staged instead in
-//! `<root>/.partial/<hash of device, checksum, size and path>`, which
+//! `<root>/.partial/<hash of device, head's sha256 text, size and path>`, which
 //! outlives a cut-off upload and a restart, so that the next upload of the
 //! same claim continues it. A partial file is written only under an
 //! exclusive `flock` and while it has one link: once committed (linked into
@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use logferry_common::durable::{create_dirs, exists_no_follow, holds_exactly, sync_dir};
-use logferry_common::signing::UploadClaim;
+use logferry_common::signing::{UploadClaim, UploadHead};
 use logferry_common::wire::{RESUMABLE_MIN_SIZE, UploadOutcome};
 use logferry_common::{DeviceId, RelPath, Sha256Digest, Sha256Hasher};
 use rand::TryRng;
@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{Committed, HeldFile, Staged, Store, StoreError, StoredFile};
+use crate::upload::Checked;
 
 /// Folder of in-progress uploads. Device folders are 16 hex characters, so
 /// this name can never clash with one.
@@ -96,10 +97,17 @@ impl DiskStore {
 
     /// Where a resumable upload of `claim` by `device` is staged. Named by
     /// everything that identifies the upload, so that only the same bytes
-    /// under the same name from the same device continue it.
-    fn partial_path(&self, device: &DeviceId, claim: &UploadClaim) -> PathBuf {
-        let identity =
-            format!("logferry partial\n{}\n{}\n{}\n{}", device.reveal(), claim.sha256, claim.size, claim.path.as_str());
+    /// under the same name from the same device continue it. A trailer
+    /// upload's digest is not known yet: any bytes of its size under its
+    /// name continue it, and are verified whole at the end.
+    fn partial_path(&self, device: &DeviceId, claim: &UploadHead) -> PathBuf {
+        let identity = format!(
+            "logferry partial\n{}\n{}\n{}\n{}",
+            device.reveal(),
+            claim.sha256.to_field(),
+            claim.size,
+            claim.path.as_str()
+        );
         self.partial.join(Sha256Digest::of_bytes(identity.as_bytes()).to_string())
     }
 
@@ -205,7 +213,6 @@ impl Drop for StagingName {
 pub struct DiskStaged {
     store: DiskStore,
     device_dir: PathBuf,
-    claim: UploadClaim,
     body: Body,
 }
 
@@ -371,7 +378,7 @@ impl Store for DiskStore {
     async fn stage(
         &self,
         device: &DeviceId,
-        claim: &UploadClaim,
+        claim: &UploadHead,
         offset: u64,
     ) -> Result<(DiskStaged, Sha256Hasher), StoreError> {
         let size = claim.size;
@@ -399,10 +406,10 @@ impl Store for DiskStore {
             Body::Streamed(Writer::start(Staging::Temporary(name), file, 0, self.clone()))
         };
         let device_dir = self.root.join(device.reveal());
-        Ok((DiskStaged { store: self.clone(), device_dir, claim: claim.clone(), body }, hasher))
+        Ok((DiskStaged { store: self.clone(), device_dir, body }, hasher))
     }
 
-    async fn held(&self, device: &DeviceId, claim: &UploadClaim) -> Result<u64, StoreError> {
+    async fn held(&self, device: &DeviceId, claim: &UploadHead) -> Result<u64, StoreError> {
         if claim.size < RESUMABLE_MIN_SIZE {
             return Ok(0);
         }
@@ -417,6 +424,10 @@ impl Store for DiskStore {
     }
 
     fn keeps_partials(&self) -> bool {
+        true
+    }
+
+    fn digest_after(&self) -> bool {
         true
     }
 
@@ -444,8 +455,9 @@ impl Store for DiskStore {
         .await
     }
 
-    async fn commit(&self, staged: DiskStaged) -> Result<Committed, StoreError> {
-        let DiskStaged { store, device_dir, claim, body } = staged;
+    async fn commit(&self, staged: DiskStaged, checked: &Checked) -> Result<Committed, StoreError> {
+        let DiskStaged { store, device_dir, body } = staged;
+        let claim = checked.claim().clone();
         match body {
             Body::Held(chunks) => {
                 blocking(move || {
@@ -728,15 +740,15 @@ impl DiskStore {
         device_dir: &Path,
         files: &[HeldFile],
     ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
-        self.check_room(files.iter().map(|held| held.claim.size).sum())?;
+        self.check_room(files.iter().map(|held| held.checked.claim().size).sum())?;
         let mut staged = Vec::with_capacity(files.len());
         for held in files {
             let (data, mut out) = self.new_staging_file("upload")?;
             for chunk in &held.bytes {
                 out.write_all(chunk)?;
             }
-            let [first, ..] = held.claim.path.store_candidates(&held.claim.sha256);
-            let line = first.checksum_line(&held.claim.sha256);
+            let [first, ..] = held.checked.claim().path.store_candidates(&held.checked.claim().sha256);
+            let line = first.checksum_line(&held.checked.claim().sha256);
             let (checksum, mut checksum_out) = self.new_staging_file("checksum")?;
             checksum_out.write_all(line.as_bytes())?;
             if !self.syncfs_reports_errors {
@@ -752,7 +764,9 @@ impl DiskStore {
         let results = files
             .iter()
             .zip(&staged)
-            .map(|(held, (data, checksum))| self.place(&data.0, device_dir, &held.claim, Some(checksum), &mut folders))
+            .map(|(held, (data, checksum))| {
+                self.place(&data.0, device_dir, held.checked.claim(), Some(checksum), &mut folders)
+            })
             .collect();
         folders.finish()?;
         Ok(results)

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use logferry_common::signing::UploadClaim;
+use logferry_common::signing::{HeadDigest, UploadClaim, UploadHead};
 use logferry_common::wire::UploadOutcome;
 use logferry_common::{DeviceId, RelPath, Sha256Digest, Sha256Hasher};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -43,6 +43,7 @@ use object_store::{
 use tokio::task::JoinSet;
 
 use super::{Committed, Staged, Store, StoreError, StoredFile};
+use crate::upload::Checked;
 
 /// The smallest part S3 accepts (except the last); files up to this size go
 /// in one PUT.
@@ -527,16 +528,21 @@ impl Staged for S3Staged {
 impl Store for S3Store {
     type Staged = S3Staged;
 
-    /// Keeps no partial uploads: a cut-off upload starts over.
+    /// Keeps no partial uploads: a cut-off upload starts over. Takes no
+    /// trailer: a multipart upload's key is fixed when it starts, and the
+    /// key comes from the digest (conflict names), so the digest must come
+    /// first; staging elsewhere would cost a copy of every large file.
     async fn stage(
         &self,
         device: &DeviceId,
-        claim: &UploadClaim,
+        head: &UploadHead,
         offset: u64,
     ) -> Result<(S3Staged, Sha256Hasher), StoreError> {
         if offset != 0 {
             return Err(StoreError::OffsetBeyond { offset, held: 0 });
         }
+        let HeadDigest::Known(sha256) = head.sha256 else { return Err(StoreError::DigestFirst) };
+        let claim = &head.with_digest(sha256);
         let mask = Mask(device);
         let (name, body) = match self.choose(device, claim, &mask).await? {
             Choice::AlreadyThere(name) => (name, Body::AlreadyThere),
@@ -569,7 +575,7 @@ impl Store for S3Store {
         Ok((S3Staged { device: device.clone(), claim: claim.clone(), name, body }, Sha256Hasher::default()))
     }
 
-    async fn held(&self, _device: &DeviceId, _claim: &UploadClaim) -> Result<u64, StoreError> {
+    async fn held(&self, _device: &DeviceId, _claim: &UploadHead) -> Result<u64, StoreError> {
         Ok(0)
     }
 
@@ -577,11 +583,18 @@ impl Store for S3Store {
         false
     }
 
+    fn digest_after(&self) -> bool {
+        false
+    }
+
     async fn expire_partials(&self, _ttl: Duration) -> Result<usize, StoreError> {
         Ok(0)
     }
 
-    async fn commit(&self, mut staged: S3Staged) -> Result<Committed, StoreError> {
+    async fn commit(&self, mut staged: S3Staged, checked: &Checked) -> Result<Committed, StoreError> {
+        if checked.claim() != &staged.claim {
+            return Err(io::Error::other("the bytes checked are not the ones the upload was staged for").into());
+        }
         let outcome = self.place(&mut staged).await?;
         self.write_checksum_object(&staged).await?;
         Ok(Committed { outcome, stored_as: staged.name })

@@ -79,13 +79,16 @@ async fn continue_upload(
 }
 
 #[tokio::test]
-async fn the_auth_check_offers_zstd_resuming_and_batches() {
+async fn the_auth_check_offers_zstd_resuming_the_digest_after_the_file_and_batches() {
     let h = Harness::start();
     let auth = authorization(&device(), "GET", logferry_common::wire::endpoint::AUTH_CHECK, now(), None);
     let response = h.http.get(h.url("/v1/auth-check")).header("Authorization", auth).send().await.expect("answer");
     let (status, body) = answer(response).await;
     assert_eq!(status, 200);
-    assert_eq!(body, serde_json::json!({"label": "bench-pi", "encodings": ["zstd"], "resume": true, "batch": true}));
+    assert_eq!(
+        body,
+        serde_json::json!({"label": "bench-pi", "encodings": ["zstd"], "resume": true, "digest_after": true, "batch": true})
+    );
 }
 
 #[tokio::test]

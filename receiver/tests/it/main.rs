@@ -15,4 +15,5 @@ mod prometheus;
 mod proxies;
 mod status;
 mod store;
+mod trailer;
 mod updates;

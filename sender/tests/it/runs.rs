@@ -74,6 +74,35 @@ fn a_50_mib_file_arrives_intact() {
     assert!(std::fs::read(h.sent().join("big/dump.bin")).expect("moved") == content, "moved bytes differ");
 }
 
+/// A receiver that takes the digest after the file gets each file in one
+/// read: the run reads (`rchar`, which counts every read of the sender,
+/// added to the shell that reaped it) about the file once, not twice, and
+/// its bytes arrive intact, resumed or not.
+#[test]
+fn a_file_is_read_once_when_the_receiver_takes_its_digest_after_it() {
+    let h = Harness::start();
+    let size = 16 << 20;
+    let bytes = content(7, size);
+    h.log("big.bin", &bytes);
+    let inner = sender_command();
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#""$0" "$@"; status=$?; grep '^rchar:' /proc/$$/io >&2; exit $status"#)
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    let run = run_sender(command, h.dir.path(), &h.args(&h.host(), &[]));
+    assert_eq!(run.code, Some(code::SUCCESS), "{run:?}");
+    let rchar: usize = run
+        .stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("rchar:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the shell's read count");
+    assert!(rchar >= size && rchar < size + size / 4, "{rchar} bytes read for a {size}-byte file");
+    assert!(std::fs::read(h.stored().join("big.bin")).expect("stored") == bytes, "stored bytes differ");
+}
+
 #[test]
 fn a_file_sent_again_is_already_stored_and_a_new_version_is_kept_beside_the_old() {
     let h = Harness::start();
