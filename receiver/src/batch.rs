@@ -34,6 +34,9 @@ use crate::upload::{
 
 /// Longest manifest: every entry with a path of the longest kind.
 const MAX_MANIFEST_BYTES: usize = 128 * 1024;
+/// Longest file part: the largest file of a batch, or its compression
+/// (zstd adds a few bytes to data it cannot shrink).
+const MAX_PART_BYTES: u64 = BATCH_FILE_MAX + 4096;
 /// The fields of a batch, for error messages.
 const ORDER: &str = "manifest, then one file per manifest entry";
 
@@ -213,9 +216,8 @@ async fn receive_all(entries: Vec<Entry>, pace: &Pace<'_>, form: &mut Multipart)
         let (head, declared, zstd) = match entry {
             Entry::Claimed { head, declared, zstd } => (head, declared, zstd),
             Entry::Refused { path, error } => {
-                while let Some(chunk) = pace.next(&mut part).await? {
-                    chunk.map_err(malformed)?;
-                }
+                let mut raw = 0;
+                while next_chunk(pace, &mut part, &mut raw).await?.is_some() {}
                 arrived.push(Arrived::Refused { path, error });
                 continue;
             }
@@ -223,12 +225,13 @@ async fn receive_all(entries: Vec<Entry>, pace: &Pace<'_>, form: &mut Multipart)
         let mut file =
             HeldBytes { declared: head.size, hasher: Sha256Hasher::default(), bytes: Vec::new(), excess: false };
         let mut decoder = zstd.then(ZstdDecoder::new).transpose()?;
-        let mut corrupt = None;
-        while let Some(chunk) = pace.next(&mut part).await? {
-            let chunk = chunk.map_err(malformed)?;
+        let (mut corrupt, mut raw) = (None, 0);
+        while let Some(chunk) = next_chunk(pace, &mut part, &mut raw).await? {
             match (&mut decoder, &corrupt) {
                 (None, _) => file.keep(chunk),
-                (Some(decoder), None) => {
+                // Past the declared size nothing more is decoded: a bomb
+                // costs one piece too many.
+                (Some(decoder), None) if !file.excess => {
                     let mut input = InBuffer::around(&chunk);
                     loop {
                         match decoder.next_piece(&mut input) {
@@ -241,8 +244,9 @@ async fn receive_all(entries: Vec<Entry>, pace: &Pace<'_>, form: &mut Multipart)
                         }
                     }
                 }
-                // The rest of a part that cannot be decoded is read past.
-                (Some(_), Some(_)) => {}
+                // The rest of a part that cannot be decoded, or is too
+                // long already, is read past.
+                (Some(_), _) => {}
             }
         }
         if corrupt.is_none() && decoder.as_ref().is_some_and(|decoder| !decoder.at_frame_end) {
@@ -262,6 +266,25 @@ async fn receive_all(entries: Vec<Entry>, pace: &Pace<'_>, form: &mut Multipart)
         ))),
         Some(Err(e)) => Err(malformed(e)),
     }
+}
+
+/// The next chunk of a file part, counted in `raw`: a part longer than any
+/// file of a batch (or its compression) can be refuses the whole batch, so
+/// that reading past a refused file is bounded too.
+async fn next_chunk(
+    pace: &Pace<'_>,
+    part: &mut actix_multipart::Field,
+    raw: &mut u64,
+) -> Result<Option<Bytes>, ApiError> {
+    let Some(chunk) = pace.next(part).await? else { return Ok(None) };
+    let chunk = chunk.map_err(malformed)?;
+    *raw += chunk.len() as u64;
+    if *raw > MAX_PART_BYTES {
+        return Err(ApiError::MalformedUpload(format!(
+            "a file part of a batch is longer than {MAX_PART_BYTES} bytes; files over {BATCH_FILE_MAX} bytes travel alone"
+        )));
+    }
+    Ok(Some(chunk))
 }
 
 /// One file's bytes as they arrive: kept up to its declared size, counted

@@ -9,6 +9,10 @@ use logferry_sender::config::{Compression, Options, UpdateOptions};
 use logferry_sender::id_file::{DEFAULT_ID_FILE, Exposure};
 use logferry_sender::{Config, exit};
 
+/// Threads for blocking work (file reads, hashing first, setting files
+/// aside), whatever `--jobs` says.
+const BLOCKING_THREADS: usize = 4;
+
 /// Sends every file under FOLDER to a logferry receiver, and moves each one
 /// into the sent folder once the receiver has verified and stored it.
 ///
@@ -210,7 +214,14 @@ fn run() -> anyhow::Result<u8> {
     let outcome = if cli.dry_run {
         logferry_sender::deliver::dry_run(&config)
     } else {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // Reads and set-asides are short: a few threads keep the disk busy,
+        // and each thread that allocates costs glibc an arena of its own
+        // (16 of them, one per upload in flight, took the peak RSS past its
+        // budget: BENCHMARKS.md, "Memory and reads").
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(BLOCKING_THREADS)
+            .enable_all()
+            .build()?;
         runtime.block_on(logferry_sender::run(&config))
     };
     if let Some(fatal) = &outcome.fatal {

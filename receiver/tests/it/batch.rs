@@ -136,6 +136,8 @@ fn cases() -> Vec<Case> {
     broken.sent = Some(b"not zstd at all\n".to_vec());
     let too_many: Vec<File> = (0..=BATCH_MAX_FILES).map(|i| file(&format!("many/{i}.log"), b"x")).collect();
     let big = file("big.bin", &vec![7; BATCH_FILE_MAX as usize + 1]);
+    let mut endless = file("endless.log", b"small, it says\n");
+    endless.sent = Some(vec![b'x'; 2 * BATCH_FILE_MAX as usize]);
     vec![
         Case {
             name: "every file stored, an empty one too",
@@ -188,6 +190,14 @@ fn cases() -> Vec<Case> {
         Case {
             name: "too many files",
             files: too_many,
+            twist: Twist::None,
+            status: 400,
+            results: vec![],
+            stored: vec!["day/a.log", "day/b.log", "day/packed.log", "other/c.log"],
+        },
+        Case {
+            name: "a part longer than any file of a batch stores nothing",
+            files: vec![file("x/1.log", b"1"), endless],
             twist: Twist::None,
             status: 400,
             results: vec![],
