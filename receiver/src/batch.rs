@@ -318,8 +318,15 @@ impl HeldBytes {
 /// One file's outcome, for the handler to log, count and record.
 #[derive(Debug)]
 pub enum FileOutcome {
-    Delivered(UploadReceipt),
-    Refused { path: String, error: ApiError },
+    /// `path` as the device sent it.
+    Delivered {
+        path: String,
+        receipt: UploadReceipt,
+    },
+    Refused {
+        path: String,
+        error: ApiError,
+    },
 }
 
 /// Step 5: every file that verified is durably in the store, and the
@@ -355,12 +362,15 @@ impl Received {
             .into_iter()
             .map(|file| match file {
                 Waiting::Committing { path, size, digest } => match committed.next() {
-                    Some(Ok(done)) => FileOutcome::Delivered(UploadReceipt {
-                        outcome: done.outcome,
-                        stored_as: done.stored_as.to_string(),
-                        sha256: digest,
-                        size,
-                    }),
+                    Some(Ok(done)) => FileOutcome::Delivered {
+                        path,
+                        receipt: UploadReceipt {
+                            outcome: done.outcome,
+                            stored_as: done.stored_as.to_string(),
+                            sha256: digest,
+                            size,
+                        },
+                    },
                     Some(Err(error)) => FileOutcome::Refused { path, error: error.into() },
                     None => FileOutcome::Refused {
                         path,
@@ -388,7 +398,7 @@ impl Committed {
                 .outcomes
                 .iter()
                 .map(|outcome| match outcome {
-                    FileOutcome::Delivered(receipt) => BatchResult::Delivered(receipt.clone()),
+                    FileOutcome::Delivered { receipt, .. } => BatchResult::Delivered(receipt.clone()),
                     FileOutcome::Refused { error, .. } => BatchResult::Refused(BatchRefusal {
                         status: actix_web::ResponseError::status_code(error).as_u16(),
                         body: error.body(),

@@ -67,18 +67,13 @@ pub async fn upload<S: Store>(
     payload: web::Payload,
     state: web::Data<AppState<S>>,
 ) -> Result<HttpResponse, ApiError> {
-    let started = Instant::now();
-    let client_addr = client_ip(&req, &state.trusted_proxies);
-    let in_flight = state.metrics.upload_started();
-    let mut progress = Progress::default();
-    let result = receive(&req, payload, &state, &mut progress).await;
-    drop(in_flight);
-    let ms = started.elapsed().as_millis() as u64;
+    let (client_addr, progress, ms, result) =
+        timed_upload(&req, &state, async |progress| receive(&req, payload, &state, progress).await).await;
     match result {
         Ok(Stored { verified, receipt }) => {
             let (resumed_from, encoding) = (progress.resumed_from, progress.encoding);
             let logged = Logged { client: client_addr, device: &verified, ms };
-            logged.stored(&state, &receipt, &receipt.stored_as, resumed_from, encoding);
+            logged.stored(&state, progress.path.as_deref().unwrap_or("-"), &receipt, resumed_from, encoding);
             let status = match receipt.outcome {
                 UploadOutcome::Stored => StatusCode::CREATED,
                 UploadOutcome::AlreadyStored => StatusCode::OK,
@@ -96,31 +91,25 @@ pub async fn upload_batch<S: Store>(
     payload: web::Payload,
     state: web::Data<AppState<S>>,
 ) -> Result<HttpResponse, ApiError> {
-    let started = Instant::now();
-    let client_addr = client_ip(&req, &state.trusted_proxies);
-    let in_flight = state.metrics.upload_started();
-    let mut progress = Progress::default();
     let limits = &state.limits;
-    let result = async {
-        batch::read_head(&req, payload, &state.ids, limits, &mut progress)
+    let (client_addr, progress, ms, result) = timed_upload(&req, &state, async |progress| {
+        batch::read_head(&req, payload, &state.ids, limits, progress)
             .await?
-            .verify(limits, &mut progress)?
+            .verify(limits, progress)?
             .take_slot(&state.slots)
             .await?
             .receive(limits)
             .await?
             .commit(&state.store)
             .await
-    }
+    })
     .await;
-    drop(in_flight);
-    let ms = started.elapsed().as_millis() as u64;
     match result {
         Ok(committed) => {
             let logged = Logged { client: client_addr, device: &committed.verified, ms };
             for outcome in &committed.outcomes {
                 match outcome {
-                    FileOutcome::Delivered(receipt) => logged.stored(&state, receipt, &receipt.stored_as, None, None),
+                    FileOutcome::Delivered { path, receipt } => logged.stored(&state, path, receipt, None, None),
                     FileOutcome::Refused { path, error } => logged.refused(&state, path, error),
                 }
             }
@@ -128,6 +117,23 @@ pub async fn upload_batch<S: Store>(
         }
         Err(err) => Err(upload_refused(&state, client_addr, &progress, err, ms)),
     }
+}
+
+/// Runs an upload's (or a batch's) pipeline, counted in flight: what the
+/// handler needs to answer, log and record it (the client's address, what
+/// was learnt of the upload, its milliseconds, the result).
+async fn timed_upload<S: Store, T>(
+    req: &HttpRequest,
+    state: &AppState<S>,
+    pipeline: impl AsyncFnOnce(&mut Progress) -> Result<T, ApiError>,
+) -> (Option<IpAddr>, Progress, u64, Result<T, ApiError>) {
+    let started = Instant::now();
+    let client_addr = client_ip(req, &state.trusted_proxies);
+    let in_flight = state.metrics.upload_started();
+    let mut progress = Progress::default();
+    let result = pipeline(&mut progress).await;
+    drop(in_flight);
+    (client_addr, progress, started.elapsed().as_millis() as u64, result)
 }
 
 /// A verified device's upload answered, for its log line and records.
@@ -138,11 +144,12 @@ struct Logged<'a> {
 }
 
 impl Logged<'_> {
+    /// `path` as the device sent it.
     fn stored<S: Store>(
         &self,
         state: &AppState<S>,
+        path: &str,
         receipt: &UploadReceipt,
-        stored_as: &str,
         resumed_from: Option<u64>,
         encoding: Option<&'static str>,
     ) {
@@ -154,11 +161,11 @@ impl Logged<'_> {
         tracing::info!(
             client,
             device,
-            path = stored_as,
+            path,
             size = receipt.size,
             resumed_from,
             encoding,
-            stored_as,
+            stored_as = receipt.stored_as,
             outcome = metrics::outcome_name(receipt.outcome),
             ms = self.ms,
             "upload"

@@ -73,6 +73,17 @@ impl Compressor {
         self.inner.compress(block)
     }
 
+    /// `block` as one zstd frame as `compression` says: always with `Zstd`,
+    /// with `Auto` only if that pays; never with `Off` (the caller then
+    /// needs no compressor).
+    pub fn compress_as(&mut self, compression: Compression, block: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        match compression {
+            Compression::Auto => self.compress_if_worth_it(block),
+            Compression::Zstd => Ok(Some(self.compress(block)?)),
+            Compression::Off => Ok(None),
+        }
+    }
+
     /// `block` as one zstd frame when that shrinks it enough to be worth it.
     pub fn compress_if_worth_it(&mut self, block: &[u8]) -> io::Result<Option<Vec<u8>>> {
         if block.is_empty() {

@@ -309,11 +309,7 @@ impl Client {
                 files
                     .into_iter()
                     .map(|(claim, bytes)| {
-                        let compressed = match compression {
-                            Compression::Auto => compressor.compress_if_worth_it(&bytes)?,
-                            _ => Some(compressor.compress(&bytes)?),
-                        };
-                        Ok(match compressed {
+                        Ok(match compressor.compress_as(compression, &bytes)? {
                             Some(wire) => BatchFile { claim, wire: wire.into(), encoding: Some(Encoding::Zstd) },
                             None => as_they_are((claim, bytes)),
                         })
@@ -607,11 +603,7 @@ impl Client {
         self.compressors
             .with_compressor(move |compressor| {
                 let block = read_all((&mut source).take(len))?;
-                let compressed = match compression {
-                    Compression::Auto => compressor.compress_if_worth_it(&block)?,
-                    _ => Some(compressor.compress(&block)?),
-                };
-                Ok(match compressed {
+                Ok(match compressor.compress_as(compression, &block)? {
                     Some(compressed) => (compressed, Some(Encoding::Zstd), source),
                     None => (block, None, source),
                 })
