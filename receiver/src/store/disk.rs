@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice, Seek, SeekFrom, Write};
 use std::num::NonZeroU64;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -46,12 +46,16 @@ const STAGING_DIR: &str = ".staging";
 const PARTIAL_DIR: &str = ".partial";
 /// Reads of a partial file's first bytes, to hash what it holds.
 const PREFIX_READ: usize = 256 * 1024;
-/// Chunks queued between the network and the disk writer per upload: enough
-/// to keep both busy, little enough to keep memory flat.
-const QUEUED_CHUNKS: usize = 16;
-/// Network chunks (typically 128 KiB) at least this big go to the disk as
-/// they are, without a copy; smaller ones are gathered to this size.
-const WRITE_BUFFER: usize = 64 * 1024;
+/// Batches queued between the network and the disk writer per upload:
+/// enough to keep both busy, little enough to keep memory flat.
+const QUEUED_BATCHES: usize = 4;
+/// Network chunks (as they came off the socket, tens of KiB) are gathered
+/// into batches of at least this size, then written with one `writev`,
+/// never copied: one hand-off to the writer thread and one system call per
+/// batch, not per chunk.
+const WRITE_BATCH: usize = 256 * 1024;
+/// At most this many chunks to a batch, however small a client's chunks.
+const WRITE_BATCH_CHUNKS: usize = 64;
 /// Uploads up to this size are held in memory until their body is complete,
 /// then written, fsynced and placed by one blocking task: a burst of small
 /// files costs one hand-off to the blocking pool each, not a writer thread.
@@ -228,7 +232,10 @@ enum Body {
 #[derive(Debug)]
 struct Writer {
     name: Staging,
-    chunks: Option<mpsc::Sender<Bytes>>,
+    batches: Option<mpsc::Sender<Vec<Bytes>>>,
+    /// Chunks not yet handed to the writer thread, and their bytes.
+    gathered: Vec<Bytes>,
+    gathered_len: usize,
     task: Option<JoinHandle<Result<File, StoreError>>>,
     /// Once finished: the written file, kept open so that a partial file's
     /// lock is held until it is committed or removed.
@@ -255,14 +262,38 @@ impl Staging {
 
 impl Writer {
     fn start(name: Staging, file: File, offset: u64, store: DiskStore) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
-        let task = tokio::task::spawn_blocking(move || write_all_chunks(file, offset, rx, store));
-        Self { name, chunks: Some(tx), task: Some(task), file: None }
+        let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
+        let task = tokio::task::spawn_blocking(move || write_all_batches(file, offset, rx, store));
+        Self { name, batches: Some(tx), gathered: Vec::new(), gathered_len: 0, task: Some(task), file: None }
     }
 
-    /// Waits for the writer to flush and fsync everything sent so far.
+    /// Gathers `chunk`; hands a full batch to the writer thread. False if
+    /// the writer has stopped.
+    async fn gather(&mut self, chunk: Bytes) -> bool {
+        self.gathered_len += chunk.len();
+        self.gathered.push(chunk);
+        if self.gathered_len < WRITE_BATCH && self.gathered.len() < WRITE_BATCH_CHUNKS {
+            return true;
+        }
+        self.hand_over().await
+    }
+
+    async fn hand_over(&mut self) -> bool {
+        let batch = std::mem::take(&mut self.gathered);
+        self.gathered_len = 0;
+        match &self.batches {
+            Some(batches) => batches.send(batch).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Waits for the writer to write and fsync everything gathered so far.
     async fn finish(&mut self) -> Result<(), StoreError> {
-        self.chunks = None;
+        if !self.gathered.is_empty() {
+            // If the writer stopped, its result below says why.
+            self.hand_over().await;
+        }
+        self.batches = None;
         match self.task.take() {
             Some(task) => {
                 self.file = Some(task.await.map_err(io::Error::other)??);
@@ -291,11 +322,7 @@ impl Staged for DiskStaged {
             }
             Body::Streamed(writer) => writer,
         };
-        let sent = match &writer.chunks {
-            Some(chunks) => chunks.send(chunk).await.is_ok(),
-            None => false,
-        };
-        if sent {
+        if writer.gather(chunk).await {
             return Ok(());
         }
         // The writer stopped early: its result says why.
@@ -334,19 +361,18 @@ fn no_room(free: u64, needed: u64, reserve: u64) -> StoreError {
     ))
 }
 
-/// Writes the chunks to `file` from its byte `offset` on (where it is
+/// Writes the batches to `file` from its byte `offset` on (where it is
 /// positioned), then fsyncs it and gives it back.
-fn write_all_chunks(
-    file: File,
+fn write_all_batches(
+    mut file: File,
     offset: u64,
-    mut chunks: mpsc::Receiver<Bytes>,
+    mut batches: mpsc::Receiver<Vec<Bytes>>,
     store: DiskStore,
 ) -> Result<File, StoreError> {
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
     let (mut written, mut next_check, mut flushing_from) = (0u64, SPACE_CHECK_EVERY, offset);
-    while let Some(chunk) = chunks.blocking_recv() {
-        out.write_all(&chunk)?;
-        written += chunk.len() as u64;
+    while let Some(batch) = batches.blocking_recv() {
+        write_all_vectored(&mut file, &batch)?;
+        written += batch.iter().map(|chunk| chunk.len() as u64).sum::<u64>();
         if written >= next_check {
             next_check += SPACE_CHECK_EVERY;
             let free = available(&store.staging)?;
@@ -357,17 +383,32 @@ fn write_all_chunks(
             // disk works while the rest arrives and the final fsync waits
             // only for the last few MiB. (The advice also drops those pages
             // from the cache once written: nothing reads them again.)
-            let in_file = offset + written - out.buffer().len() as u64;
+            let in_file = offset + written;
             if let Some(len) = NonZeroU64::new(in_file - flushing_from) {
-                rustix::fs::fadvise(out.get_ref(), flushing_from, Some(len), rustix::fs::Advice::DontNeed)
+                rustix::fs::fadvise(&file, flushing_from, Some(len), rustix::fs::Advice::DontNeed)
                     .map_err(io::Error::from)?;
                 flushing_from = in_file;
             }
         }
     }
-    let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
     file.sync_all()?;
     Ok(file)
+}
+
+/// Writes every byte of `chunks`, in as few `writev` calls as the kernel
+/// takes them in.
+fn write_all_vectored(file: &mut File, chunks: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|chunk| IoSlice::new(chunk)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(wrote) => IoSlice::advance_slices(&mut slices, wrote),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl Store for DiskStore {
