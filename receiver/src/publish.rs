@@ -402,7 +402,8 @@ fn same_tree(a: &Tree, b: &Tree) -> bool {
 /// Hashes the file at `path` if it is still the one with `stamp`, before and
 /// after; `None` if it changed.
 fn hash_unchanged(path: &Path, stamp: Stamp) -> io::Result<Option<Sha256Digest>> {
-    let file = OpenOptions::new().read(true).custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32).open(path)?;
+    let file =
+        OpenOptions::new().read(true).custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32).open(path)?;
     if Stamp::of(&file.metadata()?) != stamp {
         return Ok(None);
     }
@@ -575,8 +576,11 @@ static TEMPORARY: AtomicU64 = AtomicU64::new(0);
 
 fn place_one(dir: &Path, incoming: &Path, to: &str, from: &Path, name: &RelPath) -> Result<Placed, PublishError> {
     let read = |source| PublishError::Read { path: from.to_owned(), source };
-    let mut source =
-        OpenOptions::new().read(true).custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32).open(from).map_err(read)?;
+    let mut source = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
+        .open(from)
+        .map_err(read)?;
     let meta = source.metadata().map_err(read)?;
     if !meta.is_file() {
         return Err(PublishError::NotRegular { path: from.to_owned() });

@@ -391,7 +391,12 @@ async fn fetch(
 /// `.partial/<sha256>` opened to append the rest of its content; a file
 /// as long as the content (or longer) that did not verify starts over.
 fn open_partial(path: &Path, size: u64) -> io::Result<File> {
-    let file = OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(OFlags::NOFOLLOW.bits() as i32).open(path)?;
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
     if file.metadata()?.len() >= size {
         file.set_len(0)?;
     }

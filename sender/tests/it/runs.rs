@@ -356,7 +356,8 @@ fn answers_other_than_a_signed_yes_move_nothing_and_say_what_answered() {
     for answer in answers {
         let (address, thread) = answering(answer.status, answer.body);
         let id_file = h.path("device-id").display().to_string();
-        let args = [address, h.logs().display().to_string(), "--id-file".into(), id_file, "--retries".into(), "0".into()];
+        let args =
+            [address, h.logs().display().to_string(), "--id-file".into(), id_file, "--retries".into(), "0".into()];
         let run = sender(h.dir.path(), &args);
         thread.join().expect("the fake answered");
         assert_eq!(run.code, Some(answer.code), "{}: {run:?}", answer.name);
@@ -391,7 +392,10 @@ fn a_second_run_while_one_is_working_stops_at_once() {
     let run = h.send(&[]);
     assert_eq!(run.code, Some(code::ALREADY_RUNNING), "{run:?}");
     let sent = h.sent().canonicalize().expect("canonical");
-    assert!(run.stderr.contains(&format!("another sender run is already using the sent folder {}", sent.display())), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!("another sender run is already using the sent folder {}", sent.display())),
+        "{run:?}"
+    );
     assert!(!h.stored().exists(), "nothing sent");
     drop(lock);
     assert_eq!(h.send(&[]).code, Some(code::SUCCESS), "the lock goes with the process that held it");
