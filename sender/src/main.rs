@@ -123,7 +123,7 @@ struct Cli {
     #[arg(long, env = "LOGFERRY_UPDATE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     update_timeout: Duration,
 
-    /// List what would be sent, without contacting the receiver or moving anything.
+    /// List what would be sent, without contacting the receiver, moving or creating anything.
     #[arg(long, short = 'n')]
     dry_run: bool,
 }
