@@ -72,12 +72,8 @@ impl Sha256Hasher {
     }
 
     /// Bytes hashed so far.
-    pub fn len(&self) -> u64 {
+    pub fn bytes_hashed(&self) -> u64 {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     pub fn finish(self) -> (Sha256Digest, u64) {

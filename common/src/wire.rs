@@ -159,6 +159,16 @@ pub enum UploadOutcome {
     AlreadyStored,
 }
 
+impl UploadOutcome {
+    /// The outcome as it appears on the wire (`already_stored`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::AlreadyStored => "already_stored",
+        }
+    }
+}
+
 /// Body of a 2xx answer to an upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadReceipt {
@@ -267,6 +277,35 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as it appears on the wire (`checksum_mismatch`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingAuth => "missing_auth",
+            Self::MalformedAuth => "malformed_auth",
+            Self::UnknownDevice => "unknown_device",
+            Self::BadSignature => "bad_signature",
+            Self::ClockSkew => "clock_skew",
+            Self::InvalidPath => "invalid_path",
+            Self::MalformedUpload => "malformed_upload",
+            Self::SizeMismatch => "size_mismatch",
+            Self::ChecksumMismatch => "checksum_mismatch",
+            Self::PathConflict => "path_conflict",
+            Self::OffsetMismatch => "offset_mismatch",
+            Self::ContentChanged => "content_changed",
+            Self::RangeNotSatisfiable => "range_not_satisfiable",
+            Self::TooLarge => "too_large",
+            Self::Busy => "busy",
+            Self::RateLimited => "rate_limited",
+            Self::Timeout => "timeout",
+            Self::UnsupportedEncoding => "unsupported_encoding",
+            Self::InsufficientStorage => "insufficient_storage",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::StorageError => "storage_error",
+            Self::Unknown => "unknown",
+        }
+    }
+
     /// Whether this code means the device was not accepted, so nothing else
     /// it sends in this run can succeed either.
     pub fn is_auth_failure(self) -> bool {
@@ -295,6 +334,44 @@ mod tests {
             r#"{"error":"x","code":"clock_skew","receiver_time":5}"#
         );
         assert!(!serde_json::to_string(&body).expect("serializes").contains("receiver_time"));
+    }
+
+    /// `as_str` is what serde writes, for every code and outcome.
+    #[test]
+    fn wire_names_are_the_serialized_ones() {
+        use ErrorCode::*;
+        let codes = [
+            MissingAuth,
+            MalformedAuth,
+            UnknownDevice,
+            BadSignature,
+            ClockSkew,
+            InvalidPath,
+            MalformedUpload,
+            SizeMismatch,
+            ChecksumMismatch,
+            PathConflict,
+            OffsetMismatch,
+            ContentChanged,
+            RangeNotSatisfiable,
+            TooLarge,
+            Busy,
+            RateLimited,
+            Timeout,
+            UnsupportedEncoding,
+            InsufficientStorage,
+            NotFound,
+            MethodNotAllowed,
+            StorageError,
+            Unknown,
+        ];
+        let serialized = |value: serde_json::Value| value.as_str().map(str::to_owned);
+        for code in codes {
+            assert_eq!(serialized(serde_json::json!(code)).as_deref(), Some(code.as_str()), "{code:?}");
+        }
+        for outcome in [UploadOutcome::Stored, UploadOutcome::AlreadyStored] {
+            assert_eq!(serialized(serde_json::json!(outcome)).as_deref(), Some(outcome.as_str()), "{outcome:?}");
+        }
     }
 
     #[test]

@@ -1,48 +1,19 @@
 //! Building the HTTP application and running it on a bound listener.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
-use std::thread::JoinHandle;
-
+use std::net::TcpListener;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, web};
 use logferry_common::wire::endpoint;
-
-use std::sync::Arc;
-
 use rustls::ServerConfig;
 
-use crate::client_addr::TrustedProxies;
-use crate::fleet::FleetStatus;
-use crate::ids::IdsFile;
-use crate::limits::{AuthThrottle, Limits, UploadSlots};
-use crate::metrics::Metrics;
-use crate::publish::PublishFolder;
+use crate::state::AppState;
 use crate::store::Store;
 use crate::{handlers, status};
-
-/// What every request needs: the accepted devices, the store, the limits
-/// with their live counters, and what the operator's endpoints show.
-#[derive(Debug)]
-pub struct AppState<S> {
-    pub ids: IdsFile,
-    pub store: S,
-    pub limits: Limits,
-    pub slots: Arc<UploadSlots>,
-    pub throttle: AuthThrottle,
-    pub fleet: FleetStatus,
-    /// How often the fleet status is re-read from the store (never: `None`).
-    pub fleet_refresh: Option<Duration>,
-    /// Whose forwarding headers name the client (see `client_addr`).
-    pub trusted_proxies: TrustedProxies,
-    pub metrics: Metrics,
-    /// The releases, when the receiver publishes (`--publish`).
-    pub publish: Option<Arc<PublishFolder>>,
-}
 
 /// Registers every route; the binary and the tests share it.
 pub fn configure<S: Store>(cfg: &mut web::ServiceConfig, state: web::Data<AppState<S>>) {
@@ -186,55 +157,5 @@ async fn expire_partials<S: Store>(state: web::Data<AppState<S>>) {
             Err(err) => tracing::warn!("cannot remove expired partial uploads: {err}"),
         }
         actix_web::rt::time::sleep(every).await;
-    }
-}
-
-/// A receiver serving on its own thread, for tests and embedding.
-#[derive(Debug)]
-pub struct BackgroundReceiver {
-    pub addr: SocketAddr,
-    handle: ServerHandle,
-    thread: Option<JoinHandle<io::Result<()>>>,
-}
-
-impl BackgroundReceiver {
-    pub fn start<S: Store>(listener: TcpListener, state: AppState<S>, tls: Option<ServerConfig>) -> io::Result<Self> {
-        let addr = listener.local_addr()?;
-        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let server = run(listener, state, tls)?;
-                let _ = handle_tx.send(server.handle());
-                server.await
-            })
-        });
-        match handle_rx.recv() {
-            Ok(handle) => Ok(Self { addr, handle, thread: Some(thread) }),
-            // The thread ended before serving: its result says why.
-            Err(_) => match thread.join() {
-                Ok(Err(e)) => Err(e),
-                _ => Err(io::Error::other("the receiver thread stopped before serving")),
-            },
-        }
-    }
-
-    /// Stops accepting, lets in-flight requests finish, and waits.
-    pub fn stop(mut self) -> io::Result<()> {
-        self.shut_down()
-    }
-
-    fn shut_down(&mut self) -> io::Result<()> {
-        let Some(thread) = self.thread.take() else { return Ok(()) };
-        // The stop command is sent when `stop` is called; its future only
-        // reports completion, which joining the thread waits for anyway (and
-        // awaiting it here would need a runtime, which tests already run in).
-        drop(self.handle.stop(true));
-        thread.join().map_err(|_| io::Error::other("receiver thread panicked"))?
-    }
-}
-
-impl Drop for BackgroundReceiver {
-    fn drop(&mut self) {
-        let _ = self.shut_down();
     }
 }

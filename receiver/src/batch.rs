@@ -299,7 +299,7 @@ struct HeldBytes {
 impl HeldBytes {
     fn keep(&mut self, piece: Bytes) {
         self.hasher.update(&piece);
-        if self.hasher.len() > self.declared {
+        if self.hasher.bytes_hashed() > self.declared {
             self.excess = true;
             self.bytes.clear();
         } else {
@@ -309,7 +309,10 @@ impl HeldBytes {
 
     fn check(self, head: &UploadHead, declared: Sha256Digest) -> Result<HeldFile, ApiError> {
         if self.excess {
-            return Err(ApiError::SizeMismatch { declared: self.declared, received_at_least: self.hasher.len() });
+            return Err(ApiError::SizeMismatch {
+                declared: self.declared,
+                received_at_least: self.hasher.bytes_hashed(),
+            });
         }
         Ok(HeldFile { checked: check_received(head, declared, self.hasher)?, bytes: self.bytes })
     }

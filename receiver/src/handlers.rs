@@ -13,12 +13,11 @@ use logferry_common::wire::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::app::AppState;
 use crate::auth::{self, Verified};
 use crate::batch::{self, FileOutcome};
 use crate::client_addr::client_ip;
 use crate::error::ApiError;
-use crate::metrics;
+use crate::state::AppState;
 use crate::store::Store;
 use crate::update;
 use crate::upload::{self, Progress, Stored};
@@ -166,7 +165,7 @@ impl Logged<'_> {
             resumed_from,
             encoding,
             stored_as = receipt.stored_as,
-            outcome = metrics::outcome_name(receipt.outcome),
+            outcome = receipt.outcome.as_str(),
             ms = self.ms,
             "upload"
         );

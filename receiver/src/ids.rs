@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
+use logferry_common::durable::sync_dir;
 use logferry_common::{DeviceId, DeviceKey, KeyDeriver, KeyId};
 use rand::TryRng;
 use rand::rngs::SysRng;
@@ -252,7 +253,8 @@ fn read(path: &Path) -> Result<(Stamp, String), IdsError> {
 
 /// Makes a new device ID from the operating system's random generator and
 /// appends it (with its label) to the ids file, creating the file readable
-/// by its owner only if it does not exist yet.
+/// by its owner only if it does not exist yet. Returns once the line, and a
+/// new file's name in its folder, are durable: the ID is printed only once.
 pub fn add_device(path: &Path, label: Option<&str>) -> Result<DeviceId, IdsError> {
     if let Some(label) = label {
         check_label(label).map_err(IdsError::Label)?;
@@ -283,6 +285,10 @@ pub fn add_device(path: &Path, label: Option<&str>) -> Result<DeviceId, IdsError
     let mut file = OpenOptions::new().append(true).create(true).mode(0o600).open(path).map_err(fail)?;
     file.write_all(line.as_bytes()).map_err(fail)?;
     file.sync_all().map_err(fail)?;
+    if existing.is_empty() {
+        let folder = path.parent().filter(|folder| !folder.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        sync_dir(folder).map_err(fail)?;
+    }
     Ok(id)
 }
 

@@ -10,6 +10,7 @@ pub mod app;
 pub mod auth;
 pub mod batch;
 pub mod client_addr;
+pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod handlers;
@@ -18,76 +19,32 @@ pub mod limits;
 pub mod log_fields;
 pub mod metrics;
 pub mod publish;
+pub mod state;
 pub mod status;
 pub mod store;
 pub mod tls;
 pub mod update;
 pub mod upload;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
-pub use app::{AppState, BackgroundReceiver, configure, run};
+pub use app::{configure, run};
 pub use client_addr::TrustedProxies;
+pub use config::{Config, ConfigError, DEFAULT_FLEET_REFRESH, DEFAULT_STALE_AFTER, Options, StoreLocation};
 use fleet::FleetStatus;
 use ids::{IdsError, IdsFile};
 pub use limits::Limits;
 use limits::{AuthThrottle, UploadSlots};
 pub use publish::Publish;
 use publish::{PublishError, PublishFolder};
+pub use state::AppState;
 use store::disk::DiskStore;
-use store::s3::{S3Settings, S3Store};
+use store::s3::S3Store;
 use store::{AnyStore, Store, StoreError, StoredFile};
 use tls::TlsError;
 pub use tls::TlsFiles;
-
-/// A validated receiver configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: SocketAddr,
-    pub ids_file: PathBuf,
-    pub store: StoreLocation,
-    pub limits: Limits,
-    /// Serve HTTPS with these instead of plain HTTP.
-    pub tls: Option<TlsFiles>,
-    /// A device silent for longer than this is marked stale.
-    pub stale_after: Duration,
-    /// How often the fleet status is re-read from the store, for receivers
-    /// that share one; `None`: only at start.
-    pub fleet_refresh: Option<Duration>,
-    /// Reverse proxies whose forwarding headers name the client.
-    pub trusted_proxies: TrustedProxies,
-    /// Publish releases to the devices from this folder (`None`: the
-    /// update endpoints say nothing is published).
-    pub publish: Option<Publish>,
-}
-
-/// The status page's default for `stale_after`: a device that has not
-/// uploaded for a day needs a look.
-pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
-
-/// The default for `fleet_refresh`: often enough for a page that speaks in
-/// hours, rarely enough that listing a large store costs little.
-pub const DEFAULT_FLEET_REFRESH: Duration = Duration::from_secs(5 * 60);
-
-/// Where uploads are kept (`--store`).
-#[derive(Debug, Clone)]
-pub enum StoreLocation {
-    /// A folder on local disk.
-    Disk(PathBuf),
-    /// A bucket (and prefix) of an S3-compatible object store.
-    S3(S3Settings),
-}
-
-impl std::fmt::Display for StoreLocation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Disk(path) => path.display().fmt(f),
-            Self::S3(settings) => settings.fmt(f),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -103,6 +60,9 @@ pub enum StartupError {
     Inventory(StoreError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// A blocking start-up step did not finish (the runtime is shutting down).
+    #[error("start-up was interrupted: {0}")]
+    Interrupted(#[from] tokio::task::JoinError),
 }
 
 /// Everything `run` needs: the request state and, for HTTPS, the TLS setup.
@@ -116,27 +76,20 @@ pub struct Ready {
 /// TLS files, opens the store (clearing staging files an earlier crash left
 /// behind, on disk; an object store's are its lifecycle rule's job), and
 /// rebuilds the fleet status from what the store holds; with a publish
-/// folder, takes its settled releases.
-pub fn open(config: &Config) -> Result<Ready, StartupError> {
-    let ids = IdsFile::load_strict(&config.ids_file)?;
-    let tls = config.tls.as_ref().map(tls::load).transpose()?;
-    let (store, inventory) = match &config.store {
-        StoreLocation::Disk(dir) => {
-            let (store, stale) = DiskStore::open(dir, config.limits.min_free_space)
-                .map_err(|source| StartupError::Store { path: dir.clone(), source })?;
-            if stale > 0 {
-                tracing::warn!(removed = stale, "removed unfinished uploads left in staging by an earlier stop");
-            }
-            let inventory = on_own_runtime(|| store.inventory()).map_err(StartupError::Inventory)?;
-            (AnyStore::Disk(store), inventory)
-        }
-        StoreLocation::S3(settings) => {
-            let (store, inventory) = open_bucket(settings)
-                .map_err(|source| StartupError::ObjectStore { location: settings.to_string(), source })?;
-            (AnyStore::S3(store), inventory)
-        }
-    };
-    let publish = config.publish.clone().map(PublishFolder::open).transpose()?.map(std::sync::Arc::new);
+/// folder, takes its settled releases. Run it on the runtime that then
+/// serves: an object store's client, and the connections its listing
+/// opened, stay with the store.
+pub async fn open(config: &Config) -> Result<Ready, StartupError> {
+    let local = config.clone();
+    // Deriving every device's key and hashing the releases take a while.
+    let (ids, tls, publish) = tokio::task::spawn_blocking(move || -> Result<_, StartupError> {
+        let ids = IdsFile::load_strict(&local.ids_file)?;
+        let tls = local.tls.as_ref().map(tls::load).transpose()?;
+        let publish = local.publish.map(PublishFolder::open).transpose()?.map(Arc::new);
+        Ok((ids, tls, publish))
+    })
+    .await??;
+    let (store, inventory) = open_store(config).await?;
     let devices = ids.current().len();
     if devices == 0 {
         tracing::warn!(file = %config.ids_file.display(), "no devices are listed yet; add one with `receiver add-device`");
@@ -166,26 +119,27 @@ pub fn open(config: &Config) -> Result<Ready, StartupError> {
     Ok(Ready { state, tls })
 }
 
-/// Runs one start-up step on a runtime and thread of its own, so that `open`
-/// works outside an async runtime and inside one it must not block (tests).
-fn on_own_runtime<T: Send, F: Future<Output = Result<T, StoreError>>>(
-    step: impl FnOnce() -> F + Send,
-) -> Result<T, StoreError> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(step()))
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-/// Lists the bucket before serving, so that a wrong endpoint or key stops
-/// start-up instead of failing every upload, and the fleet status starts
-/// from what the bucket holds. The listing uses a client of its own:
-/// connections pooled on its short-lived runtime would not outlive it, so
-/// the serving client starts with none.
-fn open_bucket(settings: &S3Settings) -> Result<(S3Store, Vec<StoredFile>), StoreError> {
-    let probe = S3Store::new(settings)?;
-    let inventory = on_own_runtime(|| probe.inventory())?;
-    Ok((S3Store::new(settings)?, inventory))
+/// Opens the store and lists what it holds. Listing the bucket before
+/// serving makes a wrong endpoint or key stop start-up instead of failing
+/// every upload.
+async fn open_store(config: &Config) -> Result<(AnyStore, Vec<StoredFile>), StartupError> {
+    match &config.store {
+        StoreLocation::Disk(dir) => {
+            let (root, min_free) = (dir.clone(), config.limits.min_free_space);
+            let (store, stale) = tokio::task::spawn_blocking(move || DiskStore::open(&root, min_free))
+                .await?
+                .map_err(|source| StartupError::Store { path: dir.clone(), source })?;
+            if stale > 0 {
+                tracing::warn!(removed = stale, "removed unfinished uploads left in staging by an earlier stop");
+            }
+            let inventory = store.inventory().await.map_err(StartupError::Inventory)?;
+            Ok((AnyStore::Disk(store), inventory))
+        }
+        StoreLocation::S3(settings) => {
+            let refused = |source| StartupError::ObjectStore { location: settings.to_string(), source };
+            let store = S3Store::new(settings).map_err(refused)?;
+            let inventory = store.inventory().await.map_err(refused)?;
+            Ok((AnyStore::S3(store), inventory))
+        }
+    }
 }

@@ -11,8 +11,8 @@ use logferry_receiver::client_addr::ForwardedHeader;
 use logferry_receiver::log_fields::QuotedFields;
 use logferry_receiver::store::s3::{S3Settings, parse_store_url};
 use logferry_receiver::{
-    Config, DEFAULT_FLEET_REFRESH, DEFAULT_STALE_AFTER, Limits, Publish, StoreLocation, TlsFiles, TrustedProxies, ids,
-    limits, publish,
+    Config, DEFAULT_FLEET_REFRESH, DEFAULT_STALE_AFTER, Limits, Options, Publish, StoreLocation, TlsFiles,
+    TrustedProxies, ids, limits, publish,
 };
 
 /// Receives log files from logferry senders and stores them, verified, under
@@ -158,14 +158,11 @@ enum LogFormat {
 impl Cli {
     /// The server's validated configuration; clap types stop here.
     fn config(&self) -> anyhow::Result<Config> {
-        anyhow::ensure!(self.max_uploads > 0 && self.max_uploads_per_device > 0, "upload limits must be at least 1");
-        anyhow::ensure!(self.idle_timeout > 0 && self.head_timeout > 0, "timeouts must be at least 1 second");
-        anyhow::ensure!(!Duration::from(self.partial_ttl).is_zero(), "--partial-ttl must be more than 0");
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
         };
-        Ok(Config {
+        let options = Options {
             listen: SocketAddr::new(self.bind, self.port),
             ids_file: self.ids.clone(),
             store: self.store_location()?,
@@ -186,7 +183,8 @@ impl Cli {
             fleet_refresh: Some(self.fleet_refresh.into()).filter(|every: &Duration| !every.is_zero()),
             trusted_proxies: self.trusted_proxies.clone().unwrap_or_default().reading(self.forwarded_header),
             publish: self.publish.clone().map(|dir| Publish { dir, settle: self.publish_settle.into() }),
-        })
+        };
+        Ok(Config::new(options)?)
     }
 }
 
@@ -311,13 +309,16 @@ fn place(dir: Option<&std::path::Path>, src: &std::path::Path, to: &str) -> anyh
     Ok(ExitCode::SUCCESS)
 }
 
+/// Opens and serves on one runtime, which the store's client then keeps.
 fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    let ready = logferry_receiver::open(&config)?;
-    let listener = TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
-    let address = listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string());
-    let scheme = if ready.tls.is_some() { "https" } else { "http" };
-    tracing::info!(scheme, %address, "listening");
-    actix_web::rt::System::new()
-        .block_on(async move { logferry_receiver::run(listener, ready.state, ready.tls)?.await })?;
-    Ok(ExitCode::SUCCESS)
+    actix_web::rt::System::new().block_on(async move {
+        let ready = logferry_receiver::open(&config).await?;
+        let listen = config.listen();
+        let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+        let address = listener.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string());
+        let scheme = if ready.tls.is_some() { "https" } else { "http" };
+        tracing::info!(scheme, %address, "listening");
+        logferry_receiver::run(listener, ready.state, ready.tls)?.await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }

@@ -44,7 +44,7 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Uploads by (outcome, reason); reason is empty unless rejected.
-    uploads: Mutex<BTreeMap<(&'static str, String), u64>>,
+    uploads: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     stored_bytes: AtomicU64,
     auth_failures: AtomicU64,
     in_flight: AtomicU64,
@@ -70,19 +70,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The outcome as it appears on the wire (`already_stored`).
-pub fn outcome_name(outcome: UploadOutcome) -> &'static str {
-    match outcome {
-        UploadOutcome::Stored => "stored",
-        UploadOutcome::AlreadyStored => "already_stored",
-    }
-}
-
-/// The code as it appears on the wire (`checksum_mismatch`).
-pub fn code_name(code: ErrorCode) -> String {
-    serde_json::to_value(code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-}
-
 impl Metrics {
     pub fn upload_started(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -93,14 +80,14 @@ impl Metrics {
         if outcome == UploadOutcome::Stored {
             self.stored_bytes.fetch_add(size, Ordering::Relaxed);
         }
-        self.count_upload(outcome_name(outcome), String::new());
+        self.count_upload(outcome.as_str(), "");
     }
 
     pub fn upload_rejected(&self, code: ErrorCode) {
-        self.count_upload("rejected", code_name(code));
+        self.count_upload("rejected", code.as_str());
     }
 
-    fn count_upload(&self, outcome: &'static str, reason: String) {
+    fn count_upload(&self, outcome: &'static str, reason: &'static str) {
         *self.uploads.lock().unwrap_or_else(PoisonError::into_inner).entry((outcome, reason)).or_default() += 1;
     }
 
@@ -138,8 +125,8 @@ impl Metrics {
             "counter",
             "Uploads answered, by outcome (and reason when rejected).",
         );
-        for outcome in [UploadOutcome::Stored, UploadOutcome::AlreadyStored].map(outcome_name) {
-            let count = uploads.get(&(outcome, String::new())).copied().unwrap_or(0);
+        for outcome in [UploadOutcome::Stored, UploadOutcome::AlreadyStored].map(UploadOutcome::as_str) {
+            let count = uploads.get(&(outcome, "")).copied().unwrap_or(0);
             sample(&mut out, "logferry_uploads_total", &[("outcome", outcome)], count as f64);
         }
         for ((outcome, reason), count) in uploads.iter().filter(|((outcome, _), _)| *outcome == "rejected") {

@@ -28,6 +28,8 @@ use logferry_common::durable::{create_dirs, sync_dir};
 use logferry_common::rel_path::MAX_DEPTH;
 use logferry_common::update::{MAX_RELEASE_FILES, MODE_MASK, Manifest, ManifestEntry, Version};
 use logferry_common::{PathError, RelPath, Sha256Digest};
+use rustix::fs::OFlags;
+use rustix::io::Errno;
 
 use crate::ids::Device;
 
@@ -135,13 +137,13 @@ impl Source {
     pub fn open(&self) -> Result<File, ContentError> {
         let opened = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
             .open(&self.path)
             .and_then(|file| file.metadata().map(|meta| (file, meta)));
         match opened {
             Ok((file, meta)) if meta.is_file() && Stamp::of(&meta) == self.stamp => Ok(file),
             Ok(_) => Err(ContentError::Changed { path: self.path.clone() }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => {
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
                 Err(ContentError::Changed { path: self.path.clone() })
             }
             Err(source) => Err(ContentError::Io { path: self.path.clone(), source }),
@@ -400,7 +402,8 @@ fn same_tree(a: &Tree, b: &Tree) -> bool {
 /// Hashes the file at `path` if it is still the one with `stamp`, before and
 /// after; `None` if it changed.
 fn hash_unchanged(path: &Path, stamp: Stamp) -> io::Result<Option<Sha256Digest>> {
-    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    let file =
+        OpenOptions::new().read(true).custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32).open(path)?;
     if Stamp::of(&file.metadata()?) != stamp {
         return Ok(None);
     }
@@ -573,8 +576,11 @@ static TEMPORARY: AtomicU64 = AtomicU64::new(0);
 
 fn place_one(dir: &Path, incoming: &Path, to: &str, from: &Path, name: &RelPath) -> Result<Placed, PublishError> {
     let read = |source| PublishError::Read { path: from.to_owned(), source };
-    let mut source =
-        OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(from).map_err(read)?;
+    let mut source = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32)
+        .open(from)
+        .map_err(read)?;
     let meta = source.metadata().map_err(read)?;
     if !meta.is_file() {
         return Err(PublishError::NotRegular { path: from.to_owned() });

@@ -7,14 +7,13 @@ use std::time::SystemTime;
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use actix_web::{HttpResponse, web};
-use logferry_common::{human_bytes, human_duration};
-
-use crate::app::AppState;
 use logferry_common::update::Version;
+use logferry_common::{human_bytes, human_duration};
 
 use crate::fleet::{DeviceReport, DeviceState, FleetReport, Timestamp, UpdateState, UpdateStatus};
 use crate::ids::Device;
 use crate::metrics;
+use crate::state::AppState;
 use crate::store::Store;
 
 /// A clock offset the page mentions, in seconds (the JSON gives every one).
@@ -113,7 +112,7 @@ pub fn render_page(report: &FleetReport) -> String {
          <th>ID</th><th>Path</th><th class=\"num\">Size</th><th>Outcome</th></tr></thead><tbody>\n",
     );
     for upload in &report.recent_uploads {
-        let outcome = metrics::outcome_name(upload.outcome).replace('_', " ");
+        let outcome = upload.outcome.as_str().replace('_', " ");
         let _ = writeln!(
             html,
             "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td class=\"num\">{}</td><td>{outcome}</td></tr>",
@@ -145,7 +144,7 @@ fn device_row(html: &mut String, device: &DeviceReport) {
         Some(r) => format!(
             "<span class=\"rejection\" title=\"{}\">{}</span><br><small>{} &middot; {}&times; since start</small>",
             escape(&r.message),
-            escape(&metrics::code_name(r.code).replace('_', " ")),
+            escape(&r.code.as_str().replace('_', " ")),
             when(&r.at),
             device.rejections,
         ),

@@ -18,12 +18,12 @@ use logferry_common::wire::endpoint;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
 
-use crate::app::AppState;
 use crate::auth::{self, Verified};
 use crate::error::ApiError;
 use crate::ids::IdsFile;
 use crate::limits::Limits;
 use crate::publish::ContentError;
+use crate::state::AppState;
 use crate::store::Store;
 use crate::upload::refuse_encoded_body;
 

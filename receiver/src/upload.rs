@@ -326,8 +326,8 @@ async fn stream_file<Staged: crate::store::Staged>(
     let BodyFields { mut decoder, mut file, .. } = fields;
     let mut keep = async |bytes: Bytes, hasher: &mut Sha256Hasher| {
         hasher.update(&bytes);
-        if hasher.len() > claim.size {
-            return Err(ApiError::SizeMismatch { declared: claim.size, received_at_least: hasher.len() });
+        if hasher.bytes_hashed() > claim.size {
+            return Err(ApiError::SizeMismatch { declared: claim.size, received_at_least: hasher.bytes_hashed() });
         }
         Ok::<_, ApiError>(staged.write(bytes).await?)
     };

@@ -880,7 +880,7 @@ async fn hash_prefix(file: &Opened, offset: u64) -> io::Result<Sha256Hasher> {
         let mut buffer = vec![0; UPLOAD_PIECE];
         loop {
             match source.read(&mut buffer)? {
-                0 if hasher.len() == offset => return Ok(hasher),
+                0 if hasher.bytes_hashed() == offset => return Ok(hasher),
                 0 => return Err(io::Error::other("it shrank below what the receiver holds of it")),
                 read => hasher.update(&buffer[..read]),
             }

@@ -37,6 +37,8 @@ pub struct Options {
     pub verbose: bool,
     /// `--update-dir` and what goes with it; `None`: no updates.
     pub update: Option<UpdateOptions>,
+    /// `--dry-run`: check everything, create nothing.
+    pub dry_run: bool,
 }
 
 /// What the user asked for about updates, before validation.
@@ -115,8 +117,9 @@ impl ConfigError {
 
 impl Config {
     /// Checks what can be checked before contacting anyone. Creates the sent
-    /// folder, so that a folder that cannot be made stops the run before any
-    /// upload rather than after each one.
+    /// folder (unless a dry run, which creates nothing), so that a folder that
+    /// cannot be made stops the run before any upload rather than after each
+    /// one.
     pub fn new(options: Options) -> Result<Self, ConfigError> {
         let Options {
             host,
@@ -134,6 +137,7 @@ impl Config {
             bwlimit,
             verbose,
             update,
+            dry_run,
         } = options;
         let receiver = receiver_url(&host, port)?;
         let folder = folder.as_path();
@@ -153,12 +157,14 @@ impl Config {
                 .join(DEFAULT_SENT_DIR_NAME),
         };
         let sent_error = |source| ConfigError::SentDir { path: sent_dir.clone(), source };
-        std::fs::create_dir_all(&sent_dir).map_err(sent_error)?;
-        let sent_dir = sent_dir.canonicalize().map_err(sent_error)?;
+        if !dry_run {
+            std::fs::create_dir_all(&sent_dir).map_err(sent_error)?;
+        }
+        let sent_dir = canonical(&sent_dir).map_err(sent_error)?;
         if sent_dir == folder {
             return Err(sent_error(io::Error::other("it is the log folder itself")));
         }
-        let update = update.map(|update| update_config(update, &folder, &sent_dir)).transpose()?;
+        let update = update.map(|update| update_config(update, &folder, &sent_dir, !dry_run)).transpose()?;
         Ok(Self {
             receiver,
             folder,
@@ -186,15 +192,36 @@ impl Config {
     }
 }
 
-/// Creates the update folder if it is missing (so that a folder that cannot
-/// be made stops the run at once), and keeps it apart from the log and sent
-/// folders: the sender would upload its releases, or move them aside.
-fn update_config(options: UpdateOptions, folder: &Path, sent_dir: &Path) -> Result<UpdateConfig, ConfigError> {
+/// `path` made canonical; a folder not made yet (in a dry run) as its
+/// nearest existing ancestor, made canonical, and the names below it.
+fn canonical(path: &Path) -> io::Result<PathBuf> {
+    match path.canonicalize() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return Err(e) };
+            let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+            Ok(canonical(parent)?.join(name))
+        }
+        done => done,
+    }
+}
+
+/// With `create`, creates the update folder if it is missing (so that a
+/// folder that cannot be made stops the run at once); keeps it apart from the
+/// log and sent folders: the sender would upload its releases, or move them
+/// aside.
+fn update_config(
+    options: UpdateOptions,
+    folder: &Path,
+    sent_dir: &Path,
+    create: bool,
+) -> Result<UpdateConfig, ConfigError> {
     let UpdateOptions { dir, on_update, timeout } = options;
     let fail = |reason: String| ConfigError::UpdateDir { path: dir.clone(), reason };
-    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("it cannot be created: {e}")))?;
-    let canonical = dir.canonicalize().map_err(|e| fail(format!("it cannot be read: {e}")))?;
-    if !canonical.is_dir() {
+    if create {
+        std::fs::create_dir_all(&dir).map_err(|e| fail(format!("it cannot be created: {e}")))?;
+    }
+    let canonical = canonical(&dir).map_err(|e| fail(format!("it cannot be read: {e}")))?;
+    if canonical.metadata().is_ok_and(|meta| !meta.is_dir()) {
         return Err(fail("it is not a folder".to_owned()));
     }
     for (other, name) in [(folder, "log folder"), (sent_dir, "sent folder")] {
@@ -285,15 +312,15 @@ mod tests {
         std::fs::create_dir_all(&sent).expect("sent");
         let options =
             |update: &Path| UpdateOptions { dir: update.to_owned(), on_update: None, timeout: Duration::ZERO };
-        let made = update_config(options(&dir.path().join("app/releases")), &logs, &sent).expect("made");
+        let made = update_config(options(&dir.path().join("app/releases")), &logs, &sent, true).expect("made");
         assert!(made.dir.is_dir() && made.dir.ends_with("app/releases"), "{made:?}");
         for overlapping in [logs.join("app"), sent.clone(), dir.path().to_owned()] {
-            let err = update_config(options(&overlapping), &logs, &sent).expect_err("overlaps");
+            let err = update_config(options(&overlapping), &logs, &sent, true).expect_err("overlaps");
             assert!(err.to_string().contains("overlaps the"), "{err}");
             assert_eq!(err.exit_code(), exit::FOLDER);
         }
         std::fs::write(dir.path().join("file"), b"").expect("file");
-        let err = update_config(options(&dir.path().join("file/x")), &logs, &sent).expect_err("cannot be made");
+        let err = update_config(options(&dir.path().join("file/x")), &logs, &sent, true).expect_err("cannot be made");
         assert!(err.to_string().contains("cannot be created"), "{err}");
     }
 }

@@ -24,17 +24,26 @@ use crate::{exit, prune, sent, update, walk};
 pub enum Fatal {
     #[error(transparent)]
     IdFile(#[from] IdFileError),
+    /// No connection could be made, or it broke, after the retries.
     #[error("receiver unreachable: {0}; files not yet sent stay for the next run")]
     Unreachable(RequestError),
+    /// Something answered, but not as a logferry receiver does.
+    #[error("{0}; files not yet sent stay for the next run")]
+    NotAReceiver(RequestError),
+    /// The receiver answered, but not with a yes, after the retries (busy,
+    /// failing), for a reason other than the device's credentials.
+    #[error("the receiver is reachable but did not serve this run: {0}; files not yet sent stay for the next run")]
+    Unavailable(RequestError),
     #[error("authentication failed: {0}")]
     AuthFailed(RequestError),
     #[error("TLS failed: {0}")]
     Tls(String),
     #[error(
-        "another sender run is already working on {} (it holds {}); this run stops so no file is sent twice",
-        folder.display(), lock.display()
+        "another sender run is already using the sent folder {} (it holds the lock {}); \
+         this run stops so no file is sent twice",
+        sent_dir.display(), lock.display()
     )]
-    AlreadyRunning { folder: std::path::PathBuf, lock: std::path::PathBuf },
+    AlreadyRunning { sent_dir: std::path::PathBuf, lock: std::path::PathBuf },
     #[error("{0}")]
     Internal(String),
 }
@@ -43,7 +52,8 @@ impl Fatal {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::IdFile(_) => exit::ID_FILE,
-            Self::Unreachable(_) => exit::UNREACHABLE,
+            Self::Unreachable(_) | Self::NotAReceiver(_) => exit::UNREACHABLE,
+            Self::Unavailable(_) => exit::RECEIVER_UNAVAILABLE,
             Self::AuthFailed(_) => exit::AUTH_FAILED,
             Self::Tls(_) => exit::TLS,
             Self::AlreadyRunning { .. } => exit::ALREADY_RUNNING,
@@ -55,6 +65,8 @@ impl Fatal {
         match err {
             RequestError::Tls { .. } => Self::Tls(err.to_string()),
             err if err.is_auth_failure() => Self::AuthFailed(err),
+            RequestError::Refused { body: Some(_), .. } => Self::Unavailable(err),
+            RequestError::Refused { body: None, .. } | RequestError::Garbled(_) => Self::NotAReceiver(err),
             err => Self::Unreachable(err),
         }
     }
@@ -265,7 +277,7 @@ fn lock(config: &Config) -> Result<std::fs::File, Fatal> {
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => {
-            Err(Fatal::AlreadyRunning { folder: config.folder.clone(), lock: path })
+            Err(Fatal::AlreadyRunning { sent_dir: config.sent_dir.clone(), lock: path })
         }
         Err(std::fs::TryLockError::Error(e)) => Err(Fatal::Internal(format!("cannot lock {}: {e}", path.display()))),
     }

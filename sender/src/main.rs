@@ -18,9 +18,11 @@ const BLOCKING_THREADS: usize = 4;
 ///
 /// Exit codes: 0 all delivered (or nothing to send), 1 some files not sent
 /// (they stay), 2 usage error, 3 device ID file problem, 4 folder problem,
-/// 5 receiver unreachable, 6 authentication failed, 7 TLS certificate not
-/// verified, 8 another run is already working on FOLDER, 9 unexpected error,
-/// 10 every file was delivered but the update failed or was rolled back.
+/// 5 receiver unreachable (or not a logferry receiver), 6 authentication
+/// failed, 7 TLS certificate not verified, 8 another run is already using the
+/// sent folder, 9 unexpected error, 10 every file was delivered but the update
+/// failed or was rolled back, 11 the receiver answered but did not serve the
+/// run (busy, failing).
 ///
 /// On a terminal it shows a progress bar and a line per file; under cron
 /// only failures and one summary line.
@@ -121,7 +123,7 @@ struct Cli {
     #[arg(long, env = "LOGFERRY_UPDATE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     update_timeout: Duration,
 
-    /// List what would be sent, without contacting the receiver or moving anything.
+    /// List what would be sent, without contacting the receiver, moving or creating anything.
     #[arg(long, short = 'n')]
     dry_run: bool,
 }
@@ -203,6 +205,7 @@ fn run() -> anyhow::Result<u8> {
         bwlimit: cli.bwlimit,
         verbose: std::io::stderr().is_terminal(),
         update: cli.update_dir.map(|dir| UpdateOptions { dir, on_update: cli.on_update, timeout: cli.update_timeout }),
+        dry_run: cli.dry_run,
     };
     let config = match Config::new(options) {
         Ok(config) => config,

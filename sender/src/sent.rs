@@ -200,7 +200,7 @@ impl<'a> Taken<'a> {
                 Ok(true)
             }
             // A copy's name must be durable before the original goes.
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            Err(e) if e.raw_os_error() == Some(Errno::XDEV.raw_os_error()) => {
                 if !copy_no_replace(self.file, digest, target)? {
                     return Ok(false);
                 }

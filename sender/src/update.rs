@@ -193,7 +193,7 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), UpdateEr
 
 /// Reads a whole small file, not following a link, refusing more than `limit` bytes.
 fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let file = OpenOptions::new().read(true).custom_flags(OFlags::NOFOLLOW.bits() as i32).open(path)?;
     let mut bytes = Vec::new();
     file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
@@ -378,7 +378,7 @@ async fn fetch(
         let arrived = fetched.map_err(|source| UpdateError::Fetch { path: entry.path.clone(), source })?;
         traffic.bytes += arrived;
         file.sync_all().map_err(io_error("sync", &path))?;
-        let reread = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path);
+        let reread = OpenOptions::new().read(true).custom_flags(OFlags::NOFOLLOW.bits() as i32).open(&path);
         let (got, _) = reread.and_then(Sha256Digest::of_reader).map_err(io_error("read", &path))?;
         if got != entry.sha256 {
             fs::remove_file(&path).map_err(io_error("remove", &path))?;
@@ -391,7 +391,12 @@ async fn fetch(
 /// `.partial/<sha256>` opened to append the rest of its content; a file
 /// as long as the content (or longer) that did not verify starts over.
 fn open_partial(path: &Path, size: u64) -> io::Result<File> {
-    let file = OpenOptions::new().append(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
     if file.metadata()?.len() >= size {
         file.set_len(0)?;
     }
@@ -719,7 +724,7 @@ fn lock(dir: &Path) -> Result<File, UpdateError> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
         .open(&path)
         .map_err(io_error("open", &path))?;
     match file.try_lock() {

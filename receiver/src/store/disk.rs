@@ -131,9 +131,9 @@ impl DiskStore {
             file.set_len(offset)?;
             let mut hasher = Sha256Hasher::default();
             let mut buffer = vec![0; PREFIX_READ];
-            while hasher.len() < offset {
-                let want = (offset - hasher.len()).min(PREFIX_READ as u64) as usize;
-                let read = file.read_at(&mut buffer[..want], hasher.len())?;
+            while hasher.bytes_hashed() < offset {
+                let want = (offset - hasher.bytes_hashed()).min(PREFIX_READ as u64) as usize;
+                let read = file.read_at(&mut buffer[..want], hasher.bytes_hashed())?;
                 if read == 0 {
                     return Err(io::Error::other("a partial upload shrank while it was locked").into());
                 }

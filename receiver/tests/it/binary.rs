@@ -96,6 +96,19 @@ fn start_up_refuses_unusable_tls_files_naming_them() {
 }
 
 #[test]
+fn start_up_refuses_limits_of_zero_naming_the_option() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("ids.txt"), format!("{DEVICE}\n")).expect("ids");
+    for option in ["--max-uploads", "--max-uploads-per-device", "--head-timeout", "--idle-timeout", "--partial-ttl"] {
+        let out = run(dir.path(), &["--port", "0", option, "0"]);
+        assert_eq!(out.status.code(), Some(1), "{option}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("{option} must be more than 0")), "{option}: {stderr}");
+    }
+    assert!(!dir.path().join("received_files").exists(), "nothing created for a configuration refused");
+}
+
+#[test]
 fn add_device_prints_a_fresh_id_once_and_appends_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ids = dir.path().join("ids.txt");

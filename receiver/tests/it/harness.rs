@@ -2,7 +2,7 @@
 //! the test bucket), and requests signed like a device's.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,13 +11,15 @@ use logferry_common::signing::{SignedFields, SignedRequest, UploadClaim};
 use logferry_common::wire::endpoint;
 use logferry_common::{DeviceId, DeviceKey, RelPath, Sha256Digest};
 use logferry_receiver::store::s3::{S3Settings, parse_store_url};
-use logferry_receiver::{BackgroundReceiver, Config, Limits, Publish, StoreLocation, TrustedProxies};
+use logferry_receiver::{Config, Limits, Options, Publish, StoreLocation, TrustedProxies};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 use tempfile::TempDir;
+
+pub use crate::background::BackgroundReceiver;
 
 pub const DEVICE: &str = "0123456789ABCDEF";
 pub const STRANGER: &str = "FEDCBA9876543210";
@@ -173,20 +175,19 @@ impl Harness {
     }
 
     pub fn config(&self) -> Config {
-        Config {
+        let store = match &self.backend {
+            Backend::Disk => StoreLocation::Disk(self.store()),
+            Backend::S3(settings) => StoreLocation::S3(settings.clone()),
+        };
+        Config::new(Options {
             listen: "127.0.0.1:0".parse().expect("addr"),
-            ids_file: self.dir.path().join("ids.txt"),
-            store: match &self.backend {
-                Backend::Disk => StoreLocation::Disk(self.store()),
-                Backend::S3(settings) => StoreLocation::S3(settings.clone()),
-            },
             limits: self.limits.clone(),
-            tls: None,
-            stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
             fleet_refresh: self.fleet_refresh,
             trusted_proxies: self.trusted_proxies.clone(),
             publish: self.publish.clone(),
-        }
+            ..Options::new(self.dir.path().join("ids.txt"), store)
+        })
+        .expect("a valid configuration")
     }
 
     /// Restarts the receiver so that it, and those started after, publish
@@ -225,9 +226,7 @@ impl Harness {
 
     /// One more receiver on the same ids file and store.
     pub fn start_another(&self) -> BackgroundReceiver {
-        let ready = logferry_receiver::open(&self.config()).expect("receiver opens");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        BackgroundReceiver::start(listener, ready.state, ready.tls).expect("started")
+        BackgroundReceiver::start(self.config()).expect("started")
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {

@@ -4,6 +4,7 @@
 
 mod api;
 mod attacks;
+mod background;
 mod batch;
 mod binary;
 mod browser;

@@ -259,10 +259,10 @@ async fn check(backend: &Backend, case: Case) {
 
 /// What a receiver opening the store lists, as (device, path, size), sorted.
 async fn stored_listing(h: &Harness) -> Vec<(String, String, u64)> {
-    let ready = logferry_receiver::open(&h.config()).expect("opens");
+    let ready = logferry_receiver::open(&h.config()).await.expect("opens");
     let mut listed: Vec<(String, String, u64)> = ready
         .state
-        .store
+        .store()
         .inventory()
         .await
         .expect("inventory")
@@ -438,19 +438,11 @@ async fn receivers_sharing_a_bucket_store_every_file_once() {
 async fn a_bucket_that_refuses_the_key_stops_start_up() {
     let Some(Backend::S3(settings)) = Backend::s3() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = logferry_receiver::Config {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        ids_file: dir.path().join("ids.txt"),
-        store: logferry_receiver::StoreLocation::S3(S3Settings { secret_access_key: "wrong".to_owned(), ..settings }),
-        limits: Default::default(),
-        tls: None,
-        stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
-        fleet_refresh: None,
-        trusted_proxies: Default::default(),
-        publish: None,
-    };
-    std::fs::write(&config.ids_file, format!("{DEVICE}\n")).expect("ids");
-    let err = logferry_receiver::open(&config).expect_err("a wrong secret is refused at start");
+    let ids_file = dir.path().join("ids.txt");
+    std::fs::write(&ids_file, format!("{DEVICE}\n")).expect("ids");
+    let store = logferry_receiver::StoreLocation::S3(S3Settings { secret_access_key: "wrong".to_owned(), ..settings });
+    let config = logferry_receiver::Config::new(logferry_receiver::Options::new(ids_file, store)).expect("valid");
+    let err = logferry_receiver::open(&config).await.expect_err("a wrong secret is refused at start");
     let text = err.to_string();
     assert!(text.starts_with("cannot use the object store s3://"), "{text}");
     assert!(!text.contains("wrong"), "the secret is never shown: {text}");

@@ -1,12 +1,13 @@
 //! A device folder and a receiver, and a way to run the sender between them.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use logferry_receiver::{BackgroundReceiver, Config, Limits};
+use logferry_receiver::{Config, Options};
 use tempfile::TempDir;
+
+pub use crate::background::BackgroundReceiver;
 
 pub const DEVICE: &str = "0123456789ABCDEF";
 
@@ -30,28 +31,22 @@ impl Harness {
         Self::start_with(|_, _| {})
     }
 
-    /// Like [`Harness::start`], with the receiver's configuration adjusted
-    /// by `adjust` (given the test folder) before it starts.
-    pub fn start_with(adjust: impl FnOnce(&Path, &mut Config)) -> Self {
+    /// Like [`Harness::start`], with the receiver's options adjusted by
+    /// `adjust` (given the test folder) before it starts.
+    pub fn start_with(adjust: impl FnOnce(&Path, &mut Options)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("ids.txt"), format!("{DEVICE} test-pi\n")).expect("ids");
         write_secret(&dir.path().join("device-id"), &format!("# this device\n{}\n", DEVICE.to_lowercase()));
         std::fs::create_dir(dir.path().join("logs")).expect("logs");
-        let mut config = Config {
+        let store = logferry_receiver::StoreLocation::Disk(dir.path().join("store"));
+        let mut options = Options {
             listen: "127.0.0.1:0".parse().expect("addr"),
-            ids_file: dir.path().join("ids.txt"),
-            store: logferry_receiver::StoreLocation::Disk(dir.path().join("store")),
-            limits: Limits::default(),
-            tls: None,
-            stale_after: logferry_receiver::DEFAULT_STALE_AFTER,
             fleet_refresh: None,
-            trusted_proxies: Default::default(),
-            publish: None,
+            ..Options::new(dir.path().join("ids.txt"), store)
         };
-        adjust(dir.path(), &mut config);
-        let ready = logferry_receiver::open(&config).expect("receiver opens");
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let receiver = BackgroundReceiver::start(listener, ready.state, ready.tls).expect("receiver starts");
+        adjust(dir.path(), &mut options);
+        let config = Config::new(options).expect("a valid receiver configuration");
+        let receiver = BackgroundReceiver::start(config).expect("receiver starts");
         Self { dir, receiver: Some(receiver) }
     }
 

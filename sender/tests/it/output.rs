@@ -79,13 +79,16 @@ fn a_dry_run_lists_what_would_be_sent_and_touches_nothing_and_nobody() {
     assert!(lines[2].starts_with("logferry: dry run: 2 would be sent (8 B), 0 failed"), "{run:?}");
     assert_eq!(lines.len(), 3, "{run:?}");
 
-    let json = sender(h.dir.path(), &[args("-n"), vec!["--json".into()]].concat());
+    let update_dir = h.path("releases").display().to_string();
+    let json = sender(h.dir.path(), &[args("-n"), vec!["--json".into(), "--update-dir".into(), update_dir]].concat());
     let summary: Value = serde_json::from_str(&json.stdout).expect("JSON");
     assert_eq!(summary["would_send"][1]["file"], "day/b.csv", "{summary}");
     assert_eq!(summary["dry_run"], true, "{summary}");
 
     assert_eq!(files(&h.logs()), before, "nothing moved");
-    assert_eq!(files(&h.sent()), Vec::<String>::new());
+    for folder in [h.sent(), h.path("releases")] {
+        assert!(!folder.exists(), "a dry run creates nothing, not even {}", folder.display());
+    }
     assert!(!h.stored().exists(), "nothing sent");
 }
 

@@ -15,6 +15,7 @@ mod code {
     pub const UNREACHABLE: i32 = 5;
     pub const AUTH_FAILED: i32 = 6;
     pub const ALREADY_RUNNING: i32 = 8;
+    pub const RECEIVER_UNAVAILABLE: i32 = 11;
 }
 
 fn assert_summary_only(run: &Run) {
@@ -286,9 +287,10 @@ fn a_receiver_that_stops_mid_run_leaves_unsent_files_in_place() {
     assert_eq!(files(&h.sent()), ["first.log"]);
 }
 
-/// Answers every request with 200 and a plausible body, as something on the
-/// network pretending to be the receiver might: it cannot sign a receipt.
-fn impostor() -> (String, std::thread::JoinHandle<()>) {
+/// Answers the one request of a run without retries with `status` and the
+/// JSON `body`, unsigned: what something on the network that is not this
+/// device's receiver might say.
+fn answering(status: &'static str, body: &'static str) -> (String, std::thread::JoinHandle<()>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = listener.local_addr().expect("addr").to_string();
@@ -299,9 +301,8 @@ fn impostor() -> (String, std::thread::JoinHandle<()>) {
         while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
             head.push(byte[0]);
         }
-        let body = r#"{"label":"greenhouse-3"}"#;
         let answer = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(answer.as_bytes()).expect("answer");
@@ -309,20 +310,61 @@ fn impostor() -> (String, std::thread::JoinHandle<()>) {
     (address, thread)
 }
 
+/// An answer to the auth check, and what the run makes of it.
+struct Answer {
+    name: &'static str,
+    status: &'static str,
+    body: &'static str,
+    code: i32,
+    says: &'static str,
+}
+
 #[test]
-fn an_impostor_receiver_cannot_make_files_move() {
+fn answers_other_than_a_signed_yes_move_nothing_and_say_what_answered() {
+    let answers = [
+        Answer {
+            name: "an impostor's yes, which it cannot sign",
+            status: "200 OK",
+            body: r#"{"label":"greenhouse-3"}"#,
+            code: code::AUTH_FAILED,
+            says: "no valid receipt",
+        },
+        Answer {
+            name: "a receiver whose store fails",
+            status: "503 Service Unavailable",
+            body: r#"{"error":"the store cannot be written","code":"storage_error"}"#,
+            code: code::RECEIVER_UNAVAILABLE,
+            says: "the receiver is reachable but did not serve this run: refused (HTTP 503)",
+        },
+        Answer {
+            name: "a busy receiver",
+            status: "429 Too Many Requests",
+            body: r#"{"error":"all upload slots are taken","code":"busy"}"#,
+            code: code::RECEIVER_UNAVAILABLE,
+            says: "all upload slots are taken",
+        },
+        Answer {
+            name: "a web server that is not a receiver",
+            status: "502 Bad Gateway",
+            body: "<html>bad gateway</html>",
+            code: code::UNREACHABLE,
+            says: "which is not a logferry answer",
+        },
+    ];
     let h = Harness::start();
     h.log("precious.log", b"must reach the real receiver\n");
-    let (address, thread) = impostor();
-    let run = sender(
-        h.dir.path(),
-        &[address, h.logs().display().to_string(), "--id-file".into(), h.path("device-id").display().to_string()],
-    );
-    thread.join().expect("impostor");
-    assert_eq!(run.code, Some(code::AUTH_FAILED), "{run:?}");
-    assert!(run.stderr.contains("no valid receipt"), "{run:?}");
-    assert_eq!(files(&h.logs()), ["precious.log"]);
-    assert!(!h.sent().exists() || files(&h.sent()).is_empty());
+    for answer in answers {
+        let (address, thread) = answering(answer.status, answer.body);
+        let id_file = h.path("device-id").display().to_string();
+        let args =
+            [address, h.logs().display().to_string(), "--id-file".into(), id_file, "--retries".into(), "0".into()];
+        let run = sender(h.dir.path(), &args);
+        thread.join().expect("the fake answered");
+        assert_eq!(run.code, Some(answer.code), "{}: {run:?}", answer.name);
+        assert!(run.stderr.contains(answer.says), "{}: expected {:?} in {run:?}", answer.name, answer.says);
+        assert_eq!(files(&h.logs()), ["precious.log"], "{}", answer.name);
+        assert!(!h.sent().exists() || files(&h.sent()).is_empty(), "{}", answer.name);
+    }
 }
 
 #[test]
@@ -349,7 +391,11 @@ fn a_second_run_while_one_is_working_stops_at_once() {
     lock.try_lock().expect("this test holds the lock, as a running sender would");
     let run = h.send(&[]);
     assert_eq!(run.code, Some(code::ALREADY_RUNNING), "{run:?}");
-    assert!(run.stderr.contains("another sender run is already working"), "{run:?}");
+    let sent = h.sent().canonicalize().expect("canonical");
+    assert!(
+        run.stderr.contains(&format!("another sender run is already using the sent folder {}", sent.display())),
+        "{run:?}"
+    );
     assert!(!h.stored().exists(), "nothing sent");
     drop(lock);
     assert_eq!(h.send(&[]).code, Some(code::SUCCESS), "the lock goes with the process that held it");
