@@ -31,11 +31,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// large file before it answers.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// The pieces an uncompressed file is read and sent in. Each costs a trip
-/// to the blocking pool and a `pread`: at 128 KiB those trips (and the
-/// thread wake-ups) took a third of the sender's system time on a 1 GiB
-/// file; at 512 KiB it is 0.4-0.5 s of system time instead of 0.8, and the
-/// peak RSS is no higher (scripts/bench-notes.md).
-const UPLOAD_PIECE: usize = 512 * 1024;
+/// to the blocking pool and a `pread`: at 128 KiB those trips and their
+/// thread wake-ups took 0.8-1.0 s of system time on a 1 GiB file, at
+/// 256 KiB 0.5-0.6 s. Larger pieces save little more and cost memory per
+/// upload in flight: at 512 KiB the peak RSS of case 3 (16 uploads at once)
+/// went from 20-22 to about 26 MiB (scripts/bench-notes.md).
+const UPLOAD_PIECE: usize = 256 * 1024;
 /// First pause before a retry; each further retry doubles it, up to the cap.
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);

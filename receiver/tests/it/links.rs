@@ -179,8 +179,10 @@ async fn uploads_cut_at_any_point_continue_from_what_the_receiver_holds() {
         assert!(status.starts_with("HTTP/1.1 400"), "cut at {cut}: {status}");
         let offset = held(&h, &claim).await;
         // What the HTTP layer had not yet handed on when the connection
-        // broke (a read's worth at most) is lost; everything before is kept.
-        assert!(offset <= cut as u64 && offset + (64 << 10) >= cut as u64, "cut at {cut}: holds {offset}");
+        // broke is lost (at most actix-http's read buffer, 128 KiB, and its
+        // payload queue, 32 KiB: on a loaded machine they fill up);
+        // everything before is kept.
+        assert!(offset <= cut as u64 && offset + (160 << 10) >= cut as u64, "cut at {cut}: holds {offset}");
         assert_eq!(h.stored_files().iter().filter(|f| f.contains(&path)).count(), 0, "nothing visible yet");
         let (status, body) = continue_upload(&h, &claim, offset, None, content[offset as usize..].to_vec()).await;
         assert_eq!((status, body["outcome"].as_str()), (201, Some("stored")), "cut at {cut}: {body}");

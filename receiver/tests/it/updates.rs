@@ -382,13 +382,18 @@ async fn update_requests_are_verified_before_their_bodies_are_judged() {
 /// seen (absent: empty).
 fn watch(path: &Path, stop: &std::sync::atomic::AtomicBool) -> Vec<Vec<u8>> {
     let mut seen: Vec<Vec<u8>> = Vec::new();
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    loop {
+        // One more read after the last placement, however the threads
+        // were scheduled on a loaded machine.
+        let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
         let bytes = std::fs::read(path).unwrap_or_default();
         if !seen.contains(&bytes) {
             seen.push(bytes);
         }
+        if stopping {
+            return seen;
+        }
     }
-    seen
 }
 
 #[test]
