@@ -1,6 +1,8 @@
 //! The local-disk store: `<root>/<DEVICE-ID>/<stored name>` plus
-//! `<stored name>.sha256`, staged in `<root>/.staging/` (the stored name is
-//! the relative path, escaped; see `RelPath::store_candidates`).
+//! `<stored name>.sha256`, staged in `<root>/.staging/<this store's
+//! folder>/` (the stored name is the relative path, escaped; see
+//! `RelPath::store_candidates`), placed by the shared policy (`placement`)
+//! through `DiskPlacement`.
 //!
 //! Resumable files (at least `RESUMABLE_MIN_SIZE`) are staged instead in
 //! `<root>/.partial/<hash of device, head's sha256 text, size and path>`, which

@@ -6,12 +6,16 @@
 //! Nothing the receiver keeps in memory is needed for correctness: every
 //! decision is made from what the bucket holds at that moment.
 //!
-//! - The final name is chosen before the body arrives (the upload's fields
-//!   declare path and checksum first), so the bytes stream straight to it:
-//!   one PUT for a small file, a multipart upload for a large one, with one
-//!   part being filled and at most [`PARTS_IN_FLIGHT`] being sent. Nothing is visible until the PUT or
-//!   the completion succeeds, which happens only after the handler verified
-//!   size and SHA-256; dropping the staged upload aborts it.
+//! - The names and their order, and what counts as the same content, are
+//!   the shared placement policy's (`placement`); `S3Placement` gives it
+//!   the bucket's primitives.
+//! - A file of at most one part is held until it is verified, then named
+//!   and sent in one PUT. A larger one is named before its body arrives
+//!   (the upload's fields declare path and checksum first), so its bytes
+//!   stream straight to a multipart upload there, with one part being
+//!   filled and at most [`PARTS_IN_FLIGHT`] being sent. Nothing is visible
+//!   until the PUT or the completion succeeds, which happens only after the
+//!   handler verified size and SHA-256; dropping the staged upload aborts it.
 //! - Never overwrite: before a name is written, it is claimed for the
 //!   content's SHA-256 (see [`S3Store::claim`]), so of several uploads of
 //!   different bytes at most one ever writes a given name, even on a store
