@@ -14,7 +14,9 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Creates each of `names` in turn below `base` (which must exist), fsyncing
-/// the parent of every folder it creates, and returns the innermost folder.
+/// the parent of every folder it creates or finds just created by a racing
+/// caller (which may not have fsynced it yet), and returns the innermost
+/// folder.
 /// Anything in the way that is not a real folder, including a symbolic link,
 /// is refused with [`io::ErrorKind::NotADirectory`], naming the offending
 /// prefix of `names`, so a planted link can never lead elsewhere.
@@ -41,8 +43,10 @@ pub fn create_dirs<'a>(base: &Path, names: impl IntoIterator<Item = &'a str>) ->
                         sync_dir(&folder)?;
                         break;
                     }
-                    // Made meanwhile by a concurrent request: look again.
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    // Made meanwhile by a concurrent request, whose fsync
+                    // of the parent may still be to come: ours makes the
+                    // name durable before anything is placed in it.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => sync_dir(&folder)?,
                     Err(e) => return Err(e),
                 },
                 Err(e) => return Err(e),

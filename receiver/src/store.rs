@@ -6,6 +6,7 @@
 //! [`AnyStore`] is whichever one the configuration chose.
 
 pub mod disk;
+mod placement;
 pub mod s3;
 
 use std::future::Future;

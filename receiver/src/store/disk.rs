@@ -1,6 +1,8 @@
 //! The local-disk store: `<root>/<DEVICE-ID>/<stored name>` plus
-//! `<stored name>.sha256`, staged in `<root>/.staging/` (the stored name is
-//! the relative path, escaped; see `RelPath::store_candidates`).
+//! `<stored name>.sha256`, staged in `<root>/.staging/<this store's
+//! folder>/` (the stored name is the relative path, escaped; see
+//! `RelPath::store_candidates`), placed by the shared policy (`placement`)
+//! through `DiskPlacement`.
 //!
 //! Resumable files (at least `RESUMABLE_MIN_SIZE`) are staged instead in
 //! `<root>/.partial/<hash of device, head's sha256 text, size and path>`, which
@@ -24,23 +26,28 @@ use std::io::{self, IoSlice, Seek, SeekFrom, Write};
 use std::num::NonZeroU64;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use logferry_common::durable::{create_dirs, exists_no_follow, holds_exactly, sync_dir};
 use logferry_common::signing::{UploadClaim, UploadHead};
-use logferry_common::wire::{RESUMABLE_MIN_SIZE, UploadOutcome};
+use logferry_common::wire::RESUMABLE_MIN_SIZE;
 use logferry_common::{DeviceId, RelPath, Sha256Digest, Sha256Hasher};
 use rand::TryRng;
 use rand::rngs::SysRng;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::placement::{self, Created, Occupant, Probe};
 use super::{Committed, HeldFile, Staged, Store, StoreError, StoredFile};
 use crate::upload::Checked;
 
-/// Folder of in-progress uploads. Device folders are 16 hex characters, so
-/// this name can never clash with one.
+/// Folder of in-progress uploads, one folder in it per open store (several
+/// receivers may share a store folder). Device folders are 16 hex
+/// characters, so this name can never clash with one.
 const STAGING_DIR: &str = ".staging";
 /// Folder of resumable uploads in progress or cut off; kept across restarts.
 const PARTIAL_DIR: &str = ".partial";
@@ -64,7 +71,10 @@ const HELD_UPLOAD_MAX: u64 = 256 * 1024;
 #[derive(Debug, Clone)]
 pub struct DiskStore {
     root: PathBuf,
+    /// This store's own staging folder, `<root>/.staging/<random>`.
     staging: PathBuf,
+    /// Kept for as long as any clone of the store lives.
+    _staging_lock: Arc<StagingLock>,
     partial: PathBuf,
     /// Free space to keep on the file system, in bytes.
     min_free: u64,
@@ -77,26 +87,32 @@ pub struct DiskStore {
 const SPACE_CHECK_EVERY: u64 = 8 << 20;
 
 impl DiskStore {
-    /// Opens (creating if needed) the store at `root` and removes what an
-    /// earlier crash left in staging. Returns the store and how many stale
-    /// staging files were removed.
+    /// Opens (creating if needed) the store at `root`, with a staging folder
+    /// of its own, and removes what stores no longer open (an earlier crash,
+    /// a receiver stopped) left in theirs. Returns the store and how many
+    /// stale staging files were removed.
     pub fn open(root: &Path, min_free: u64) -> io::Result<(Self, usize)> {
         fs::create_dir_all(root)?;
-        let (staging, partial) = (root.join(STAGING_DIR), root.join(PARTIAL_DIR));
-        for folder in [&staging, &partial] {
+        let (shared_staging, partial) = (root.join(STAGING_DIR), root.join(PARTIAL_DIR));
+        for folder in [&shared_staging, &partial] {
             match fs::create_dir(folder) {
                 Ok(()) => sync_dir(root)?,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
         }
-        let mut removed = 0;
-        for entry in fs::read_dir(&staging)? {
-            fs::remove_file(entry?.path())?;
-            removed += 1;
-        }
+        let (lock, removed) = StagingLock::take(&shared_staging)?;
+        let staging = lock.path.clone();
         let syncfs_reports_errors = syncfs_reports_errors();
-        Ok((Self { root: root.to_owned(), staging, partial, min_free, syncfs_reports_errors }, removed))
+        let store = Self {
+            root: root.to_owned(),
+            staging,
+            _staging_lock: Arc::new(lock),
+            partial,
+            min_free,
+            syncfs_reports_errors,
+        };
+        Ok((store, removed))
     }
 
     /// Where a resumable upload of `claim` by `device` is staged. Named by
@@ -143,6 +159,74 @@ impl DiskStore {
             return Ok((file, hasher));
         }
         Err(StoreError::PartialInUse)
+    }
+}
+
+/// A store's own staging folder, under an exclusive `flock` for as long as
+/// the store is open. A lock dies with the file descriptor, so with its
+/// process however that ends: a staging folder whose lock can be taken is
+/// stale, and nothing in it will ever be committed.
+#[derive(Debug)]
+struct StagingLock {
+    path: PathBuf,
+    _held: File,
+}
+
+impl StagingLock {
+    /// Makes and locks a new staging folder in `shared`, then removes the
+    /// stale ones (and files that receivers from before per-store folders
+    /// left in `shared` itself), returning how many files they held. The
+    /// whole runs under a lock on `shared`, so no store judges another's
+    /// folder between its creation and its lock.
+    fn take(shared: &Path) -> io::Result<(Self, usize)> {
+        let opening = File::open(shared)?;
+        rustix::fs::flock(&opening, rustix::fs::FlockOperation::LockExclusive)?;
+        let mut nonce = [0u8; 12];
+        SysRng.try_fill_bytes(&mut nonce).map_err(io::Error::other)?;
+        let path = shared.join(hex::encode(nonce));
+        fs::create_dir(&path)?;
+        let held = File::open(&path)?;
+        rustix::fs::flock(&held, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+        sync_dir(shared)?;
+        let mut removed = 0;
+        for entry in fs::read_dir(shared)? {
+            let entry = entry?;
+            if entry.path() != path {
+                // Gone meanwhile: its store closed, and removed it.
+                match remove_if_stale(&entry) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    found => removed += found?,
+                }
+            }
+        }
+        Ok((Self { path, _held: held }, removed))
+    }
+}
+
+/// Removes `entry` of the shared staging folder unless a store holds it,
+/// returning how many files it held.
+fn remove_if_stale(entry: &fs::DirEntry) -> io::Result<usize> {
+    if !entry.file_type()?.is_dir() {
+        fs::remove_file(entry.path())?;
+        return Ok(1);
+    }
+    let folder = File::open(entry.path())?;
+    match rustix::fs::flock(&folder, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        // Open: its uploads are in flight.
+        Err(rustix::io::Errno::WOULDBLOCK) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    }
+    let held = fs::read_dir(entry.path())?.count();
+    fs::remove_dir_all(entry.path())?;
+    Ok(held)
+}
+
+impl Drop for StagingLock {
+    /// The last clone of the store is gone, and with it every upload it
+    /// staged: nothing of the folder is needed.
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
     }
 }
 
@@ -237,6 +321,9 @@ struct Writer {
     gathered: Vec<Bytes>,
     gathered_len: usize,
     task: Option<JoinHandle<Result<File, StoreError>>>,
+    /// Tells the writer that nothing will keep what it wrote, so that it
+    /// stops without an fsync.
+    unwanted: Arc<AtomicBool>,
     /// Once finished: the written file, kept open so that a partial file's
     /// lock is held until it is committed or removed.
     file: Option<File>,
@@ -263,8 +350,22 @@ impl Staging {
 impl Writer {
     fn start(name: Staging, file: File, offset: u64, store: DiskStore) -> Self {
         let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
-        let task = tokio::task::spawn_blocking(move || write_all_batches(file, offset, rx, store));
-        Self { name, batches: Some(tx), gathered: Vec::new(), gathered_len: 0, task: Some(task), file: None }
+        let unwanted = Arc::new(AtomicBool::new(false));
+        let wanted = StillWanted(unwanted.clone());
+        let task = tokio::task::spawn_blocking(move || write_all_batches(file, offset, rx, store, &wanted));
+        let gathered = Vec::new();
+        Self { name, batches: Some(tx), gathered, gathered_len: 0, task: Some(task), unwanted, file: None }
+    }
+
+    /// Stops the writer without an fsync, and waits for it: nothing it
+    /// wrote is kept.
+    async fn stop(&mut self) {
+        self.unwanted.store(true, Ordering::Relaxed);
+        self.batches = None;
+        self.gathered.clear();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 
     /// Gathers `chunk`; hands a full batch to the writer thread. False if
@@ -313,6 +414,25 @@ impl Writer {
     }
 }
 
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // An upload dropped unfinished: its staging file is unlinked with
+        // its name; a partial file stays, for a resume.
+        if matches!(self.name, Staging::Temporary(_)) {
+            self.unwanted.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The writer's side of [`Writer::unwanted`].
+struct StillWanted(Arc<AtomicBool>);
+
+impl StillWanted {
+    fn still(&self) -> bool {
+        !self.0.load(Ordering::Relaxed)
+    }
+}
+
 impl Staged for DiskStaged {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         let writer = match &mut self.body {
@@ -332,7 +452,7 @@ impl Staged for DiskStaged {
 
     async fn discard(self) {
         if let Body::Streamed(mut writer) = self.body {
-            let _ = writer.finish().await;
+            writer.stop().await;
             if let Err(e) = blocking(move || Ok(writer.remove_partial()?)).await {
                 tracing::warn!("cannot remove a discarded partial upload: {e}");
             }
@@ -368,6 +488,7 @@ fn write_all_batches(
     offset: u64,
     mut batches: mpsc::Receiver<Vec<Bytes>>,
     store: DiskStore,
+    wanted: &StillWanted,
 ) -> Result<File, StoreError> {
     let (mut written, mut next_check, mut flushing_from) = (0u64, SPACE_CHECK_EVERY, offset);
     while let Some(batch) = batches.blocking_recv() {
@@ -390,6 +511,9 @@ fn write_all_batches(
                 flushing_from = in_file;
             }
         }
+    }
+    if !wanted.still() {
+        return Err(io::Error::other("the upload was abandoned before its end").into());
     }
     file.sync_all()?;
     Ok(file)
@@ -554,7 +678,7 @@ fn inventory_of(root: &Path) -> io::Result<Vec<StoredFile>> {
             device_files(&entry.path(), &device, &mut found)?;
         }
     }
-    Ok(found)
+    Ok(placement::data_files(found))
 }
 
 fn device_files(device_dir: &Path, device: &DeviceId, found: &mut Vec<StoredFile>) -> io::Result<()> {
@@ -570,7 +694,7 @@ fn device_files(device_dir: &Path, device: &DeviceId, found: &mut Vec<StoredFile
                 continue;
             }
             let Ok(path) = RelPath::parse(&rel) else { continue };
-            if !kind.is_file() || path.is_checksum_file() {
+            if !kind.is_file() {
                 continue;
             }
             let meta = match entry.metadata() {
@@ -582,13 +706,6 @@ fn device_files(device_dir: &Path, device: &DeviceId, found: &mut Vec<StoredFile
         }
     }
     Ok(())
-}
-
-/// What one candidate name turned out to be.
-enum Placement {
-    Placed,
-    SameContentThere,
-    Taken,
 }
 
 /// How the folders that gain names are made durable before an answer.
@@ -644,6 +761,74 @@ fn syncfs_reports_errors() -> bool {
     (major, minor) >= (5, 8)
 }
 
+/// The disk's placement primitives for one staged file: names are linked
+/// with `link(2)`, which fails rather than replace an existing name, so
+/// nothing needs claiming; the folder gaining names is fsynced before any
+/// answer (at once, or with its group), because the names found may come
+/// from a racing upload that has not fsynced it yet.
+struct DiskPlacement<'a> {
+    store: &'a DiskStore,
+    folder: PathBuf,
+    /// Written and durable before any name is linked to it.
+    staged: &'a Path,
+    claim: &'a UploadClaim,
+    prestaged: Option<&'a PrestagedChecksum>,
+    folders: &'a mut FolderSyncs,
+}
+
+impl DiskPlacement<'_> {
+    fn at(&self, name: &RelPath) -> PathBuf {
+        self.folder.join(name.file_name())
+    }
+}
+
+impl placement::Backend for DiskPlacement<'_> {
+    async fn probe(&mut self, name: &RelPath, line: &str) -> Result<Probe, StoreError> {
+        let (target, checksum) = (self.at(name), self.at(&name.checksum_path()));
+        let judge = |holds: bool| if holds { Occupant::SameContent } else { Occupant::Other };
+        let data = match exists_no_follow(&target)? {
+            false => Occupant::Free,
+            true => judge(holds_exactly(&target, &self.claim.sha256, self.claim.size)?),
+        };
+        let checksum = match exists_no_follow(&checksum)? {
+            false => Occupant::Free,
+            true => judge(holds_line(&checksum, line)?),
+        };
+        Ok(Probe { data, checksum })
+    }
+
+    async fn create_data(&mut self, name: &RelPath) -> Result<Created, StoreError> {
+        link_if_absent(self.staged, &self.at(name))
+    }
+
+    async fn create_checksum(&mut self, checksum: &RelPath, line: &str) -> Result<Created, StoreError> {
+        let staged = self.store.checksum_file_for(line, self.prestaged)?;
+        link_if_absent(staged.path(), &self.at(checksum))
+    }
+
+    async fn sync(&mut self, _name: &RelPath) -> Result<(), StoreError> {
+        Ok(self.folders.sync(&self.folder)?)
+    }
+}
+
+fn link_if_absent(staged: &Path, target: &Path) -> Result<Created, StoreError> {
+    match fs::hard_link(staged, target) {
+        Ok(()) => Ok(Created::Created),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Created::Existed),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs a placement whose primitives never wait (plain file-system calls,
+/// on the blocking thread this is called on) to its end, in one poll.
+fn run_ready<T>(placing: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    let mut placing = std::pin::pin!(placing);
+    match placing.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => result,
+        Poll::Pending => Err(io::Error::other("a placement on disk waited, which it never does").into()),
+    }
+}
+
 /// A group's checksum file, written with its data before their one sync,
 /// for the name the file is most likely placed under.
 #[derive(Debug)]
@@ -670,7 +855,7 @@ impl ChecksumFile<'_> {
 impl DiskStore {
     /// Puts the staged file under the claimed path's stored name, or, when
     /// that holds other content, under the first of its conflict names that
-    /// is free or holds these bytes (see `RelPath::store_candidates`).
+    /// is free or holds these bytes (`placement::place`).
     fn place(
         &self,
         staged: &Path,
@@ -688,72 +873,15 @@ impl DiskStore {
             ),
             _ => StoreError::Io(e),
         })?;
-        let candidates = claim.path.store_candidates(&claim.sha256);
-        for candidate in &candidates {
-            let folder = create_dirs(device_dir, candidate.folders()).map_err(|e| match e.kind() {
-                io::ErrorKind::NotADirectory => {
-                    StoreError::Conflict(format!("cannot store {:?}: {e} on the receiver", candidate.as_str()))
-                }
-                _ => StoreError::Io(e),
-            })?;
-            let target = folder.join(candidate.file_name());
-            let outcome = match self.place_at(staged, &target, candidate, claim, prestaged, folders)? {
-                Placement::Placed => UploadOutcome::Stored,
-                Placement::SameContentThere => UploadOutcome::AlreadyStored,
-                Placement::Taken => continue,
-            };
-            return Ok(Committed { outcome, stored_as: candidate.clone() });
-        }
-        Err(StoreError::all_names_taken(&candidates))
-    }
-
-    /// Links the (fsynced) staged file to `target` and its checksum file
-    /// beside it, then fsyncs their folder once; only then is either name
-    /// counted on. Every path that answers fsyncs the folder, because the
-    /// names it found may come from a racing upload that has not yet.
-    fn place_at(
-        &self,
-        staged: &Path,
-        target: &Path,
-        name: &RelPath,
-        claim: &UploadClaim,
-        prestaged: Option<&PrestagedChecksum>,
-        folders: &mut FolderSyncs,
-    ) -> Result<Placement, StoreError> {
-        let sidecar = target.with_file_name(name.checksum_path().file_name());
-        let folder = target.parent().ok_or_else(|| io::Error::other("target has no folder"))?;
-        let line = name.checksum_line(&claim.sha256);
-        if !exists_no_follow(target)? {
-            // The checksum file may be there alone, after a crash between the
-            // links and the folder fsync (or, in a store written before data
-            // names were escaped, as a device's own file). Only the line for
-            // exactly these bytes may stay beside them.
-            if exists_no_follow(&sidecar)? && !holds_line(&sidecar, &line)? {
-                return Ok(Placement::Taken);
+        // Every candidate name lies in the sent path's folder.
+        let folder = create_dirs(device_dir, claim.path.folders()).map_err(|e| match e.kind() {
+            io::ErrorKind::NotADirectory => {
+                StoreError::Conflict(format!("cannot store {:?}: {e} on the receiver", claim.path.as_str()))
             }
-            let checksum = self.checksum_file_for(&line, prestaged)?;
-            match fs::hard_link(staged, target) {
-                Ok(()) => {
-                    link_checksum_file(checksum.path(), &sidecar, name, &line)?;
-                    folders.sync(folder)?;
-                    return Ok(Placement::Placed);
-                }
-                // Another upload got there first; judge what it put there.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if !holds_exactly(target, &claim.sha256, claim.size)? {
-            return Ok(Placement::Taken);
-        }
-        // Same bytes already there: an earlier answer was lost, or a crash
-        // came between placing the file and its checksum file.
-        if !exists_no_follow(&sidecar)? {
-            let checksum = self.checksum_file_for(&line, prestaged)?;
-            link_checksum_file(checksum.path(), &sidecar, name, &line)?;
-        }
-        folders.sync(folder)?;
-        Ok(Placement::SameContentThere)
+            _ => StoreError::Io(e),
+        })?;
+        let mut backend = DiskPlacement { store: self, folder, staged, claim, prestaged, folders };
+        run_ready(placement::place(&mut backend, claim))
     }
 
     /// A staged checksum file holding `line`: the one a group wrote with its
@@ -819,25 +947,6 @@ impl DiskStore {
         file.write_all(line.as_bytes())?;
         file.sync_all()?;
         Ok(name)
-    }
-}
-
-/// Puts the staged checksum file `staged` in place as `sidecar`; the caller
-/// fsyncs the folder. `name` is the data file's, for the log: `sidecar`
-/// contains the device folder, whose name is the ID.
-fn link_checksum_file(staged: &Path, sidecar: &Path, name: &RelPath, line: &str) -> io::Result<()> {
-    match fs::hard_link(staged, sidecar) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            // Written meanwhile by a racing upload of the same bytes (or, in a
-            // store written before data names were escaped, a device's own
-            // file): either way it stays.
-            if !holds_line(sidecar, line)? {
-                tracing::warn!(file = %name.checksum_path(), "checksum file name already used by other content; left as it is");
-            }
-            Ok(())
-        }
-        Err(e) => Err(e),
     }
 }
 

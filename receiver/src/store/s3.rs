@@ -6,12 +6,16 @@
 //! Nothing the receiver keeps in memory is needed for correctness: every
 //! decision is made from what the bucket holds at that moment.
 //!
-//! - The final name is chosen before the body arrives (the upload's fields
-//!   declare path and checksum first), so the bytes stream straight to it:
-//!   one PUT for a small file, a multipart upload for a large one, with one
-//!   part being filled and at most [`PARTS_IN_FLIGHT`] being sent. Nothing is visible until the PUT or
-//!   the completion succeeds, which happens only after the handler verified
-//!   size and SHA-256; dropping the staged upload aborts it.
+//! - The names and their order, and what counts as the same content, are
+//!   the shared placement policy's (`placement`); `S3Placement` gives it
+//!   the bucket's primitives.
+//! - A file of at most one part is held until it is verified, then named
+//!   and sent in one PUT. A larger one is named before its body arrives
+//!   (the upload's fields declare path and checksum first), so its bytes
+//!   stream straight to a multipart upload there, with one part being
+//!   filled and at most [`PARTS_IN_FLIGHT`] being sent. Nothing is visible
+//!   until the PUT or the completion succeeds, which happens only after the
+//!   handler verified size and SHA-256; dropping the staged upload aborts it.
 //! - Never overwrite: before a name is written, it is claimed for the
 //!   content's SHA-256 (see [`S3Store::claim`]), so of several uploads of
 //!   different bytes at most one ever writes a given name, even on a store
@@ -23,6 +27,7 @@
 //!   the receiver that verified it, so a HEAD tells whether a re-sent file is
 //!   already stored, even when its checksum object was never written.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -31,9 +36,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use logferry_common::signing::{HeadDigest, UploadClaim, UploadHead};
-use logferry_common::wire::UploadOutcome;
 use logferry_common::{DeviceId, RelPath, Sha256Digest, Sha256Hasher};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
@@ -42,7 +47,8 @@ use object_store::{
 };
 use tokio::task::JoinSet;
 
-use super::{Committed, Staged, Store, StoreError, StoredFile};
+use super::placement::{self, Choice, Created, Occupant, Probe};
+use super::{Committed, HeldFile, Staged, Store, StoreError, StoredFile};
 use crate::upload::Checked;
 
 /// The smallest part S3 accepts (except the last); files up to this size go
@@ -54,6 +60,13 @@ const MAX_PARTS: u64 = 10_000;
 /// enough to keep the network busy, few enough to bound memory to
 /// `(PARTS_IN_FLIGHT + 1) * part size`.
 const PARTS_IN_FLIGHT: usize = 2;
+/// Files of a batch being placed at once: each placement is a few round
+/// trips, so a batch waits for the slowest few, not for their sum.
+const COMMITS_AT_ONCE: usize = 16;
+/// Keys a probe lists at most: the name, its checksum name and what else
+/// starts with the name (a device's `day.log.1`, `day.log.2`…) sorted
+/// between them. Past that, both are looked up one by one.
+const PROBE_KEYS: usize = 100;
 /// User metadata naming the verified SHA-256 of an object's bytes.
 const SHA256_METADATA: &str = "logferry-sha256";
 /// Folder (beside the device folders) of the claims on names; see
@@ -193,29 +206,19 @@ impl S3Store {
         }
     }
 
-    /// Picks the claimed path's stored name, or when that holds other content
-    /// the first of its conflict names that does not (see
-    /// `RelPath::store_candidates`), as the disk store does.
-    async fn choose(&self, device: &DeviceId, claim: &UploadClaim, mask: &Mask<'_>) -> Result<Choice, StoreError> {
-        let candidates = claim.path.store_candidates(&claim.sha256);
-        for candidate in &candidates {
-            match self.occupant(&self.key(device, candidate)?, claim, mask).await? {
-                Occupant::SameContent => return Ok(Choice::AlreadyThere(candidate.clone())),
-                Occupant::Other => continue,
-                Occupant::Free => {}
-            }
-            let sidecar = self.key(device, &candidate.checksum_path())?;
-            if self.exists(&sidecar, mask).await? {
-                // A checksum object whose data was deleted (or, in a store
-                // written before data names were escaped, a device's own file).
-                continue;
-            }
-            if self.claimed_by_others(&Wanted { device, name: candidate, content: &claim.sha256 }, mask).await? {
-                continue;
-            }
-            return Ok(Choice::Upload(candidate.clone()));
+    /// What the checksum object `key` holds, judged against `line`; read
+    /// only when it has the line's size.
+    async fn checksum_occupant(&self, key: &Path, line: &str, mask: &Mask<'_>) -> Result<Occupant, StoreError> {
+        let found = match self.inner.objects.get(key).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Occupant::Free),
+            Err(e) => return Err(mask.failed("cannot read a checksum object", e)),
+        };
+        if found.meta.size != line.len() as u64 {
+            return Ok(Occupant::Other);
         }
-        Err(StoreError::all_names_taken(&candidates))
+        let held = found.bytes().await.map_err(|e| mask.failed("cannot read a checksum object", e))?;
+        Ok(if held == line.as_bytes() { Occupant::SameContent } else { Occupant::Other })
     }
 
     /// Where the claims on `name` are kept: outside every device folder, so
@@ -251,92 +254,37 @@ impl S3Store {
         Ok(!self.claimed_by_others(wanted, mask).await?)
     }
 
-    async fn exists(&self, key: &Path, mask: &Mask<'_>) -> Result<bool, StoreError> {
-        match self.inner.objects.head(key).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(mask.failed("cannot look up an object", e)),
-        }
-    }
-
-    /// Writes `<name>.sha256` unless something is there already, which is
-    /// then left as it is: the checksum of the same bytes written by a racing
-    /// upload (or, in a store written before data names were escaped, a
-    /// device's own file).
-    async fn write_checksum_object(&self, staged: &S3Staged) -> Result<(), StoreError> {
-        let mask = Mask(&staged.device);
-        let sidecar = self.key(&staged.device, &staged.name.checksum_path())?;
-        if self.exists(&sidecar, &mask).await? {
-            return Ok(());
-        }
-        let line = staged.name.checksum_line(&staged.claim.sha256);
-        let line_digest = Sha256Digest::of_bytes(line.as_bytes());
-        let sidecar_name = staged.name.checksum_path();
-        if !self.claim(&Wanted { device: &staged.device, name: &sidecar_name, content: &line_digest }, &mask).await? {
-            tracing::warn!(
-                device = %staged.device.masked(), file = %staged.name,
-                "checksum object name claimed by other content (a device's own file, stored before data names were escaped); left to it"
-            );
-            return Ok(());
-        }
-        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-        match self.inner.objects.put_opts(&sidecar, PutPayload::from(line), options).await {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
-            Err(e) => Err(mask.failed("cannot write the checksum object", e)),
-        }
-    }
-
-    async fn still_free(&self, key: &Path, staged: &S3Staged, mask: &Mask<'_>) -> Result<bool, StoreError> {
-        Ok(matches!(self.occupant(key, &staged.claim, mask).await?, Occupant::Free))
-    }
-
-    /// After another upload took `key` first: fine when it holds the same
-    /// bytes, otherwise the sender retries and is then given the conflict name.
-    async fn settle(&self, key: &Path, staged: &S3Staged) -> Result<UploadOutcome, StoreError> {
-        match self.occupant(key, &staged.claim, &Mask(&staged.device)).await? {
-            Occupant::SameContent => Ok(UploadOutcome::AlreadyStored),
-            Occupant::Other | Occupant::Free => Err(StoreError::Raced("another upload of this path finished first")),
-        }
-    }
-
     fn metadata(claim: &UploadClaim) -> Attributes {
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::Metadata(SHA256_METADATA.into()), claim.sha256.to_hex().into());
         attributes
     }
 
-    /// Places the verified bytes at the chosen key, never over other content.
-    async fn place(&self, staged: &mut S3Staged) -> Result<UploadOutcome, StoreError> {
-        let key = self.key(&staged.device, &staged.name)?;
-        let mask = Mask(&staged.device);
-        // Each name is checked again right before it is created: a racing
-        // upload may have finished since `stage`.
-        let created = match std::mem::replace(&mut staged.body, Body::AlreadyThere) {
-            Body::AlreadyThere => return Ok(UploadOutcome::AlreadyStored),
-            Body::Small(_) | Body::Parts(_) if !self.still_free(&key, staged, &mask).await? => {
-                // Dropping the parts aborts them.
-                return self.settle(&key, staged).await;
-            }
-            Body::Small(_) | Body::Parts(_) if !self.claim(&staged.wanted(), &mask).await? => {
-                // A retry finds the claim in `stage` and takes the conflict name.
-                return Err(StoreError::Raced("another upload of other bytes claimed this path first"));
-            }
-            Body::Small(buffer) => {
-                let options = PutOptions {
-                    mode: PutMode::Create,
-                    attributes: Self::metadata(&staged.claim),
-                    ..PutOptions::default()
-                };
-                self.inner.objects.put_opts(&key, buffer.freeze(), options).await.map(drop)
-            }
-            Body::Parts(parts) => parts.complete(&self.inner).await,
-        };
-        match created {
-            Ok(()) => Ok(UploadOutcome::Stored),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                self.settle(&key, staged).await
-            }
-            Err(e) => Err(mask.failed("cannot store the object", e)),
+    /// Places a file sent whole under the first candidate name it may take
+    /// (`placement::place`).
+    async fn place_whole(
+        &self,
+        device: &DeviceId,
+        claim: &UploadClaim,
+        bytes: PutPayload,
+    ) -> Result<Committed, StoreError> {
+        let mut backend = S3Placement { store: self, device, claim, content: Content::Whole(bytes) };
+        placement::place(&mut backend, claim).await
+    }
+
+    /// Places an upload under the name chosen before its body.
+    async fn place_named(
+        &self,
+        device: &DeviceId,
+        claim: &UploadClaim,
+        name: RelPath,
+        content: Content,
+    ) -> Result<Committed, StoreError> {
+        let mut backend = S3Placement { store: self, device, claim, content };
+        match placement::place_at(&mut backend, &name, claim).await? {
+            Some(outcome) => Ok(Committed { outcome, stored_as: name }),
+            // Dropping the parts aborts them; a retry is given another name.
+            None => Err(StoreError::Raced("another upload of other bytes took this name first")),
         }
     }
 
@@ -353,13 +301,10 @@ impl S3Store {
             let relative: Vec<_> = parts.collect();
             let name = relative.iter().map(|part| part.as_ref()).collect::<Vec<_>>().join("/");
             let (Some(device), Ok(path)) = (device, RelPath::parse(&name)) else { continue };
-            if path.is_checksum_file() {
-                continue;
-            }
             let stored_at = object.last_modified.into();
             files.push(StoredFile { device, path, size: object.size, stored_at });
         }
-        Ok(files)
+        Ok(placement::data_files(files))
     }
 }
 
@@ -370,17 +315,110 @@ struct Wanted<'a> {
     content: &'a Sha256Digest,
 }
 
-#[derive(Debug)]
-enum Occupant {
-    Free,
-    SameContent,
-    Other,
+/// The bucket's placement primitives for one upload. Creating is a PUT (or
+/// CompleteMultipartUpload) with `If-None-Match: *`, which refuses an
+/// existing name where the store honours it; a claim keeps other content
+/// off the name where it does not (see [`S3Store::claim`]).
+struct S3Placement<'a> {
+    store: &'a S3Store,
+    device: &'a DeviceId,
+    claim: &'a UploadClaim,
+    content: Content,
 }
 
-#[derive(Debug)]
-enum Choice {
-    Upload(RelPath),
-    AlreadyThere(RelPath),
+/// The bytes a placement creates its name with.
+enum Content {
+    /// The same bytes were stored under the name when the upload began.
+    Stored,
+    Whole(PutPayload),
+    /// Taken by the first create.
+    Parts(Option<Parts>),
+}
+
+impl S3Placement<'_> {
+    fn wanted<'a>(&'a self, name: &'a RelPath) -> Wanted<'a> {
+        Wanted { device: self.device, name, content: &self.claim.sha256 }
+    }
+
+    fn created(&self, result: Result<(), object_store::Error>, what: &str) -> Result<Created, StoreError> {
+        match result {
+            Ok(()) => Ok(Created::Created),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Ok(Created::Existed)
+            }
+            Err(e) => Err(Mask(self.device).failed(what, e)),
+        }
+    }
+}
+
+impl placement::Backend for S3Placement<'_> {
+    /// One LIST of the keys that start with the name: for a new file, both
+    /// names are seen free at once. What is there is then looked at (a
+    /// HEAD for the data's SHA-256, a GET for the checksum line), as is
+    /// what a listing cut short may not have shown.
+    async fn probe(&mut self, name: &RelPath, line: &str) -> Result<Probe, StoreError> {
+        let mask = Mask(self.device);
+        let key = self.store.key(self.device, name)?;
+        let checksum_key = self.store.key(self.device, &name.checksum_path())?;
+        let options =
+            PaginatedListOptions { delimiter: Some("/".into()), max_keys: Some(PROBE_KEYS), ..Default::default() };
+        let listed = self
+            .store
+            .inner
+            .objects
+            .list_paginated(Some(key.as_ref()), options)
+            .await
+            .map_err(|e| mask.failed("cannot list the names of an object", e))?;
+        let maybe_there = |wanted: &Path| {
+            listed.page_token.is_some() || listed.result.objects.iter().any(|object| object.location == *wanted)
+        };
+        let data = match maybe_there(&key) {
+            true => self.store.occupant(&key, self.claim, &mask).await?,
+            false => Occupant::Free,
+        };
+        let checksum = match maybe_there(&checksum_key) {
+            true => self.store.checksum_occupant(&checksum_key, line, &mask).await?,
+            false => Occupant::Free,
+        };
+        Ok(Probe { data, checksum })
+    }
+
+    async fn claim(&mut self, name: &RelPath) -> Result<bool, StoreError> {
+        self.store.claim(&self.wanted(name), &Mask(self.device)).await
+    }
+
+    async fn claimed_by_others(&mut self, name: &RelPath) -> Result<bool, StoreError> {
+        self.store.claimed_by_others(&self.wanted(name), &Mask(self.device)).await
+    }
+
+    async fn create_data(&mut self, name: &RelPath) -> Result<Created, StoreError> {
+        let key = self.store.key(self.device, name)?;
+        let written = match &mut self.content {
+            Content::Stored => {
+                return Err(StoreError::Raced("the object stored under this name changed while the upload arrived"));
+            }
+            Content::Whole(bytes) => {
+                let options = PutOptions {
+                    mode: PutMode::Create,
+                    attributes: S3Store::metadata(self.claim),
+                    ..PutOptions::default()
+                };
+                self.store.inner.objects.put_opts(&key, bytes.clone(), options).await.map(drop)
+            }
+            Content::Parts(parts) => match parts.take() {
+                Some(parts) => parts.complete(&self.store.inner).await,
+                None => return Err(StoreError::Raced("another upload of this name finished first")),
+            },
+        };
+        self.created(written, "cannot store the object")
+    }
+
+    async fn create_checksum(&mut self, checksum: &RelPath, line: &str) -> Result<Created, StoreError> {
+        let key = self.store.key(self.device, checksum)?;
+        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        let written = self.store.inner.objects.put_opts(&key, PutPayload::from(line.to_owned()), options).await;
+        self.created(written.map(drop), "cannot write the checksum object")
+    }
 }
 
 /// Turns object store errors, whose text names the key and so the whole
@@ -399,19 +437,53 @@ impl Mask<'_> {
 pub struct S3Staged {
     device: DeviceId,
     claim: UploadClaim,
-    /// The stored name chosen for it (see `RelPath::store_candidates`).
-    name: RelPath,
     body: Body,
 }
 
 #[derive(Debug)]
 enum Body {
-    /// The same bytes are stored under the name already; the upload is only
-    /// hashed, to verify the claim.
-    AlreadyThere,
-    /// A file smaller than one part, sent in one PUT at commit.
+    /// The same bytes are stored under this name already; the upload is
+    /// only hashed, to verify the claim.
+    AlreadyThere(RelPath),
+    /// A file of at most one part, named and sent in one PUT at commit.
     Small(PutPayloadMut),
-    Parts(Parts),
+    /// A multipart upload to the name chosen before the body.
+    Parts(RelPath, Parts),
+}
+
+/// Cuts a stream of chunks into parts of exactly `part_size` bytes (the
+/// last may be shorter): stores such as Cloudflare R2 refuse a multipart
+/// upload whose parts but the last differ in size.
+#[derive(Debug)]
+struct PartCutter {
+    part_size: usize,
+    filling: PutPayloadMut,
+}
+
+impl PartCutter {
+    fn new(part_size: usize) -> Self {
+        Self { part_size, filling: PutPayloadMut::new() }
+    }
+
+    /// Takes `chunk`; returns the parts it completed, in order.
+    fn push(&mut self, mut chunk: Bytes) -> Vec<PutPayload> {
+        let mut full = Vec::new();
+        while self.filling.content_length() + chunk.len() >= self.part_size {
+            let rest = chunk.split_off(self.part_size - self.filling.content_length());
+            self.filling.push(chunk);
+            full.push(std::mem::take(&mut self.filling).freeze());
+            chunk = rest;
+        }
+        if !chunk.is_empty() {
+            self.filling.push(chunk);
+        }
+        full
+    }
+
+    /// What is left after the last full part; empty when none is.
+    fn rest(&mut self) -> PutPayload {
+        std::mem::take(&mut self.filling).freeze()
+    }
 }
 
 /// A multipart upload with its parts in flight.
@@ -419,8 +491,7 @@ enum Body {
 struct Parts {
     key: Path,
     id: String,
-    part_size: usize,
-    filling: PutPayloadMut,
+    cutter: PartCutter,
     sending: JoinSet<Result<(usize, PartId), object_store::Error>>,
     sent: Vec<(usize, PartId)>,
     next_index: usize,
@@ -433,18 +504,16 @@ struct Parts {
 
 impl Parts {
     async fn push(&mut self, chunk: Bytes) -> Result<(), object_store::Error> {
-        self.filling.push(chunk);
-        if self.filling.content_length() >= self.part_size {
-            self.send_filled_part().await?;
+        for part in self.cutter.push(chunk) {
+            self.send(part).await?;
         }
         Ok(())
     }
 
-    async fn send_filled_part(&mut self) -> Result<(), object_store::Error> {
+    async fn send(&mut self, payload: PutPayload) -> Result<(), object_store::Error> {
         while self.sending.len() >= PARTS_IN_FLIGHT {
             self.collect_one().await?;
         }
-        let payload = std::mem::take(&mut self.filling).freeze();
         let (store, key, id, index) = (self.store.clone(), self.key.clone(), self.id.clone(), self.next_index);
         self.next_index += 1;
         self.sending.spawn(async move {
@@ -463,8 +532,9 @@ impl Parts {
     }
 
     async fn complete(mut self, inner: &Inner) -> Result<(), object_store::Error> {
-        if !self.filling.is_empty() || self.next_index == 0 {
-            self.send_filled_part().await?;
+        let rest = self.cutter.rest();
+        if rest.content_length() > 0 || self.next_index == 0 {
+            self.send(rest).await?;
         }
         while !self.sending.is_empty() {
             self.collect_one().await?;
@@ -499,21 +569,15 @@ impl Drop for Parts {
     }
 }
 
-impl S3Staged {
-    fn wanted(&self) -> Wanted<'_> {
-        Wanted { device: &self.device, name: &self.name, content: &self.claim.sha256 }
-    }
-}
-
 impl Staged for S3Staged {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         match &mut self.body {
-            Body::AlreadyThere => Ok(()),
+            Body::AlreadyThere(_) => Ok(()),
             Body::Small(buffer) => {
                 buffer.push(chunk);
                 Ok(())
             }
-            Body::Parts(parts) => {
+            Body::Parts(_, parts) => {
                 parts.push(chunk).await.map_err(|e| Mask(&self.device).failed("cannot upload a part", e))
             }
         }
@@ -531,7 +595,9 @@ impl Store for S3Store {
     /// Keeps no partial uploads: a cut-off upload starts over. Takes no
     /// trailer: a multipart upload's key is fixed when it starts, and the
     /// key comes from the digest (conflict names), so the digest must come
-    /// first; staging elsewhere would cost a copy of every large file.
+    /// first; staging elsewhere would cost a copy of every large file. A
+    /// file of at most one part costs no request before its body: it is
+    /// named when it is committed.
     async fn stage(
         &self,
         device: &DeviceId,
@@ -542,37 +608,17 @@ impl Store for S3Store {
             return Err(StoreError::OffsetBeyond { offset, held: 0 });
         }
         let HeadDigest::Known(sha256) = head.sha256 else { return Err(StoreError::DigestFirst) };
-        let claim = &head.with_digest(sha256);
-        let mask = Mask(device);
-        let (name, body) = match self.choose(device, claim, &mask).await? {
-            Choice::AlreadyThere(name) => (name, Body::AlreadyThere),
-            Choice::Upload(name) if claim.size <= MIN_PART_SIZE => (name, Body::Small(PutPayloadMut::new())),
-            Choice::Upload(name) => {
-                let key = self.key(device, &name)?;
-                let options = PutMultipartOptions { attributes: Self::metadata(claim), ..Default::default() };
-                let id = self
-                    .inner
-                    .objects
-                    .create_multipart_opts(&key, options)
-                    .await
-                    .map_err(|e| mask.failed("cannot start a multipart upload", e))?;
-                let part_size = MIN_PART_SIZE.max(claim.size.div_ceil(MAX_PARTS)) as usize;
-                let parts = Parts {
-                    key,
-                    id,
-                    part_size,
-                    filling: PutPayloadMut::new(),
-                    sending: JoinSet::new(),
-                    sent: Vec::new(),
-                    next_index: 0,
-                    store: self.clone(),
-                    device: device.clone(),
-                    open: true,
-                };
-                (name, Body::Parts(parts))
+        let claim = head.with_digest(sha256);
+        let body = if claim.size <= MIN_PART_SIZE {
+            Body::Small(PutPayloadMut::new())
+        } else {
+            let mut backend = S3Placement { store: self, device, claim: &claim, content: Content::Stored };
+            match placement::choose(&mut backend, &claim).await? {
+                Choice::AlreadyThere(name) => Body::AlreadyThere(name),
+                Choice::Upload(name) => Body::Parts(name.clone(), self.start_parts(device, &claim, &name).await?),
             }
         };
-        Ok((S3Staged { device: device.clone(), claim: claim.clone(), name, body }, Sha256Hasher::default()))
+        Ok((S3Staged { device: device.clone(), claim, body }, Sha256Hasher::default()))
     }
 
     async fn held(&self, _device: &DeviceId, _claim: &UploadHead) -> Result<u64, StoreError> {
@@ -591,13 +637,47 @@ impl Store for S3Store {
         Ok(0)
     }
 
-    async fn commit(&self, mut staged: S3Staged, checked: &Checked) -> Result<Committed, StoreError> {
+    async fn commit(&self, staged: S3Staged, checked: &Checked) -> Result<Committed, StoreError> {
         if checked.claim() != &staged.claim {
             return Err(io::Error::other("the bytes checked are not the ones the upload was staged for").into());
         }
-        let outcome = self.place(&mut staged).await?;
-        self.write_checksum_object(&staged).await?;
-        Ok(Committed { outcome, stored_as: staged.name })
+        let S3Staged { device, claim, body } = staged;
+        match body {
+            Body::Small(buffer) => self.place_whole(&device, &claim, buffer.freeze()).await,
+            Body::AlreadyThere(name) => self.place_named(&device, &claim, name, Content::Stored).await,
+            Body::Parts(name, parts) => self.place_named(&device, &claim, name, Content::Parts(Some(parts))).await,
+        }
+    }
+
+    /// The files placed at once (at most [`COMMITS_AT_ONCE`]), each as a
+    /// single upload is; files sent under one path twice go one after the
+    /// other, in their order, as they would one by one.
+    async fn commit_held(
+        &self,
+        device: &DeviceId,
+        files: Vec<HeldFile>,
+    ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+        let mut seen: HashMap<&RelPath, usize> = HashMap::new();
+        let rounds: Vec<usize> = files
+            .iter()
+            .map(|held| {
+                let times = seen.entry(&held.checked.claim().path).or_default();
+                *times += 1;
+                *times - 1
+            })
+            .collect();
+        let mut results = Vec::with_capacity(files.len());
+        for round in 0..rounds.iter().max().map_or(0, |last| last + 1) {
+            let placing = files.iter().enumerate().filter(|(index, _)| rounds[*index] == round).map(|(index, held)| {
+                let bytes: PutPayload = held.bytes.iter().cloned().collect();
+                async move { (index, self.place_whole(device, held.checked.claim(), bytes).await) }
+            });
+            results.extend(
+                futures_util::stream::iter(placing).buffer_unordered(COMMITS_AT_ONCE).collect::<Vec<_>>().await,
+            );
+        }
+        results.sort_by_key(|(index, _)| *index);
+        Ok(results.into_iter().map(|(_, result)| result).collect())
     }
 
     async fn inventory(&self) -> Result<Vec<StoredFile>, StoreError> {
@@ -605,6 +685,37 @@ impl Store for S3Store {
             .await
             .map_err(|e| StoreError::Io(io::Error::other(format!("cannot list the bucket: {e}"))))
     }
+}
+
+impl S3Store {
+    async fn start_parts(&self, device: &DeviceId, claim: &UploadClaim, name: &RelPath) -> Result<Parts, StoreError> {
+        let key = self.key(device, name)?;
+        let options = PutMultipartOptions { attributes: Self::metadata(claim), ..Default::default() };
+        let id = self
+            .inner
+            .objects
+            .create_multipart_opts(&key, options)
+            .await
+            .map_err(|e| Mask(device).failed("cannot start a multipart upload", e))?;
+        Ok(Parts {
+            key,
+            id,
+            cutter: PartCutter::new(part_size(claim.size)),
+            sending: JoinSet::new(),
+            sent: Vec::new(),
+            next_index: 0,
+            store: self.clone(),
+            device: device.clone(),
+            open: true,
+        })
+    }
+}
+
+/// Every part of a multipart upload but the last has this size: the
+/// smallest S3 accepts, or more for a file that would need more than
+/// S3's most parts.
+fn part_size(file_size: u64) -> usize {
+    MIN_PART_SIZE.max(file_size.div_ceil(MAX_PARTS)) as usize
 }
 
 #[cfg(test)]
@@ -618,6 +729,44 @@ mod tests {
         let got = parse_store_url(input);
         let got = got.as_ref().map(|r| r.as_ref().map(|(b, p)| (b.as_str(), p.as_str())).map_err(drop));
         assert_eq!(got, expected, "{input:?}");
+    }
+
+    #[test]
+    fn parts_but_the_last_have_exactly_the_part_size() {
+        // Chunk sizes as they arrive → the sizes of the parts sent.
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[3, 7, 25, 4], &[10, 10, 10, 9]),
+            (&[10, 10], &[10, 10]),
+            (&[9, 1, 1], &[10, 1]),
+            (&[4], &[4]),
+            (&[], &[]),
+            (&[31], &[10, 10, 10, 1]),
+        ];
+        for (chunks, expected) in cases {
+            let mut cutter = PartCutter::new(10);
+            let mut parts: Vec<usize> = Vec::new();
+            let mut sent = 0;
+            for (n, size) in chunks.iter().enumerate() {
+                let chunk: Bytes = (0..*size).map(|i| (sent + i) as u8 ^ n as u8).collect::<Vec<u8>>().into();
+                sent += size;
+                parts.extend(cutter.push(chunk).iter().map(PutPayload::content_length));
+            }
+            let rest = cutter.rest().content_length();
+            parts.extend((rest > 0).then_some(rest));
+            assert_eq!(parts, *expected, "{chunks:?}");
+        }
+    }
+
+    #[test]
+    fn part_sizes_follow_the_file_size() {
+        let cases = [
+            (0, MIN_PART_SIZE),
+            (MIN_PART_SIZE * MAX_PARTS, MIN_PART_SIZE),
+            (60 << 30, (60u64 << 30).div_ceil(MAX_PARTS)),
+        ];
+        for (file, part) in cases {
+            assert_eq!(part_size(file) as u64, part, "{file}");
+        }
     }
 
     #[test]

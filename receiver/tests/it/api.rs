@@ -595,9 +595,15 @@ async fn edits_to_the_ids_file_apply_without_a_restart() {
 async fn unfinished_uploads_left_by_a_crash_are_removed_at_start() {
     let mut h = Harness::start();
     let staging = h.store().join(".staging");
-    std::fs::write(staging.join("upload-left-by-a-crash"), b"partial").expect("plant");
+    // A crashed receiver's folder (nobody holds its lock), and a file of a
+    // receiver from before staging folders were per receiver.
+    std::fs::create_dir(staging.join("0123456789abcdef01234567")).expect("plant");
+    std::fs::write(staging.join("0123456789abcdef01234567/upload-left-by-a-crash"), b"partial").expect("plant");
+    std::fs::write(staging.join("upload-left-by-an-older-receiver"), b"partial").expect("plant");
     h.restart();
-    assert_eq!(std::fs::read_dir(&staging).expect("list").count(), 0);
+    assert_eq!(staged_files(&h.store()), Vec::<std::path::PathBuf>::new());
+    let folders: Vec<_> = std::fs::read_dir(&staging).expect("list").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(folders.len(), 1, "only the running receiver's own folder: {folders:?}");
     assert_eq!(h.upload("after.log", CONTENT).await.0, 201);
 }
 

@@ -183,14 +183,23 @@ fn the_binary_serves_creates_its_store_clears_stale_staging_and_outlives_its_log
     child.kill().expect("kill -9");
     child.wait().expect("reaped");
 
-    std::fs::write(staging.join("upload-0123"), b"half an upload").expect("plant");
+    let [killed] = folders_in(&staging);
+    std::fs::write(killed.join("upload-0123"), b"half an upload").expect("plant");
     let (mut child, address_again) = serve(dir.path());
-    assert_eq!(std::fs::read_dir(&staging).expect("list").count(), 0, "stale staging removed");
+    let [own] = folders_in(&staging);
+    assert_ne!(own, killed, "the killed receiver's staging folder is removed");
+    assert_eq!(std::fs::read_dir(&own).expect("list").count(), 0, "stale staging removed");
     let health = http_get(&address_again, "/v1/health");
     assert!(health.starts_with("HTTP/1.1 200") && health.contains(r#""status":"ok""#), "{health}");
     assert_ne!(address, address_again, "port 0 gives a fresh free port each start");
     child.kill().expect("kill");
     child.wait().expect("reaped");
+}
+
+/// The one staging folder in `staging`: that of the one receiver running.
+fn folders_in(staging: &Path) -> [std::path::PathBuf; 1] {
+    let folders: Vec<_> = std::fs::read_dir(staging).expect("list").flatten().map(|e| e.path()).collect();
+    folders.try_into().unwrap_or_else(|folders| panic!("one staging folder, not {folders:?}"))
 }
 
 /// Starts the server with `--log-format FORMAT` and returns it with its

@@ -409,12 +409,27 @@ impl Harness {
         }
     }
 
+    /// Puts `content` at `name` in the store directly, as an older receiver
+    /// or an admin might have.
+    pub async fn plant(&self, name: &str, content: &[u8]) {
+        match &self.backend {
+            Backend::Disk => {
+                let at = self.store().join(name);
+                std::fs::create_dir_all(at.parent().expect("in a folder")).expect("mkdir");
+                std::fs::write(at, content).expect("write");
+            }
+            Backend::S3(settings) => {
+                let payload = object_store::PutPayload::from(content.to_vec());
+                bucket(settings).put(&s3_key(settings, name), payload).await.expect("put");
+            }
+        }
+    }
+
     /// Every file under the store, relative to it, except the staging folder
-    /// (which must be empty whenever no upload is in flight).
+    /// (which must hold no file whenever no upload is in flight).
     pub fn stored_files(&self) -> Vec<String> {
         let staging = self.store().join(".staging");
-        let leftovers: Vec<_> =
-            std::fs::read_dir(&staging).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        let leftovers = staged_files(&self.store());
         assert!(leftovers.is_empty(), "staging not empty: {leftovers:?}");
         let mut files = Vec::new();
         collect(&self.store(), &self.store(), &[staging, self.store().join(".partial")], &mut files);
@@ -432,6 +447,21 @@ impl Harness {
         sizes.sort();
         sizes
     }
+}
+
+/// The files in the staging folders of the store at `store` (one folder
+/// per receiver that has it open).
+pub fn staged_files(store: &Path) -> Vec<PathBuf> {
+    let folders =
+        std::fs::read_dir(store.join(".staging")).map(|d| d.flatten().collect()).unwrap_or_else(|_| Vec::new());
+    folders
+        .iter()
+        .flat_map(|folder| {
+            std::fs::read_dir(folder.path())
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_else(|_| vec![folder.path()])
+        })
+        .collect()
 }
 
 fn collect(root: &Path, dir: &Path, skip: &[PathBuf], out: &mut Vec<String>) {

@@ -91,6 +91,7 @@ fn cases() -> Vec<Case> {
             steps: vec![
                 send("nested/dir/day 1 été.csv", one, 201, "nested/dir/day 1 été.csv"),
                 send("empty.log", b"", 201, "empty.log"),
+                send("nested/dir/day 1 été.csv", one, 200, "nested/dir/day 1 été.csv"),
             ],
             afterwards: [stored("nested/dir/day 1 été.csv", one), stored("empty.log", b"")].concat(),
         },
@@ -291,7 +292,7 @@ fn sha256sum_accepts(name: &str, files: &BTreeMap<String, Vec<u8>>) {
         std::fs::create_dir_all(at.parent().expect("in a folder")).expect("mkdir");
         std::fs::write(&at, content).expect("write");
         let rel = RelPath::parse(path).expect("valid path");
-        if rel.is_checksum_file() {
+        if path.ends_with(".sha256") {
             checksum_files.entry(at.parent().expect("folder").to_owned()).or_default().push(rel.file_name().to_owned());
         } else {
             assert!(files.contains_key(&format!("{path}.sha256")), "{name}: {path} has no checksum file");
@@ -337,6 +338,72 @@ async fn storage_rules_on_s3() {
     for case in cases() {
         check(&backend, case).await;
     }
+}
+
+/// Files laid into a device's folder directly → what the inventory lists
+/// of them: every file but the checksum file of a data file beside it.
+const INVENTORY_CASES: &[(&[&str], &[&str])] = &[
+    (&["a.log", "a.log.sha256", "d/b.log.sha256", "d/b.log"], &["a.log", "d/b.log"]),
+    // A device's own files named like checksum files, stored by a receiver
+    // from before such names were escaped, and as they are stored now.
+    (&["own.sha256", "x.sha256.data", "x.sha256.data.sha256"], &["own.sha256", "x.sha256.data"]),
+    // A checksum file's name in another folder is not this file's.
+    (&["d/c.log", "c.log.sha256"], &["c.log.sha256", "d/c.log"]),
+];
+
+async fn check_inventory(backend: &Backend, planted: &[&str], expected: &[&str]) {
+    let h = Harness::start_on(backend.clone());
+    for name in planted {
+        h.plant(&format!("{DEVICE}/{name}"), name.as_bytes()).await;
+    }
+    let expected: Vec<(String, u64)> = expected.iter().map(|name| (name.to_string(), name.len() as u64)).collect();
+    assert_eq!(inventory(&h).await, expected, "{planted:?}");
+}
+
+#[tokio::test]
+async fn the_inventory_skips_only_checksum_files_of_data_files_on_disk() {
+    for (planted, expected) in INVENTORY_CASES {
+        check_inventory(&Backend::Disk, planted, expected).await;
+    }
+}
+
+#[tokio::test]
+async fn the_inventory_skips_only_checksum_files_of_data_files_on_s3() {
+    let Some(backend) = Backend::s3() else { return };
+    for (planted, expected) in INVENTORY_CASES {
+        check_inventory(&backend, planted, expected).await;
+    }
+}
+
+/// Receivers sharing a store folder each stage in a folder of their own:
+/// one opening the store never removes what another is receiving.
+#[tokio::test]
+async fn opening_the_folder_again_leaves_an_upload_in_flight_alone() {
+    use std::io::Write;
+    let h = Harness::start();
+    // Streamed to a staging file (over 256 KiB), not resumable (under 1 MiB).
+    let content: Vec<u8> = (0..600 << 10).map(|i| (i % 253) as u8).collect();
+    let (head, before, rest) = raw_upload(&h, "in-flight.bin", &content);
+    let half = rest.len() / 2;
+    let mut stream = std::net::TcpStream::connect(h.addr()).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    stream.write_all(&[head, before, rest[..half].to_vec()].concat()).expect("first half");
+    // Bounded: until the receiver staged what arrived.
+    for _ in 0..1000 {
+        if !staged_files(&h.store()).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!staged_files(&h.store()).is_empty(), "the upload is being staged");
+    let (second, removed) = logferry_receiver::store::disk::DiskStore::open(&h.store(), 0).expect("opens");
+    assert_eq!(removed, 0, "nothing of the first receiver's was stale");
+    stream.write_all(&rest[half..]).expect("second half");
+    stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let (status, body) = read_answer(&mut stream);
+    assert!(status.starts_with("HTTP/1.1 201"), "{status} {body}");
+    assert!(h.read(&format!("{DEVICE}/in-flight.bin")).await == content, "stored whole");
+    drop(second);
 }
 
 const DEVICES: usize = 6;

@@ -145,8 +145,10 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> bool
     true
 }
 
+/// A file in a staging folder (the receiver's own, in `.staging`).
 fn staging_busy(store: &Path) -> bool {
-    std::fs::read_dir(store.join(".staging")).is_ok_and(|mut d| d.next().is_some())
+    let folders = std::fs::read_dir(store.join(".staging")).into_iter().flatten().flatten();
+    folders.into_iter().any(|folder| std::fs::read_dir(folder.path()).is_ok_and(|mut d| d.next().is_some()))
 }
 
 /// An upload is being written: a small one in staging, a resumable one in
