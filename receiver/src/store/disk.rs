@@ -36,7 +36,7 @@ use rand::rngs::SysRng;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Committed, HeldFile, Staged, Store, StoreError, StoredFile};
+use super::{Committed, HeldFile, Inventory, Staged, Store, StoreError, StoredFile};
 use crate::upload::Checked;
 
 /// Folder of in-progress uploads. Device folders are 16 hex characters, so
@@ -182,6 +182,11 @@ fn lock_partial(path: &Path, create: bool) -> Result<Option<File>, StoreError> {
 }
 
 impl DiskStore {
+    /// The store's folder (the fleet summary keeps its files below it).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn new_staging_file(&self, purpose: &str) -> io::Result<(StagingName, File)> {
         let mut nonce = [0u8; 12];
         SysRng.try_fill_bytes(&mut nonce).map_err(io::Error::other)?;
@@ -534,16 +539,19 @@ impl Store for DiskStore {
         blocking(move || store.commit_group(&device_dir, &files)).await
     }
 
-    async fn inventory(&self) -> Result<Vec<StoredFile>, StoreError> {
+    async fn inventory<I: Inventory>(&self, mut into: I) -> Result<I, StoreError> {
         let root = self.root.clone();
-        blocking(move || Ok(inventory_of(&root)?)).await
+        blocking(move || {
+            inventory_of(&root, &mut into)?;
+            Ok(into)
+        })
+        .await
     }
 }
 
 /// Walks every device folder (named by a canonical device ID, so staging
 /// and strays are skipped), never following a symlink.
-fn inventory_of(root: &Path) -> io::Result<Vec<StoredFile>> {
-    let mut found = Vec::new();
+fn inventory_of(root: &Path, found: &mut impl Inventory) -> io::Result<()> {
     for entry in fs::read_dir(root)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -551,13 +559,13 @@ fn inventory_of(root: &Path) -> io::Result<Vec<StoredFile>> {
             continue;
         };
         if entry.file_type()?.is_dir() {
-            device_files(&entry.path(), &device, &mut found)?;
+            device_files(&entry.path(), &device, found)?;
         }
     }
-    Ok(found)
+    Ok(())
 }
 
-fn device_files(device_dir: &Path, device: &DeviceId, found: &mut Vec<StoredFile>) -> io::Result<()> {
+fn device_files(device_dir: &Path, device: &DeviceId, found: &mut impl Inventory) -> io::Result<()> {
     let mut folders = vec![(device_dir.to_owned(), String::new())];
     while let Some((folder, prefix)) = folders.pop() {
         for entry in fs::read_dir(&folder)? {
@@ -578,7 +586,7 @@ fn device_files(device_dir: &Path, device: &DeviceId, found: &mut Vec<StoredFile
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            found.push(StoredFile { device: device.clone(), path, size: meta.len(), stored_at: meta.modified()? });
+            found.found(StoredFile { device: device.clone(), path, size: meta.len(), stored_at: meta.modified()? });
         }
     }
     Ok(())

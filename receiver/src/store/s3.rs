@@ -42,7 +42,7 @@ use object_store::{
 };
 use tokio::task::JoinSet;
 
-use super::{Committed, Staged, Store, StoreError, StoredFile};
+use super::{Committed, Inventory, Staged, Store, StoreError, StoredFile};
 use crate::upload::Checked;
 
 /// The smallest part S3 accepts (except the last); files up to this size go
@@ -161,6 +161,11 @@ impl S3Store {
 
     fn root(&self) -> Option<Path> {
         self.inner.root.clone()
+    }
+
+    /// The bucket's client and the prefix, for the fleet summary's objects.
+    pub fn client_and_root(&self) -> (AmazonS3, Option<Path>) {
+        (self.inner.objects.clone(), self.root())
     }
 
     fn device_folder(&self, device: &DeviceId) -> String {
@@ -340,11 +345,10 @@ impl S3Store {
         }
     }
 
-    async fn list_inventory(&self) -> Result<Vec<StoredFile>, object_store::Error> {
+    async fn list_inventory<I: Inventory>(&self, files: &mut I) -> Result<(), object_store::Error> {
         let root = self.root();
         let skip = root.as_ref().map_or(0, |root| root.parts().count());
         let mut listing = self.inner.objects.list(root.as_ref());
-        let mut files = Vec::new();
         while let Some(object) = listing.next().await {
             let object = object?;
             let mut parts = object.location.parts().skip(skip);
@@ -357,9 +361,9 @@ impl S3Store {
                 continue;
             }
             let stored_at = object.last_modified.into();
-            files.push(StoredFile { device, path, size: object.size, stored_at });
+            files.found(StoredFile { device, path, size: object.size, stored_at });
         }
-        Ok(files)
+        Ok(())
     }
 }
 
@@ -600,10 +604,11 @@ impl Store for S3Store {
         Ok(Committed { outcome, stored_as: staged.name })
     }
 
-    async fn inventory(&self) -> Result<Vec<StoredFile>, StoreError> {
-        self.list_inventory()
+    async fn inventory<I: Inventory>(&self, mut into: I) -> Result<I, StoreError> {
+        self.list_inventory(&mut into)
             .await
-            .map_err(|e| StoreError::Io(io::Error::other(format!("cannot list the bucket: {e}"))))
+            .map_err(|e| StoreError::Io(io::Error::other(format!("cannot list the bucket: {e}"))))?;
+        Ok(into)
     }
 }
 

@@ -378,11 +378,12 @@ impl Harness {
             Backend::S3(settings) => {
                 let root = Key::from(settings.prefix.as_str());
                 let listed: Vec<_> = bucket(settings).list(Some(&root)).try_collect().await.expect("list");
-                // The claims on names are the backend's bookkeeping, not layout.
+                // The claims on names and the fleet summary are the
+                // receiver's bookkeeping, not layout.
                 let mut keys: Vec<String> = listed
                     .iter()
                     .map(|o| o.location.as_ref()[settings.prefix.len() + 1..].to_owned())
-                    .filter(|key| !key.starts_with(".claims/"))
+                    .filter(|key| !key.starts_with(".claims/") && !key.starts_with(".summary/"))
                     .collect();
                 keys.sort();
                 keys
@@ -410,14 +411,16 @@ impl Harness {
     }
 
     /// Every file under the store, relative to it, except the staging folder
-    /// (which must be empty whenever no upload is in flight).
+    /// (which must be empty whenever no upload is in flight) and the fleet
+    /// summary.
     pub fn stored_files(&self) -> Vec<String> {
         let staging = self.store().join(".staging");
         let leftovers: Vec<_> =
             std::fs::read_dir(&staging).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
         assert!(leftovers.is_empty(), "staging not empty: {leftovers:?}");
         let mut files = Vec::new();
-        collect(&self.store(), &self.store(), &[staging, self.store().join(".partial")], &mut files);
+        let skipped = [staging, self.store().join(".partial"), self.store().join(".summary")];
+        collect(&self.store(), &self.store(), &skipped, &mut files);
         files.sort();
         files
     }

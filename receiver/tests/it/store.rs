@@ -263,7 +263,7 @@ async fn stored_listing(h: &Harness) -> Vec<(String, String, u64)> {
     let mut listed: Vec<(String, String, u64)> = ready
         .state
         .store()
-        .inventory()
+        .inventory(Vec::new())
         .await
         .expect("inventory")
         .into_iter()
