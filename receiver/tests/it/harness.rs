@@ -402,6 +402,33 @@ impl Harness {
         }
     }
 
+    /// Puts `bytes` at `name` (relative to the store), on either backend, as
+    /// a crash or an admin might leave it.
+    pub async fn write(&self, name: &str, bytes: Vec<u8>) {
+        match &self.backend {
+            Backend::Disk => std::fs::write(self.store().join(name), bytes).expect("write"),
+            Backend::S3(settings) => {
+                bucket(settings).put(&s3_key(settings, name), bytes.into()).await.expect("put");
+            }
+        }
+    }
+
+    /// The names of the fleet summary's records, on either backend.
+    pub async fn summary_records(&self) -> Vec<String> {
+        let mut names: Vec<String> = match &self.backend {
+            Backend::Disk => std::fs::read_dir(self.store().join(".summary"))
+                .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
+            Backend::S3(settings) => {
+                let root = Key::from(format!("{}/.summary", settings.prefix));
+                let listed: Vec<_> = bucket(settings).list(Some(&root)).try_collect().await.expect("list");
+                listed.iter().filter_map(|o| o.location.filename().map(str::to_owned)).collect()
+            }
+        };
+        names.sort();
+        names
+    }
+
     /// Deletes what is stored at `name`, as a crash or an admin might.
     pub async fn remove(&self, name: &str) {
         match &self.backend {
