@@ -21,7 +21,7 @@
 
 mod files;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -207,6 +207,8 @@ struct Record {
     built_from: Millis,
     /// It will not be written again (the base; a receiver that stopped).
     closed: bool,
+    /// How often its receiver rewrites it (its fleet refresh).
+    every: Millis,
     tallies: Tallies,
 }
 
@@ -220,8 +222,10 @@ impl Record {
         serde_json::from_slice(bytes).ok()
     }
 
-    fn dead(&self, now: Millis, every: Duration) -> bool {
-        !self.closed && self.written_at < now.saturating_sub((every * DEAD_AFTER_REFRESHES).as_millis() as Millis)
+    /// Not closed, and not rewritten for [`DEAD_AFTER_REFRESHES`] of its
+    /// receiver's own refresh intervals (receivers may differ in theirs).
+    fn dead(&self, now: Millis) -> bool {
+        !self.closed && self.written_at < now.saturating_sub(self.every * Millis::from(DEAD_AFTER_REFRESHES))
     }
 }
 
@@ -233,18 +237,31 @@ struct View {
     base: Tallies,
     /// What the base's listing showed when it was read.
     base_tag: Option<String>,
-    /// Every other receiver's record as last read, by name, with its tag.
+    /// The records of receivers that stopped, of this epoch, summed (they
+    /// never change: one start's worth of memory, however many there are).
+    closed: Tallies,
+    closed_names: HashSet<String>,
+    /// Every running receiver's record as last read, by name, with its tag.
     others: HashMap<String, (String, Record)>,
 }
 
 impl View {
     fn of_base(base: Record, base_tag: Option<String>) -> Self {
-        Self { epoch: base.epoch, built_from: base.built_from, base: base.tallies, base_tag, others: HashMap::new() }
+        Self {
+            epoch: base.epoch,
+            built_from: base.built_from,
+            base: base.tallies,
+            base_tag,
+            closed: Tallies::default(),
+            closed_names: HashSet::new(),
+            others: HashMap::new(),
+        }
     }
 
     /// The base and every other receiver's record of its epoch.
     fn merged(&self) -> Tallies {
         let mut merged = self.base.clone();
+        merged.add(&self.closed);
         for (_, record) in self.others.values() {
             if record.epoch == self.epoch {
                 merged.add(&record.tallies);
@@ -253,8 +270,8 @@ impl View {
         merged
     }
 
-    fn has_dead(&self, now: Millis, every: Duration) -> bool {
-        self.others.values().any(|(_, record)| record.epoch == self.epoch && record.dead(now, every))
+    fn has_dead(&self, now: Millis) -> bool {
+        self.others.values().any(|(_, record)| record.epoch == self.epoch && record.dead(now))
     }
 }
 
@@ -289,7 +306,7 @@ impl Summary {
             }
         };
         read_others(&files, &listed, &name, &mut view).await?;
-        if view.has_dead(now, every) {
+        if view.has_dead(now) {
             tracing::warn!("a receiver stopped without closing its part of the fleet summary; rebuilding it");
             view = View::of_base(rebuild(store, &files).await?, None);
         }
@@ -323,7 +340,7 @@ impl Summary {
         }
         self.write_own(&view, &fleet.own(), false).await?;
         read_others(&self.files, &listed, &self.name, &mut view).await?;
-        if view.has_dead(millis(SystemTime::now()), self.every) {
+        if view.has_dead(millis(SystemTime::now())) {
             tracing::warn!("a receiver stopped without closing its part of the fleet summary; rebuilding it");
             let base = rebuild(store, &self.files).await?;
             fleet.rebase(base.built_from);
@@ -348,6 +365,7 @@ impl Summary {
             written_at: millis(SystemTime::now()),
             built_from: view.built_from,
             closed,
+            every: self.every.as_millis() as Millis,
             tallies: tallies.clone(),
         };
         Ok(self.files.write(&self.name, record.encode()).await?)
@@ -358,16 +376,29 @@ impl Summary {
 /// read (`listed` is the folder's listing), and forgets those removed.
 async fn read_others(files: &SummaryFiles, listed: &[files::Listed], own: &str, view: &mut View) -> io::Result<()> {
     view.others.retain(|name, _| listed.iter().any(|(listed, _)| listed == name));
+    let now = millis(SystemTime::now());
+    view.closed.prune(now);
     for (name, tag) in listed {
-        if name == BASE || name == own || view.others.get(name).is_some_and(|(known, _)| known == tag) {
+        if name == BASE
+            || name == own
+            || view.closed_names.contains(name)
+            || view.others.get(name).is_some_and(|(known, _)| known == tag)
+        {
             continue;
         }
         // A record that does not parse is being replaced or is damaged: it
         // counts once it is whole again (a receiver rewrites its own at
         // every refresh), and until then its receiver's part is missing.
         match files.read(name).await?.as_deref().and_then(Record::decode) {
-            Some(record) => {
-                view.others.insert(name.clone(), (tag.clone(), record));
+            Some(mut record) => {
+                record.tallies.prune(now);
+                if record.closed && record.epoch == view.epoch {
+                    view.others.remove(name);
+                    view.closed.add(&record.tallies);
+                    view.closed_names.insert(name.clone());
+                } else {
+                    view.others.insert(name.clone(), (tag.clone(), record));
+                }
             }
             None => tracing::warn!(record = name, "a record of the fleet summary does not parse; skipped"),
         }
@@ -392,6 +423,7 @@ async fn rebuild(store: &AnyStore, files: &SummaryFiles) -> Result<Record, Summa
         written_at: millis(SystemTime::now()),
         built_from,
         closed: true,
+        every: 0,
         tallies: tally.tallies,
     };
     files.write(BASE, record.encode()).await?;
@@ -474,19 +506,19 @@ mod tests {
     }
 
     #[test]
-    fn a_record_is_dead_when_open_and_not_rewritten() {
-        let every = Duration::from_secs(60);
+    fn a_record_is_dead_when_open_and_not_rewritten_for_three_of_its_refreshes() {
         let now = 1_800_000_000_000;
         let record = |written_at, closed| Record {
             epoch: "e".to_owned(),
             written_at,
             built_from: 0,
             closed,
+            every: 60_000,
             tallies: Tallies::default(),
         };
         let cases = [(now - 10_000, false, false), (now - 200_000, false, true), (now - 200_000, true, false)];
         for (written_at, closed, dead) in cases {
-            assert_eq!(record(written_at, closed).dead(now, every), dead, "{written_at} {closed}");
+            assert_eq!(record(written_at, closed).dead(now), dead, "{written_at} {closed}");
         }
     }
 }
