@@ -22,6 +22,9 @@ use crate::store::AnyStore;
 /// inventory lists it.
 pub const SUMMARY_DIR: &str = ".summary";
 
+/// Attempts at writing a record to the bucket.
+const WRITE_TRIES: u32 = 3;
+
 /// A record's name and what changes whenever it is replaced (size and
 /// modification time on disk, the ETag on S3).
 pub type Listed = (String, String);
@@ -142,8 +145,17 @@ impl SummaryFiles {
                 .await
             }
             Self::S3 { bucket, dir } => {
-                bucket.put(&dir.clone().join(name), PutPayload::from(bytes)).await.map_err(s3_error)?;
-                Ok(())
+                let (key, payload) = (dir.clone().join(name), PutPayload::from(bytes));
+                let mut tries = 1;
+                // A pooled connection the server has closed fails at once
+                // ("error sending request"); a new one goes through.
+                loop {
+                    match bucket.put(&key, payload.clone()).await {
+                        Ok(_) => return Ok(()),
+                        Err(_) if tries < WRITE_TRIES => tries += 1,
+                        Err(e) => return Err(s3_error(e)),
+                    }
+                }
             }
         }
     }

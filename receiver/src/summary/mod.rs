@@ -413,7 +413,9 @@ async fn read_others(files: &SummaryFiles, listed: &[files::Listed], own: &str, 
 /// again, on the new epoch, at their next refresh).
 async fn rebuild(store: &AnyStore, files: &SummaryFiles) -> Result<Record, SummaryError> {
     let started = SystemTime::now();
-    let built_from = millis(started);
+    // Past every commit recorded before now, even in this very millisecond:
+    // those are the walk's to count, not their receivers'.
+    let built_from = millis(started) + 1;
     let mut nonce = [0u8; 8];
     SysRng.try_fill_bytes(&mut nonce).map_err(io::Error::other)?;
     let tally = Tally { before: built_from, now: built_from, seen: 0, tallies: Tallies::default() };

@@ -51,7 +51,11 @@ async fn summary_survives_restarts_and_is_rebuilt_when_lost(backend: Backend) {
     assert_eq!(h.upload("a.log", b"a.log").await.0, 200, "already stored: no new file");
     assert_eq!(files_shown(&h, h.addr()).await, 2);
     h.restart();
-    assert_eq!(files_shown(&h, h.addr()).await, 2, "after a restart");
+    let mut records = String::new();
+    for name in h.summary_records().await {
+        records += &format!("{name}: {}\n", String::from_utf8_lossy(&h.read(&format!(".summary/{name}")).await));
+    }
+    assert_eq!(files_shown(&h, h.addr()).await, 2, "after a restart; the summary:\n{records}");
 
     plant(&h, "planted-1.log").await;
     h.restart();
@@ -151,4 +155,46 @@ async fn receivers_sharing_a_folder_show_each_others_uploads() {
 async fn receivers_sharing_a_bucket_show_each_others_uploads() {
     let Some(backend) = Backend::s3() else { return };
     receivers_sharing_a_store_show_each_others_uploads(backend).await;
+}
+
+/// While two receivers serve: a rebuild by `reindex` (a new epoch) loses
+/// neither's part, and a crashed receiver's record found at a refresh makes
+/// a running receiver rebuild (which alone counts a file planted behind
+/// the receivers' backs).
+async fn running_receivers_follow_a_rebuild_and_rebuild_for_a_crash(backend: Backend) {
+    let mut h = Harness::start_on(backend);
+    h.refresh_fleet_every(Duration::from_millis(200));
+    let other = h.start_another();
+    assert_eq!(h.upload_to(h.addr(), &device(), "one.log", b"one").await.0, 201);
+    assert_eq!(h.upload_to(other.addr, &device(), "two.log", b"two").await.0, 201);
+    let (files, _) = logferry_receiver::reindex(&h.config()).await.expect("reindex");
+    assert_eq!(files, 2);
+    assert_eq!(h.upload_to(other.addr, &device(), "three.log", b"three").await.0, 201);
+    for addr in [h.addr(), other.addr] {
+        assert_eq!(files_shown_within_refreshes(&h, addr, 3).await, 3, "{addr} after the rebuild");
+    }
+
+    plant(&h, "planted.log").await;
+    let base: Value = serde_json::from_slice(&h.read(".summary/base.json").await).expect("the base");
+    let crashed = serde_json::json!({
+        "epoch": base["epoch"], "written_at": 0, "built_from": base["built_from"], "closed": false,
+        "every": 200, "tallies": { "devices": {}, "recent": [] },
+    });
+    h.write(".summary/receiver-crashed.json", serde_json::to_vec(&crashed).expect("JSON")).await;
+    for addr in [h.addr(), other.addr] {
+        assert_eq!(files_shown_within_refreshes(&h, addr, 4).await, 4, "{addr} after a crash was found");
+    }
+    assert!(!h.summary_records().await.contains(&"receiver-crashed.json".to_owned()), "the crashed record is gone");
+    other.stop().expect("stopped");
+}
+
+#[tokio::test]
+async fn on_disk_running_receivers_follow_a_rebuild_and_rebuild_for_a_crash() {
+    running_receivers_follow_a_rebuild_and_rebuild_for_a_crash(Backend::Disk).await;
+}
+
+#[tokio::test]
+async fn on_s3_running_receivers_follow_a_rebuild_and_rebuild_for_a_crash() {
+    let Some(backend) = Backend::s3() else { return };
+    running_receivers_follow_a_rebuild_and_rebuild_for_a_crash(backend).await;
 }
