@@ -317,7 +317,8 @@ fn place(dir: Option<&std::path::Path>, src: &std::path::Path, to: &str) -> anyh
 /// Counts the store afresh for the fleet summary; progress goes to the log.
 fn reindex(config: Config) -> anyhow::Result<ExitCode> {
     let (files, devices) = actix_web::rt::System::new().block_on(logferry_receiver::reindex(&config))?;
-    eprintln!("Rebuilt the fleet summary: {files} files of {devices} devices.");
+    let plural = |n, one: &str| if n == 1 { format!("1 {one}") } else { format!("{n} {one}s") };
+    eprintln!("Rebuilt the fleet summary: {} of {}.", plural(files as usize, "file"), plural(devices, "device"));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -127,7 +127,7 @@ impl Tallies {
             tally.window.extend_from_slice(&theirs.window);
         }
         self.recent.extend(other.recent.iter().cloned());
-        self.recent.sort_by(|a, b| b.at.cmp(&a.at));
+        self.recent.sort_by_key(|file| std::cmp::Reverse(file.at));
         self.recent.truncate(RECENT_UPLOADS);
     }
 
@@ -500,7 +500,7 @@ mod tests {
         let mut ats: Vec<_> = t.recent.iter().map(|f| f.at).collect();
         assert_eq!(ats.len(), RECENT_UPLOADS);
         let sorted = {
-            ats.sort_by(|a, b| b.cmp(a));
+            ats.sort_by_key(|at| std::cmp::Reverse(*at));
             ats.clone()
         };
         assert_eq!(t.recent.iter().map(|f| f.at).collect::<Vec<_>>(), sorted);

@@ -229,6 +229,10 @@ impl Harness {
         BackgroundReceiver::start(self.config()).expect("started")
     }
 
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
     pub fn addr(&self) -> std::net::SocketAddr {
         self.receiver.as_ref().expect("running").addr
     }

@@ -6,26 +6,18 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use logferry_common::wire::endpoint;
 use serde_json::Value;
 
 use crate::background::BackgroundReceiver;
 use crate::harness::*;
-
-/// Files over all devices, as `GET /v1/devices` of the receiver at `addr`
-/// shows them.
-async fn files_shown(h: &Harness, addr: SocketAddr) -> u64 {
-    let url = format!("http://{addr}{}", endpoint::DEVICES);
-    let report: Value = h.http.get(url).send().await.expect("answers").json().await.expect("JSON");
-    report["devices"].as_array().expect("devices").iter().map(|d| d["files"].as_u64().expect("files")).sum()
-}
+use crate::store::files_on_status;
 
 /// What the receiver at `addr` shows once it shows `expected`, within a
 /// few refreshes (bounded, not timed: the count is asserted either way).
 async fn files_shown_within_refreshes(h: &Harness, addr: SocketAddr, expected: u64) -> u64 {
     let mut shown = 0;
     for _ in 0..50 {
-        shown = files_shown(h, addr).await;
+        shown = files_on_status(h, addr).await;
         if shown == expected {
             break;
         }
@@ -49,17 +41,17 @@ async fn summary_survives_restarts_and_is_rebuilt_when_lost(backend: Backend) {
         assert_eq!(h.upload(path, path.as_bytes()).await.0, 201, "{path}");
     }
     assert_eq!(h.upload("a.log", b"a.log").await.0, 200, "already stored: no new file");
-    assert_eq!(files_shown(&h, h.addr()).await, 2);
+    assert_eq!(files_on_status(&h, h.addr()).await, 2);
     h.restart();
     let mut records = String::new();
     for name in h.summary_records().await {
         records += &format!("{name}: {}\n", String::from_utf8_lossy(&h.read(&format!(".summary/{name}")).await));
     }
-    assert_eq!(files_shown(&h, h.addr()).await, 2, "after a restart; the summary:\n{records}");
+    assert_eq!(files_on_status(&h, h.addr()).await, 2, "after a restart; the summary:\n{records}");
 
     plant(&h, "planted-1.log").await;
     h.restart();
-    assert_eq!(files_shown(&h, h.addr()).await, 2, "a start reads the summary and does not walk the store");
+    assert_eq!(files_on_status(&h, h.addr()).await, 2, "a start reads the summary and does not walk the store");
 
     let records = h.summary_records().await;
     assert!(records.contains(&"base.json".to_owned()), "{records:?}");
@@ -67,17 +59,26 @@ async fn summary_survives_restarts_and_is_rebuilt_when_lost(backend: Backend) {
         h.remove(&format!(".summary/{name}")).await;
     }
     h.restart();
-    assert_eq!(files_shown(&h, h.addr()).await, 3, "a lost summary is rebuilt from the store");
+    assert_eq!(files_on_status(&h, h.addr()).await, 3, "a lost summary is rebuilt from the store");
 
     plant(&h, "planted-2.log").await;
     let (files, devices) = logferry_receiver::reindex(&h.config()).await.expect("reindex");
     assert_eq!((files, devices), (4, 1), "reindex counts what the store holds");
+    if let Backend::Disk = h.backend() {
+        let ids = h.ids_file();
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_receiver"))
+            .args(["--ids".as_ref(), ids.as_os_str(), "--store".as_ref(), h.store().as_os_str(), "reindex".as_ref()])
+            .output()
+            .expect("runs");
+        let said = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success() && said.contains("Rebuilt the fleet summary: 4 files of 1 device."), "{said}");
+    }
     h.restart();
-    assert_eq!(files_shown(&h, h.addr()).await, 4, "after reindex");
+    assert_eq!(files_on_status(&h, h.addr()).await, 4, "after reindex");
 
     h.write(".summary/base.json", b"{\"damaged".to_vec()).await;
     h.restart();
-    assert_eq!(files_shown(&h, h.addr()).await, 4, "a damaged summary is rebuilt");
+    assert_eq!(files_on_status(&h, h.addr()).await, 4, "a damaged summary is rebuilt");
 }
 
 #[tokio::test]
@@ -112,7 +113,7 @@ async fn a_file_committed_just_before_a_crash_is_counted(backend: Backend) {
     h.write(&name, serde_json::to_vec(&left).expect("JSON")).await;
 
     h.restart();
-    assert_eq!(files_shown(&h, h.addr()).await, 2, "the crashed receiver's last file is counted");
+    assert_eq!(files_on_status(&h, h.addr()).await, 2, "the crashed receiver's last file is counted");
     assert!(!h.summary_records().await.contains(&record), "the crashed receiver's record is gone");
 }
 
@@ -143,7 +144,7 @@ async fn receivers_sharing_a_store_show_each_others_uploads(backend: Backend) {
     }
     other.stop().expect("stopped");
     h.restart();
-    assert_eq!(files_shown(&h, h.addr()).await, 3, "both receivers' parts outlive them");
+    assert_eq!(files_on_status(&h, h.addr()).await, 3, "both receivers' parts outlive them");
 }
 
 #[tokio::test]
