@@ -7,12 +7,14 @@ interleaved round by round, so that a noisy neighbour on the machine slows
 ours and the floor alike. Test data is made once and moved back into place
 after each run. Writes the tables to BENCHMARKS.md.
 
-Three sections, chosen with CASES (all by default): `transfer` (cases 1-5
+Four sections, chosen with CASES (all by default): `transfer` (cases 1-5
 and 11: delivering files, cases 1 and 2 also against rsync, to its daemon
 and over ssh, and rclone, all on loopback), `keys` (cases 6-9: the device key derivation, and the
 receiver's start-up and reload with DEVICES devices) and `slowlink` (case
 10, in scripts/bench_slowlink.py: text logs over a 20 Mbit/s link, against
-rsync and rclone, and a resumed upload). A section not measured is kept in
+rsync and rclone, and a resumed upload) and `history` (in
+scripts/bench_history.py: start-up, refreshes and `receiver reindex` with
+10,000 to 1,000,000 stored files). A section not measured is kept in
 BENCHMARKS.md as the run that measured it left it.
 """
 
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import time
 
+import bench_history
 import bench_peers
 import bench_slowlink
 from bench_peers import cpu_seconds, files_in, put_back, rclone_webdav, rsync_daemon, stop, tool_env, verify
@@ -50,7 +53,7 @@ FLEET_DEVICES = int(os.environ.get("FLEET_DEVICES", "200"))
 FLEET_FILES = int(os.environ.get("FLEET_FILES", "50"))
 JOBS_SWEEP = [int(j) for j in os.environ.get("JOBS_SWEEP", "1 2 4 8 16").split()]
 BENCH_DIR = os.environ.get("BENCH_DIR", "/var/tmp")
-SECTIONS = ("transfer", "keys", "slowlink")
+SECTIONS = ("transfer", "keys", "slowlink", "history")
 CASES = os.environ.get("CASES", " ".join(SECTIONS)).split()
 DEVICES = int(os.environ.get("DEVICES", "1000"))
 # Each sender run is killed after this long: every loop here is bounded.
@@ -889,7 +892,8 @@ def keys_section(work):
 
 MARK = "<!-- bench section {}: rewritten by a run that measures it -->"
 END = "<!-- end of bench section {} -->"
-TITLES = {"transfer": "Transfer: cases 1-5 and 11", "keys": "Device keys: cases 6-9", "slowlink": "Slow link: case 10"}
+TITLES = {"transfer": "Transfer: cases 1-5 and 11", "keys": "Device keys: cases 6-9", "slowlink": "Slow link: case 10",
+          "history": "History: a receiver whose cost does not grow with the files stored"}
 
 
 def main():
@@ -908,6 +912,8 @@ def main():
             measured["keys"] = keys_section(work)
         if "slowlink" in CASES:
             measured["slowlink"] = bench_slowlink.slowlink_section(work, sys.modules[__name__])
+        if "history" in CASES:
+            measured["history"] = bench_history.history_section(work, sys.modules[__name__])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     path = os.path.join(ROOT, "BENCHMARKS.md")

@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh
 #
-# Three sections: CASES="transfer keys slowlink" (the default) measures all;
+# Four sections: CASES="transfer keys slowlink history" (the default) measures all;
 # one or two of them rewrite their own sections of BENCHMARKS.md and keep the
 # others. transfer: cases 1-5 and 11, delivering files: 1. SMALL_FILES files
 # of 4 KiB, 2. one LARGE_MIB MiB file, each against a floor (a sequential
@@ -19,7 +19,11 @@
 # devices; slowlink: case 10 (scripts/bench_slowlink.py), SLOW_FILES text
 # logs of SLOW_MB MB in all over a 20 Mbit/s link (a network namespace of its
 # own, lo shaped by tc tbf; needs root) against rsync -z zstd and rclone,
-# and one RESUME_MIB MiB file cut off mid-upload and sent again.
+# and one RESUME_MIB MiB file cut off mid-upload and sent again; history
+# (scripts/bench_history.py): disk stores of HISTORY_SIZES files over
+# HISTORY_DEVICES devices, each rebuilt by `receiver reindex` (time, peak
+# RSS), then a receiver started on it (ready time) and refreshed every second
+# HISTORY_REFRESHES times (CPU per refresh, RSS).
 # The defaults are the full sizes, 3 runs of each: on 2 cores a fresh clone
 # takes about 2 minutes to build, about 11 to measure the transfer section
 # (rclone's case 1 run, paced by its WebDAV backend at about 30 files/s,
@@ -37,7 +41,7 @@ if [ ! -x /usr/bin/time ]; then
     echo "installing time"
     apt-get update -qq && apt-get install -y -qq time
 fi
-cases=" ${CASES:-transfer keys slowlink} "
+cases=" ${CASES:-transfer keys slowlink history} "
 # The transfer section's peers: rsync (to its daemon and over ssh, to an
 # sshd of the run's own) and rclone. The slow link's tools: the namespace
 # and its shaping, the peers, zstd for the logs' compression ratio.
@@ -69,7 +73,7 @@ export BENCH_BUILD_SECONDS=$((SECONDS - build_started))
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 command="scripts/bench.sh"
 for name in RUNS SMALL_FILES LARGE_MIB MIXED_FILES SENDERS PER_SENDER FLEET_DEVICES FLEET_FILES JOBS_SWEEP DEVICES \
-    SLOW_FILES SLOW_MB RESUME_MIB CASES BENCH_DIR S3; do
+    SLOW_FILES SLOW_MB RESUME_MIB HISTORY_SIZES HISTORY_DEVICES HISTORY_REFRESHES CASES BENCH_DIR S3; do
     if [ -n "${!name:-}" ]; then command="$name=\"${!name}\" $command"; fi
 done
 # The S3 rows need Garage, whose first install (~17 min) would not fit the

@@ -2,17 +2,17 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, web};
 use logferry_common::wire::endpoint;
 use rustls::ServerConfig;
 
 use crate::state::AppState;
-use crate::store::Store;
+use crate::store::{AnyStore, Store};
 use crate::{handlers, status};
 
 /// Registers every route; the binary and the tests share it.
@@ -71,31 +71,68 @@ pub fn configure<S: Store>(cfg: &mut web::ServiceConfig, state: web::Data<AppSta
 
 /// Serves on an already-bound listener, so callers (and tests binding port 0)
 /// know the address before the first request; HTTPS when `tls` is given.
-pub fn run<S: Store>(listener: TcpListener, state: AppState<S>, tls: Option<ServerConfig>) -> io::Result<Server> {
+pub fn run(listener: TcpListener, state: AppState<AnyStore>, tls: Option<ServerConfig>) -> io::Result<Serving> {
     let head_timeout = state.limits.head_timeout;
     let fleet_refresh = state.fleet_refresh;
     let state = web::Data::new(state);
+    actix_web::rt::spawn(refresh_summary(state.clone(), fleet_refresh.is_some()));
     actix_web::rt::spawn(every_second(state.clone(), |state| state.ids.refresh(), "checking the ids file for edits"));
     if state.publish.is_some() {
-        let scan = |state: &AppState<S>| state.publish.iter().for_each(|publish| publish.scan());
+        let scan = |state: &AppState<AnyStore>| state.publish.iter().for_each(|publish| publish.scan());
         actix_web::rt::spawn(every_second(state.clone(), scan, "scanning the publish folder"));
-    }
-    if let Some(every) = fleet_refresh {
-        actix_web::rt::spawn(refresh_fleet(state.clone(), every));
     }
     if state.store.keeps_partials() {
         actix_web::rt::spawn(expire_partials(state.clone()));
     }
+    let served = state.clone();
     let server = HttpServer::new(move || {
-        let state = state.clone();
-        App::new().wrap(from_fn(timed::<S>)).configure(move |cfg| configure(cfg, state))
+        let state = served.clone();
+        App::new().wrap(from_fn(timed::<AnyStore>)).configure(move |cfg| configure(cfg, state))
     })
     .client_request_timeout(head_timeout);
     let server = match tls {
         Some(tls) => server.listen_rustls_0_23(listener, tls)?,
         None => server.listen(listener)?,
     };
-    Ok(server.run())
+    Ok(Serving { server: server.run(), state })
+}
+
+/// A running server; awaiting it waits for it to stop, then closes this
+/// receiver's record in the fleet summary (so no other receiver takes it
+/// for a crashed one's).
+pub struct Serving {
+    server: Server,
+    state: web::Data<AppState<AnyStore>>,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving").finish_non_exhaustive()
+    }
+}
+
+impl Serving {
+    /// Stops it (see [`Server::handle`]).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+}
+
+impl IntoFuture for Serving {
+    type Output = io::Result<()>;
+    type IntoFuture = std::pin::Pin<Box<dyn Future<Output = io::Result<()>>>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            self.server.await?;
+            // Not closed, the record is taken for a crashed receiver's in a
+            // few refreshes, and the summary rebuilt: nothing is lost.
+            if let Err(err) = self.state.summary.close(&self.state.fleet).await {
+                tracing::warn!("cannot close this receiver's part of the fleet summary: {err}");
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Times every request for the latency histogram, labelled by its route
@@ -132,14 +169,15 @@ async fn every_second<S: Store>(state: web::Data<AppState<S>>, step: fn(&AppStat
     }
 }
 
-/// Re-reads the store now and then, so that receivers sharing one store all
-/// show every device's uploads; it ends with the server's runtime.
-async fn refresh_fleet<S: Store>(state: web::Data<AppState<S>>, every: Duration) {
+/// Rewrites this receiver's record in the fleet summary now and then and,
+/// with `take_others`, re-reads the others', so that receivers sharing one
+/// store all show every device's uploads; it ends with the server's runtime.
+async fn refresh_summary(state: web::Data<AppState<AnyStore>>, take_others: bool) {
+    let every = state.summary_every;
     loop {
         actix_web::rt::time::sleep(every).await;
-        match state.store.inventory().await {
-            Ok(files) => state.fleet.refresh(files, SystemTime::now()),
-            Err(err) => tracing::warn!("cannot re-read the store for the fleet status: {err}"),
+        if let Err(err) = state.summary.refresh(&state.store, &state.fleet, take_others).await {
+            tracing::warn!("cannot refresh the fleet status: {err}");
         }
     }
 }

@@ -124,6 +124,14 @@ impl Config {
     pub fn listen(&self) -> SocketAddr {
         self.listen
     }
+
+    /// How often this receiver rewrites its record in the fleet summary:
+    /// every fleet refresh, or as often as the default one when others'
+    /// uploads are not re-read, so that a record left by a crash is still
+    /// told from a live one's.
+    pub(crate) fn summary_every(&self) -> Duration {
+        self.fleet_refresh.unwrap_or(DEFAULT_FLEET_REFRESH)
+    }
 }
 
 #[cfg(test)]

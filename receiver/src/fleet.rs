@@ -2,8 +2,10 @@
 //! rejection. The page (`GET /`), its JSON twin and the per-device metrics
 //! are all rendered from one [`FleetReport`].
 //!
-//! What was stored is rebuilt from [`Store::inventory`](crate::store::Store)
-//! at start, so it survives restarts, and is updated on each commit.
+//! What was stored comes from the fleet summary ([`crate::summary`]) at
+//! start, so it survives restarts, and is updated on each commit; this
+//! receiver's own commits since it started are also kept apart
+//! ([`FleetStatus::own`]), as its record in the summary.
 //! Rejections leave nothing in the store, and the store does not know who
 //! sent a file: the last rejection and the last client address are kept in
 //! memory only, one of each per device.
@@ -23,12 +25,12 @@ use logferry_common::wire::{ErrorCode, UploadOutcome, UploadReceipt};
 use serde::Serialize;
 
 use crate::ids::{Device, Devices};
-use crate::store::StoredFile;
+use crate::summary::{Tallies, millis, time_of};
 
 /// The window of the "last 24 h" columns.
-const RECENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const RECENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Uploads listed under "recent uploads".
-const RECENT_UPLOADS: usize = 20;
+pub(crate) const RECENT_UPLOADS: usize = 20;
 
 /// What is known of one device folder.
 #[derive(Debug, Default)]
@@ -131,27 +133,36 @@ struct FleetState {
     devices: HashMap<DeviceFolder, DeviceRecord>,
     /// Newest first.
     recent: VecDeque<RecentUpload>,
+    /// What this receiver committed since it started (since the last
+    /// rebuild of the summary, if one happened meanwhile).
+    own: Tallies,
 }
 
 impl FleetState {
-    fn tally(mut files: Vec<StoredFile>, now: SystemTime) -> Self {
-        files.sort_by_key(|file| file.stored_at);
+    fn shown(tallies: &Tallies, now: SystemTime) -> Self {
         let mut state = Self::default();
-        for file in &files {
-            state.devices.entry(file.device.reveal().to_owned()).or_default().add(file.stored_at, file.size);
-        }
-        for record in state.devices.values_mut() {
+        for (device, tally) in &tallies.devices {
+            let record = state.devices.entry(device.clone()).or_default();
+            record.files = tally.files;
+            record.bytes = tally.bytes;
+            record.last_upload = tally.last_upload.map(time_of);
+            let mut window: Vec<_> = tally.window.iter().map(|(at, size)| (time_of(*at), *size)).collect();
+            window.sort();
+            record.window = window.into();
             record.prune(now);
         }
-        let newest = files.iter().rev().take(RECENT_UPLOADS);
-        state.recent = newest
-            .map(|file| RecentUpload {
-                device: file.device.reveal().to_owned(),
-                masked: file.device.masked(),
-                path: file.path.to_string(),
-                size: file.size,
-                at: file.stored_at,
-                outcome: UploadOutcome::Stored,
+        state.recent = tallies
+            .recent
+            .iter()
+            .filter_map(|file| {
+                Some(RecentUpload {
+                    device: file.device.clone(),
+                    masked: file.device.parse::<logferry_common::DeviceId>().ok()?.masked(),
+                    path: file.path.clone(),
+                    size: file.size,
+                    at: time_of(file.at),
+                    outcome: UploadOutcome::Stored,
+                })
             })
             .collect();
         state
@@ -166,18 +177,22 @@ pub struct FleetStatus {
 }
 
 impl FleetStatus {
-    /// Rebuilds the status from what the store holds.
-    pub fn from_inventory(files: Vec<StoredFile>, stale_after: Duration, now: SystemTime) -> Self {
-        Self { stale_after, state: Mutex::new(FleetState::tally(files, now)) }
+    /// The status of what the summary shows, before this receiver
+    /// committed anything.
+    pub fn from_summary(shown: &Tallies, stale_after: Duration, now: SystemTime) -> Self {
+        Self { stale_after, state: Mutex::new(FleetState::shown(shown, now)) }
     }
 
     /// Takes what the store shows (files, bytes, last uploads, recent
-    /// uploads) from a fresh inventory, so that receivers sharing one store
-    /// show the uploads the others took. Rejections are known only to the
-    /// receiver that answered them, and stay.
-    pub fn refresh(&self, files: Vec<StoredFile>, now: SystemTime) {
-        let mut fresh = FleetState::tally(files, now);
+    /// uploads) from the summary's other parts (`others`) and this
+    /// receiver's own, so that receivers sharing one store show the uploads
+    /// the others took. Rejections are known only to the receiver that
+    /// answered them, and stay.
+    pub fn refresh(&self, mut others: Tallies, now: SystemTime) {
         let mut state = self.state();
+        others.add(&state.own);
+        let mut fresh = FleetState::shown(&others, now);
+        fresh.own = std::mem::take(&mut state.own);
         for (key, known) in state.devices.drain() {
             let record = fresh.devices.entry(key).or_default();
             record.rejections = known.rejections;
@@ -189,6 +204,20 @@ impl FleetStatus {
             record.last_upload = record.last_upload.max(known.last_upload);
         }
         *state = fresh;
+    }
+
+    /// This receiver's commits, as its record in the summary.
+    pub fn own(&self) -> Tallies {
+        let mut state = self.state();
+        state.own.prune(millis(SystemTime::now()));
+        state.own.clone()
+    }
+
+    /// Forgets this receiver's commits from before `from`: a rebuild of the
+    /// summary that began then counted them.
+    pub fn rebase(&self, from: crate::summary::Millis) {
+        let mut state = self.state();
+        state.own = state.own.since(from);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, FleetState> {
@@ -208,6 +237,11 @@ impl FleetStatus {
             UploadOutcome::AlreadyStored => record.last_upload = record.last_upload.max(Some(at)),
         }
         record.prune(at);
+        let (at_ms, own) = (millis(at), &mut state.own);
+        match receipt.outcome {
+            UploadOutcome::Stored => own.stored(&key, &receipt.stored_as, receipt.size, at_ms, at_ms),
+            UploadOutcome::AlreadyStored => own.seen(&key, at_ms),
+        }
         state.recent.push_front(RecentUpload {
             device: key,
             masked: device.id.masked(),
@@ -481,6 +515,8 @@ mod tests {
     use logferry_common::update::MAX_REASON_BYTES;
     use logferry_common::{DeviceId, RelPath, Sha256Digest};
 
+    use crate::store::StoredFile;
+
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn device(id: &str, label: &str) -> Device {
@@ -524,7 +560,7 @@ mod tests {
             stored(&fresh, "b.log", 20, now - 2 * HOUR),
             stored(&quiet, "old.log", 5, now - 48 * HOUR),
         ];
-        let fleet = FleetStatus::from_inventory(inventory, 24 * HOUR, now);
+        let fleet = FleetStatus::from_summary(&Tallies::of(inventory, now), 24 * HOUR, now);
         let report = fleet.report(&listed, None, now);
         check(
             &report,
@@ -592,7 +628,7 @@ mod tests {
         );
 
         // What only this receiver saw outlives a re-read of the store.
-        fleet.refresh(Vec::new(), later);
+        fleet.refresh(Tallies::default(), later);
         let report = fleet.report(&listed, None, later);
         assert_eq!(addresses(&report), [None, Some(fresh_from), Some(quiet_from)], "never, fresh, quiet");
         assert_eq!(report.devices[2].clock_offset.as_ref().map(|c| c.seconds), Some(-10_800));
@@ -603,7 +639,7 @@ mod tests {
         let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let (listed, [polled, reporting, _silent]) = fleet_of(["polled", "reporting", "silent"]);
         let (v1, v2) = (Version(Sha256Digest::of_bytes(b"1")), Version(Sha256Digest::of_bytes(b"2")));
-        let fleet = FleetStatus::from_inventory(Vec::new(), HOUR, now);
+        let fleet = FleetStatus::from_summary(&Tallies::default(), HOUR, now);
         let states = |published: Version| -> Vec<(String, UpdateState)> {
             let published = move |_: &Device| published;
             let report = fleet.report(&listed, Some(&published), now);
@@ -641,7 +677,7 @@ mod tests {
         fleet.record_report(&polled, &UpdateReport { version: v2, outcome: UpdateOutcome::Updated, reason: None }, now);
         assert_eq!(states(v2)[0], ("polled".to_owned(), UpdateState::Current), "an update says what it runs");
         // Survives a re-read of the store.
-        fleet.refresh(Vec::new(), now);
+        fleet.refresh(Tallies::default(), now);
         assert_eq!(states(v2)[0].1, UpdateState::Current);
     }
 }

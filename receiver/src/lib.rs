@@ -22,6 +22,7 @@ pub mod publish;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod summary;
 pub mod tls;
 pub mod update;
 pub mod upload;
@@ -30,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use app::{configure, run};
+pub use app::{Serving, configure, run};
 pub use client_addr::TrustedProxies;
 pub use config::{Config, ConfigError, DEFAULT_FLEET_REFRESH, DEFAULT_STALE_AFTER, Options, StoreLocation};
 use fleet::FleetStatus;
@@ -40,9 +41,11 @@ use limits::{AuthThrottle, UploadSlots};
 pub use publish::Publish;
 use publish::{PublishError, PublishFolder};
 pub use state::AppState;
+use store::AnyStore;
+use store::StoreError;
 use store::disk::DiskStore;
 use store::s3::S3Store;
-use store::{AnyStore, Store, StoreError, StoredFile};
+use summary::{Summary, SummaryError};
 use tls::TlsError;
 pub use tls::TlsFiles;
 
@@ -56,8 +59,8 @@ pub enum StartupError {
     ObjectStore { location: String, source: StoreError },
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot list what the store holds, for the fleet status: {0}")]
-    Inventory(StoreError),
+    #[error(transparent)]
+    Summary(#[from] SummaryError),
     #[error(transparent)]
     Publish(#[from] PublishError),
     /// A blocking start-up step did not finish (the runtime is shutting down).
@@ -75,7 +78,8 @@ pub struct Ready {
 /// Loads the ids file (strictly: a malformed line stops start-up) and the
 /// TLS files, opens the store (clearing staging files an earlier crash left
 /// behind, on disk; an object store's are its lifecycle rule's job), and
-/// rebuilds the fleet status from what the store holds; with a publish
+/// reads the fleet status from the store's summary (rebuilt from what the
+/// store holds when missing, see [`summary`]); with a publish
 /// folder, takes its settled releases. Run it on the runtime that then
 /// serves: an object store's client, and the connections its listing
 /// opened, stay with the store.
@@ -89,7 +93,15 @@ pub async fn open(config: &Config) -> Result<Ready, StartupError> {
         Ok((ids, tls, publish))
     })
     .await??;
-    let (store, inventory) = open_store(config).await?;
+    let store = open_store(config).await?;
+    let (summary, shown) = Summary::open(&store, config.summary_every()).await.map_err(|err| match &config.store {
+        // The first request to the bucket: a wrong endpoint or key shows here.
+        StoreLocation::S3(settings) => StartupError::ObjectStore {
+            location: settings.to_string(),
+            source: StoreError::Io(std::io::Error::other(err.to_string())),
+        },
+        StoreLocation::Disk(_) => err.into(),
+    })?;
     let devices = ids.current().len();
     if devices == 0 {
         tracing::warn!(file = %config.ids_file.display(), "no devices are listed yet; add one with `receiver add-device`");
@@ -102,7 +114,7 @@ pub async fn open(config: &Config) -> Result<Ready, StartupError> {
         trusted_proxies = %config.trusted_proxies,
         "receiver ready"
     );
-    let fleet = FleetStatus::from_inventory(inventory, config.stale_after, SystemTime::now());
+    let fleet = FleetStatus::from_summary(&shown, config.stale_after, SystemTime::now());
     let limits = config.limits.clone();
     let state = AppState {
         ids,
@@ -111,7 +123,9 @@ pub async fn open(config: &Config) -> Result<Ready, StartupError> {
         throttle: AuthThrottle::new(&limits),
         limits,
         fleet,
+        summary,
         fleet_refresh: config.fleet_refresh,
+        summary_every: config.summary_every(),
         trusted_proxies: config.trusted_proxies.clone(),
         metrics: Default::default(),
         publish,
@@ -119,10 +133,10 @@ pub async fn open(config: &Config) -> Result<Ready, StartupError> {
     Ok(Ready { state, tls })
 }
 
-/// Opens the store and lists what it holds. Listing the bucket before
+/// Opens the store. On S3, the summary's listing of the bucket before
 /// serving makes a wrong endpoint or key stop start-up instead of failing
 /// every upload.
-async fn open_store(config: &Config) -> Result<(AnyStore, Vec<StoredFile>), StartupError> {
+async fn open_store(config: &Config) -> Result<AnyStore, StartupError> {
     match &config.store {
         StoreLocation::Disk(dir) => {
             let (root, min_free) = (dir.clone(), config.limits.min_free_space);
@@ -132,14 +146,19 @@ async fn open_store(config: &Config) -> Result<(AnyStore, Vec<StoredFile>), Star
             if stale > 0 {
                 tracing::warn!(removed = stale, "removed unfinished uploads left in staging by an earlier stop");
             }
-            let inventory = store.inventory().await.map_err(StartupError::Inventory)?;
-            Ok((AnyStore::Disk(store), inventory))
+            Ok(AnyStore::Disk(store))
         }
         StoreLocation::S3(settings) => {
             let refused = |source| StartupError::ObjectStore { location: settings.to_string(), source };
             let store = S3Store::new(settings).map_err(refused)?;
-            let inventory = store.inventory().await.map_err(refused)?;
-            Ok((AnyStore::S3(store), inventory))
+            Ok(AnyStore::S3(store))
         }
     }
+}
+
+/// `receiver reindex`: opens the store and rebuilds its fleet summary from
+/// what it holds; returns how many files and devices it counted.
+pub async fn reindex(config: &Config) -> Result<(u64, usize), StartupError> {
+    let store = open_store(config).await?;
+    Ok(summary::reindex(&store).await?)
 }

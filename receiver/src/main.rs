@@ -231,6 +231,10 @@ enum Command {
         #[arg(long, value_name = "LABEL|all")]
         to: String,
     },
+    /// Rebuild the fleet summary (what the status page shows of the store)
+    /// from every stored file, as after a loss or damage; run it while no
+    /// receiver serves from the store.
+    Reindex,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -273,6 +277,7 @@ fn run() -> anyhow::Result<ExitCode> {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Reindex) => reindex(cli.config()?),
         None => serve(cli.config()?),
     }
 }
@@ -306,6 +311,14 @@ fn place(dir: Option<&std::path::Path>, src: &std::path::Path, to: &str) -> anyh
     }
     let files = if placed.len() == 1 { "1 file" } else { &format!("{} files", placed.len()) };
     eprintln!("Placed {files} for {to}; the receiver publishes the folder once it has settled.");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Counts the store afresh for the fleet summary; progress goes to the log.
+fn reindex(config: Config) -> anyhow::Result<ExitCode> {
+    let (files, devices) = actix_web::rt::System::new().block_on(logferry_receiver::reindex(&config))?;
+    let plural = |n, one: &str| if n == 1 { format!("1 {one}") } else { format!("{n} {one}s") };
+    eprintln!("Rebuilt the fleet summary: {} of {}.", plural(files as usize, "file"), plural(devices, "device"));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,6 +10,7 @@ use crate::ids::IdsFile;
 use crate::limits::{AuthThrottle, Limits, UploadSlots};
 use crate::metrics::Metrics;
 use crate::publish::PublishFolder;
+use crate::summary::Summary;
 
 /// The accepted devices, the store, the limits with their live counters,
 /// and what the operator's endpoints show. Made only by [`crate::open`],
@@ -22,8 +23,12 @@ pub struct AppState<S> {
     pub(crate) slots: Arc<UploadSlots>,
     pub(crate) throttle: AuthThrottle,
     pub(crate) fleet: FleetStatus,
+    /// This receiver's part of the fleet summary in the store.
+    pub(crate) summary: Summary,
     /// How often the fleet status is re-read from the store (never: `None`).
     pub(crate) fleet_refresh: Option<Duration>,
+    /// How often this receiver's record in the summary is rewritten.
+    pub(crate) summary_every: Duration,
     /// Whose forwarding headers name the client (see `client_addr`).
     pub(crate) trusted_proxies: TrustedProxies,
     pub(crate) metrics: Metrics,

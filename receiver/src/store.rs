@@ -169,11 +169,23 @@ pub trait Store: Send + Sync + 'static {
         }
     }
 
-    /// Every committed data file under every device folder; anything that is
-    /// not a valid device folder, a checksum file or staging is skipped. The
-    /// fleet status is rebuilt from this, so it survives restarts and is the
-    /// same on every receiver sharing a store.
-    fn inventory(&self) -> impl Future<Output = Result<Vec<StoredFile>, StoreError>>;
+    /// Hands every committed data file under every device folder to `into`,
+    /// one at a time, and gives it back; anything that is not a valid device
+    /// folder, a checksum file or staging is skipped. The summary of the
+    /// fleet status is rebuilt from this when it is missing
+    /// (`crate::summary`), in memory bounded by what `into` keeps.
+    fn inventory<I: Inventory>(&self, into: I) -> impl Future<Output = Result<I, StoreError>> + Send;
+}
+
+/// What an inventory hands its files to.
+pub trait Inventory: Send + 'static {
+    fn found(&mut self, file: StoredFile);
+}
+
+impl Inventory for Vec<StoredFile> {
+    fn found(&mut self, file: StoredFile) {
+        self.push(file);
+    }
 }
 
 /// A small file received whole, whose bytes have exactly its claim's size
@@ -289,10 +301,10 @@ impl Store for AnyStore {
         }
     }
 
-    async fn inventory(&self) -> Result<Vec<StoredFile>, StoreError> {
+    async fn inventory<I: Inventory>(&self, into: I) -> Result<I, StoreError> {
         match self {
-            Self::Disk(store) => store.inventory().await,
-            Self::S3(store) => store.inventory().await,
+            Self::Disk(store) => store.inventory(into).await,
+            Self::S3(store) => store.inventory(into).await,
         }
     }
 }

@@ -42,7 +42,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::placement::{self, Created, Occupant, Probe};
-use super::{Committed, HeldFile, Staged, Store, StoreError, StoredFile};
+use super::{Committed, HeldFile, Inventory, Staged, Store, StoreError, StoredFile};
 use crate::upload::Checked;
 
 /// Folder of in-progress uploads, one folder in it per open store (several
@@ -266,6 +266,11 @@ fn lock_partial(path: &Path, create: bool) -> Result<Option<File>, StoreError> {
 }
 
 impl DiskStore {
+    /// The store's folder (the fleet summary keeps its files below it).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn new_staging_file(&self, purpose: &str) -> io::Result<(StagingName, File)> {
         let mut nonce = [0u8; 12];
         SysRng.try_fill_bytes(&mut nonce).map_err(io::Error::other)?;
@@ -658,16 +663,19 @@ impl Store for DiskStore {
         blocking(move || store.commit_group(&device_dir, &files)).await
     }
 
-    async fn inventory(&self) -> Result<Vec<StoredFile>, StoreError> {
+    async fn inventory<I: Inventory>(&self, mut into: I) -> Result<I, StoreError> {
         let root = self.root.clone();
-        blocking(move || Ok(inventory_of(&root)?)).await
+        blocking(move || {
+            inventory_of(&root, &mut into)?;
+            Ok(into)
+        })
+        .await
     }
 }
 
 /// Walks every device folder (named by a canonical device ID, so staging
 /// and strays are skipped), never following a symlink.
-fn inventory_of(root: &Path) -> io::Result<Vec<StoredFile>> {
-    let mut found = Vec::new();
+fn inventory_of(root: &Path, found: &mut impl Inventory) -> io::Result<()> {
     for entry in fs::read_dir(root)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -675,13 +683,13 @@ fn inventory_of(root: &Path) -> io::Result<Vec<StoredFile>> {
             continue;
         };
         if entry.file_type()?.is_dir() {
-            device_files(&entry.path(), &device, &mut found)?;
+            device_files(&entry.path(), &device, found)?;
         }
     }
-    Ok(placement::data_files(found))
+    Ok(())
 }
 
-fn device_files(device_dir: &Path, device: &DeviceId, found: &mut Vec<StoredFile>) -> io::Result<()> {
+fn device_files(device_dir: &Path, device: &DeviceId, found: &mut impl Inventory) -> io::Result<()> {
     let mut folders = vec![(device_dir.to_owned(), String::new())];
     while let Some((folder, prefix)) = folders.pop() {
         for entry in fs::read_dir(&folder)? {
@@ -694,7 +702,12 @@ fn device_files(device_dir: &Path, device: &DeviceId, found: &mut Vec<StoredFile
                 continue;
             }
             let Ok(path) = RelPath::parse(&rel) else { continue };
-            if !kind.is_file() {
+            // A checksum file's data file is in the same folder.
+            let beside = |data: &str| {
+                let data = folder.join(Path::new(data).file_name().unwrap_or_default());
+                fs::symlink_metadata(data).is_ok_and(|meta| meta.is_file())
+            };
+            if !kind.is_file() || !placement::is_data(&path, |data| beside(data)) {
                 continue;
             }
             let meta = match entry.metadata() {
@@ -702,7 +715,7 @@ fn device_files(device_dir: &Path, device: &DeviceId, found: &mut Vec<StoredFile
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            found.push(StoredFile { device: device.clone(), path, size: meta.len(), stored_at: meta.modified()? });
+            found.found(StoredFile { device: device.clone(), path, size: meta.len(), stored_at: meta.modified()? });
         }
     }
     Ok(())

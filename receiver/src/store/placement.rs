@@ -2,21 +2,19 @@
 //! upload may take and in which order (`RelPath::store_candidates`), when a
 //! name counts as holding the same content, where its checksum file goes and
 //! what it holds, and which stored files are checksum files (the inventory
-//! rule, [`data_files`]).
+//! rule, [`is_data`]).
 //!
 //! A backend supplies only what it really differs in ([`Backend`]): look at
 //! a name, claim it (where creating cannot refuse an existing name by
 //! itself), create a file under a name unless one is there, and make names
 //! durable.
 
-use std::collections::HashSet;
-
 use logferry_common::RelPath;
 use logferry_common::rel_path::CHECKSUM_SUFFIX;
 use logferry_common::signing::UploadClaim;
 use logferry_common::wire::UploadOutcome;
 
-use super::{Committed, StoreError, StoredFile};
+use super::{Committed, StoreError};
 
 /// What a name holds, judged against the bytes being placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,23 +164,16 @@ pub(crate) async fn choose(backend: &mut impl Backend, claim: &UploadClaim) -> R
 /// such a name (`RelPath::store_candidates` escapes them); a device's own
 /// `x.sha256` stored by a receiver from before that escaping stays a data
 /// file, as it was sent.
-pub(crate) fn data_files(files: Vec<StoredFile>) -> Vec<StoredFile> {
-    let stored: HashSet<(&str, &str)> = files.iter().map(|file| (file.device.reveal(), file.path.as_str())).collect();
-    let is_data: Vec<bool> = files
-        .iter()
-        .map(|file| match file.path.as_str().strip_suffix(CHECKSUM_SUFFIX) {
-            Some(data) => !stored.contains(&(file.device.reveal(), data)),
-            None => true,
-        })
-        .collect();
-    files.into_iter().zip(is_data).filter_map(|(file, is_data)| is_data.then_some(file)).collect()
+///
+/// `stored` says whether a name is stored in the same device folder; the
+/// backends answer it as they walk or list, without holding the inventory.
+pub(crate) fn is_data(path: &RelPath, stored: impl FnOnce(&str) -> bool) -> bool {
+    path.as_str().strip_suffix(CHECKSUM_SUFFIX).is_none_or(|data| !stored(data))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
-    use logferry_common::DeviceId;
+    use std::collections::HashSet;
 
     use super::*;
 
@@ -190,21 +181,14 @@ mod tests {
     type Files<'a> = &'a [(&'a str, &'a str)];
 
     fn check(stored: Files, expected: Files) {
-        let files = stored
+        let names: HashSet<(&str, &str)> = stored.iter().copied().collect();
+        let got: Vec<(&str, &str)> = stored
             .iter()
-            .map(|(device, path)| StoredFile {
-                device: device.parse::<DeviceId>().expect("device"),
-                path: RelPath::parse(path).expect("path"),
-                size: 1,
-                stored_at: SystemTime::UNIX_EPOCH,
+            .copied()
+            .filter(|(device, path)| {
+                is_data(&RelPath::parse(path).expect("path"), |data| names.contains(&(*device, data)))
             })
             .collect();
-        let got: Vec<(String, String)> = data_files(files)
-            .into_iter()
-            .map(|file| (file.device.reveal().to_owned(), file.path.to_string()))
-            .collect();
-        let expected: Vec<(String, String)> =
-            expected.iter().map(|(device, path)| (device.to_string(), path.to_string())).collect();
         assert_eq!(got, expected, "{stored:?}");
     }
 

@@ -48,7 +48,7 @@ use object_store::{
 use tokio::task::JoinSet;
 
 use super::placement::{self, Choice, Created, Occupant, Probe};
-use super::{Committed, HeldFile, Staged, Store, StoreError, StoredFile};
+use super::{Committed, HeldFile, Inventory, Staged, Store, StoreError, StoredFile};
 use crate::upload::Checked;
 
 /// The smallest part S3 accepts (except the last); files up to this size go
@@ -176,6 +176,11 @@ impl S3Store {
         self.inner.root.clone()
     }
 
+    /// The bucket's client and the prefix, for the fleet summary's objects.
+    pub fn client_and_root(&self) -> (AmazonS3, Option<Path>) {
+        (self.inner.objects.clone(), self.root())
+    }
+
     fn device_folder(&self, device: &DeviceId) -> String {
         match &self.inner.root {
             None => device.reveal().to_owned(),
@@ -288,11 +293,11 @@ impl S3Store {
         }
     }
 
-    async fn list_inventory(&self) -> Result<Vec<StoredFile>, object_store::Error> {
+    async fn list_inventory<I: Inventory>(&self, files: &mut I) -> Result<(), object_store::Error> {
         let root = self.root();
         let skip = root.as_ref().map_or(0, |root| root.parts().count());
         let mut listing = self.inner.objects.list(root.as_ref());
-        let mut files = Vec::new();
+        let mut listed = ListedPrefixes::default();
         while let Some(object) = listing.next().await {
             let object = object?;
             let mut parts = object.location.parts().skip(skip);
@@ -300,11 +305,43 @@ impl S3Store {
             let device = folder.as_ref().parse::<DeviceId>().ok().filter(|id| id.reveal() == folder.as_ref());
             let relative: Vec<_> = parts.collect();
             let name = relative.iter().map(|part| part.as_ref()).collect::<Vec<_>>().join("/");
+            let key = format!("{}/{name}", folder.as_ref());
+            listed.advance(&key);
             let (Some(device), Ok(path)) = (device, RelPath::parse(&name)) else { continue };
+            let counted = placement::is_data(&path, |data| listed.holds(&format!("{}/{data}", folder.as_ref())));
+            listed.push(key);
+            if !counted {
+                continue;
+            }
             let stored_at = object.last_modified.into();
-            files.push(StoredFile { device, path, size: object.size, stored_at });
+            files.found(StoredFile { device, path, size: object.size, stored_at });
         }
-        Ok(placement::data_files(files))
+        Ok(())
+    }
+}
+
+/// The keys listed so far that are prefixes of the last one. S3 lists keys
+/// in UTF-8 binary order, and every key listed between `x` and
+/// `x.sha256` starts with `x`, so `x` is still here when its checksum
+/// object comes. Each key held is a prefix of the next: memory is bounded
+/// by the length of a key, not by the bucket.
+#[derive(Debug, Default)]
+struct ListedPrefixes(Vec<String>);
+
+impl ListedPrefixes {
+    /// Forgets the keys that are no prefix of `key`, the next one listed.
+    fn advance(&mut self, key: &str) {
+        while self.0.last().is_some_and(|last| !key.starts_with(last.as_str())) {
+            self.0.pop();
+        }
+    }
+
+    fn holds(&self, key: &str) -> bool {
+        self.0.iter().any(|listed| listed == key)
+    }
+
+    fn push(&mut self, key: String) {
+        self.0.push(key);
     }
 }
 
@@ -680,10 +717,11 @@ impl Store for S3Store {
         Ok(results.into_iter().map(|(_, result)| result).collect())
     }
 
-    async fn inventory(&self) -> Result<Vec<StoredFile>, StoreError> {
-        self.list_inventory()
+    async fn inventory<I: Inventory>(&self, mut into: I) -> Result<I, StoreError> {
+        self.list_inventory(&mut into)
             .await
-            .map_err(|e| StoreError::Io(io::Error::other(format!("cannot list the bucket: {e}"))))
+            .map_err(|e| StoreError::Io(io::Error::other(format!("cannot list the bucket: {e}"))))?;
+        Ok(into)
     }
 }
 

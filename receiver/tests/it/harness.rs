@@ -229,6 +229,10 @@ impl Harness {
         BackgroundReceiver::start(self.config()).expect("started")
     }
 
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
     pub fn addr(&self) -> std::net::SocketAddr {
         self.receiver.as_ref().expect("running").addr
     }
@@ -378,11 +382,12 @@ impl Harness {
             Backend::S3(settings) => {
                 let root = Key::from(settings.prefix.as_str());
                 let listed: Vec<_> = bucket(settings).list(Some(&root)).try_collect().await.expect("list");
-                // The claims on names are the backend's bookkeeping, not layout.
+                // The claims on names and the fleet summary are the
+                // receiver's bookkeeping, not layout.
                 let mut keys: Vec<String> = listed
                     .iter()
                     .map(|o| o.location.as_ref()[settings.prefix.len() + 1..].to_owned())
-                    .filter(|key| !key.starts_with(".claims/"))
+                    .filter(|key| !key.starts_with(".claims/") && !key.starts_with(".summary/"))
                     .collect();
                 keys.sort();
                 keys
@@ -399,6 +404,33 @@ impl Harness {
                 got.bytes().await.expect("object body").to_vec()
             }
         }
+    }
+
+    /// Puts `bytes` at `name` (relative to the store), on either backend, as
+    /// a crash or an admin might leave it.
+    pub async fn write(&self, name: &str, bytes: Vec<u8>) {
+        match &self.backend {
+            Backend::Disk => std::fs::write(self.store().join(name), bytes).expect("write"),
+            Backend::S3(settings) => {
+                bucket(settings).put(&s3_key(settings, name), bytes.into()).await.expect("put");
+            }
+        }
+    }
+
+    /// The names of the fleet summary's records, on either backend.
+    pub async fn summary_records(&self) -> Vec<String> {
+        let mut names: Vec<String> = match &self.backend {
+            Backend::Disk => std::fs::read_dir(self.store().join(".summary"))
+                .map(|d| d.flatten().filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
+            Backend::S3(settings) => {
+                let root = Key::from(format!("{}/.summary", settings.prefix));
+                let listed: Vec<_> = bucket(settings).list(Some(&root)).try_collect().await.expect("list");
+                listed.iter().filter_map(|o| o.location.filename().map(str::to_owned)).collect()
+            }
+        };
+        names.sort();
+        names
     }
 
     /// Deletes what is stored at `name`, as a crash or an admin might.
@@ -426,13 +458,15 @@ impl Harness {
     }
 
     /// Every file under the store, relative to it, except the staging folder
-    /// (which must hold no file whenever no upload is in flight).
+    /// (which must hold no file whenever no upload is in flight) and the
+    /// fleet summary.
     pub fn stored_files(&self) -> Vec<String> {
         let staging = self.store().join(".staging");
         let leftovers = staged_files(&self.store());
         assert!(leftovers.is_empty(), "staging not empty: {leftovers:?}");
         let mut files = Vec::new();
-        collect(&self.store(), &self.store(), &[staging, self.store().join(".partial")], &mut files);
+        let skipped = [staging, self.store().join(".partial"), self.store().join(".summary")];
+        collect(&self.store(), &self.store(), &skipped, &mut files);
         files.sort();
         files
     }

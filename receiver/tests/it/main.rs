@@ -16,5 +16,6 @@ mod prometheus;
 mod proxies;
 mod status;
 mod store;
+mod summary;
 mod trailer;
 mod updates;

@@ -13,7 +13,8 @@ pub const SPARE: &str = "00000000000000AA";
 
 /// Lists [`DEVICE`] ("bench-pi"), [`STRANGER`] ("cold-room") and [`SPARE`]
 /// ("spare-pi"), and plants a file of STRANGER's stored three days ago, as
-/// an earlier receiver would have left it.
+/// an earlier receiver would have left it, one from before the fleet summary
+/// (which the next start then rebuilds).
 pub fn fleet_with_a_quiet_device(h: &Harness) {
     std::fs::write(h.ids_file(), format!("{DEVICE}  bench-pi\n{STRANGER}  cold-room\n{SPARE}  spare-pi\n"))
         .expect("ids");
@@ -24,6 +25,10 @@ pub fn fleet_with_a_quiet_device(h: &Harness) {
         .expect("plant checksum");
     let three_days_ago = SystemTime::now() - Duration::from_secs(3 * 24 * 3600);
     std::fs::File::options().write(true).open(&old).expect("open").set_modified(three_days_ago).expect("mtime");
+    let summary = h.store().join(".summary");
+    if summary.exists() {
+        std::fs::remove_dir_all(summary).expect("no summary");
+    }
 }
 
 /// The device of `report` with this label.

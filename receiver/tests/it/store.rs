@@ -264,7 +264,7 @@ async fn stored_listing(h: &Harness) -> Vec<(String, String, u64)> {
     let mut listed: Vec<(String, String, u64)> = ready
         .state
         .store()
-        .inventory()
+        .inventory(Vec::new())
         .await
         .expect("inventory")
         .into_iter()
@@ -484,7 +484,7 @@ async fn check_shared_store(backend: Backend) {
 }
 
 /// Files over all devices, as `GET /v1/devices` of the receiver at `addr` shows them.
-async fn files_on_status(h: &Harness, addr: std::net::SocketAddr) -> u64 {
+pub async fn files_on_status(h: &Harness, addr: std::net::SocketAddr) -> u64 {
     let url = format!("http://{addr}{}", endpoint::DEVICES);
     let report: serde_json::Value = h.http.get(url).send().await.expect("answers").json().await.expect("JSON");
     report["devices"].as_array().expect("devices").iter().map(|d| d["files"].as_u64().expect("files")).sum()
