@@ -67,9 +67,10 @@ send() {
     echo "$ended - $started" | bc -l
 }
 
-# Counts the data objects (not checksum objects or claims) of a case.
+# Counts the data objects of a case: not checksum objects, nor the
+# receiver's own folders beside the device folders (claims, the summary).
 count_stored() {
-    "$root/scripts/garage.sh" ls "bench-$1/" | grep -v '\.sha256$' | grep -vc "^bench-$1/\.claims/" || true
+    "$root/scripts/garage.sh" ls "bench-$1/" | grep -v '\.sha256$' | grep -vc "^bench-$1/\." || true
 }
 command -v bc >/dev/null && command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq bc curl; }
 
